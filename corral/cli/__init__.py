@@ -1,0 +1,14 @@
+"""The ``corral`` command: one typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from corral.cli import xml as xml_cli
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Corral: Xen and KVM hosts through libvirt.")
+app.add_typer(xml_cli.app, name="xml")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,96 @@
+"""``corral xml``: offline commands that show what Corral would ask libvirt for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from corral.cli.common import Output, emit, fail, load_data, read_text
+from corral.domain.config import XmlError
+from corral.domain.flavors import UnknownFlavor, get_flavor
+from corral.domain.flavors.base import Flavor
+from corral.domain.importer import import_domain
+from corral.domain.matrix import matrix_json, matrix_markdown
+from corral.domain.render import plan as plan_spec
+from corral.domain.render import render as render_spec
+from corral.domain.resolve import RefusedError
+from corral.domain.spec import GuestType, SpecError, VmSpec, parse_spec
+
+app = typer.Typer(no_args_is_help=True, help="Domain XML: import, render, plan, capability matrix.")
+
+FlavorOpt = typer.Option(..., "--flavor", help="xen or kvm")
+GuestOpt = typer.Option(None, "--guest-type", help="pv, pvh or hvm (default: the spec's)")
+AccelOpt = typer.Option("kvm", "--accel", help="kvm, or tcg for QEMU without /dev/kvm")
+
+
+def _load_spec(path: Path) -> VmSpec:
+    try:
+        return parse_spec(load_data(path, "spec"))
+    except SpecError as exc:
+        fail(f"invalid spec {path}: {exc}")
+
+
+def _flavor(name: str, accel: str) -> Flavor:
+    if accel not in ("kvm", "tcg"):
+        fail(f"--accel: expected kvm or tcg, got {accel!r}")
+    try:
+        return get_flavor(name, accel=accel)
+    except UnknownFlavor as exc:
+        fail(f"--flavor: {exc}")
+
+
+@app.command("import")
+def import_cmd(domain_xml: Path = typer.Argument(..., help="libvirt domain XML file, or - for stdin"),
+               output: Output = typer.Option(Output.JSON, "--output", "-o", help="json or yaml")) -> None:
+    """Print the VmSpec of a libvirt domain; what it cannot represent goes to stderr as warnings."""
+    if output not in (Output.JSON, Output.YAML):
+        fail("--output: expected json or yaml")
+    try:
+        result = import_domain(read_text(domain_xml, "domain XML"))
+    except (XmlError, SpecError) as exc:
+        fail(f"{domain_xml}: {exc}")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    emit(result.spec.model_dump(mode="json"), output)
+
+
+@app.command()
+def render(spec: Path = typer.Argument(..., help="VmSpec (JSON or YAML), or - for stdin"),
+           flavor: str = FlavorOpt, guest_type: GuestType | None = GuestOpt, accel: str = AccelOpt) -> None:
+    """Print the domain XML a host of this flavor would define."""
+    fl = _flavor(flavor, accel)
+    try:
+        typer.echo(render_spec(_load_spec(spec), fl, guest_type), nl=False)
+    except RefusedError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def plan(spec: Path = typer.Argument(..., help="VmSpec (JSON or YAML), or - for stdin"),
+         flavor: str = FlavorOpt, guest_type: GuestType | None = GuestOpt, accel: str = AccelOpt,
+         output: Output = typer.Option(Output.TABLE, "--output", "-o", help="table or json")) -> None:
+    """Print each decision (native, translated, refused); exit 2 when anything is refused."""
+    decisions = plan_spec(_load_spec(spec), _flavor(flavor, accel), guest_type)
+    if output is Output.JSON:
+        emit([d.as_dict() for d in decisions], output)
+    else:
+        table = Table("field", "outcome", "detail", title=f"plan for {flavor}")
+        styles = {"native": "green", "translated": "yellow", "refused": "bold red"}
+        for d in decisions:
+            table.add_row(d.path, f"[{styles[d.outcome.value]}]{d.outcome.value}[/]", d.detail)
+        Console(width=160).print(table)
+    refused = [d for d in decisions if d.outcome.value == "refused"]
+    if refused:
+        fail("refused: " + "; ".join(f"{d.path}: {d.detail}" for d in refused))
+
+
+@app.command()
+def matrix(output: Output = typer.Option(Output.MARKDOWN, "--output", "-o", help="markdown or json")) -> None:
+    """Print the capability matrix of every flavor."""
+    if output is Output.JSON:
+        emit(matrix_json(), output)
+    else:
+        typer.echo(matrix_markdown(), nl=False)

@@ -1,0 +1,29 @@
+"""Flavors: one per libvirt driver. ``get_flavor`` is the only way in."""
+
+from __future__ import annotations
+
+from corral.domain.flavors.base import Decision, Flavor, Outcome, Rule
+from corral.domain.flavors.kvm import KVM, KVM_TCG
+from corral.domain.flavors.xen import XEN
+
+FLAVOR_NAMES = ("kvm", "xen")
+
+
+class UnknownFlavor(ValueError):
+    pass
+
+
+def get_flavor(name: str, *, accel: str = "kvm") -> Flavor:
+    """The flavor for a driver name; ``accel='tcg'`` picks QEMU without KVM."""
+    if name == "xen":
+        return XEN
+    if name in ("kvm", "qemu"):
+        return KVM_TCG if accel == "tcg" or name == "qemu" else KVM
+    raise UnknownFlavor(f"unknown flavor {name!r}: expected one of {', '.join(FLAVOR_NAMES)}")
+
+
+def all_flavors() -> list[Flavor]:
+    return [KVM, KVM_TCG, XEN]
+
+
+__all__ = ["Decision", "Flavor", "Outcome", "Rule", "UnknownFlavor", "all_flavors", "get_flavor"]

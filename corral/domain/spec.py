@@ -1,0 +1,380 @@
+"""The hypervisor-neutral description of a VM.
+
+A VmSpec says *what* the operator wants (a disk on the fast bus, a NIC on a bridge, a console); the host's
+flavor decides *how* libvirt gets it. Nothing here names a libvirt driver. Every device carries a stable id
+that survives define/start cycles (it is rendered as the libvirt user alias ``ua-<id>``), so the agent and
+the engine can always say which live device is which spec device.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from enum import StrEnum
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPEC_FORMAT_VERSION = 1
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+BRIDGE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,15}$")
+NET_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class GuestType(StrEnum):
+    HVM = "hvm"
+    PV = "pv"
+    PVH = "pvh"
+
+
+class BootDevice(StrEnum):
+    HD = "hd"
+    CDROM = "cdrom"
+    NETWORK = "network"
+
+
+class CpuMode(StrEnum):
+    HOST_MODEL = "host-model"
+    HOST_PASSTHROUGH = "host-passthrough"
+    CUSTOM = "custom"
+
+
+class FeaturePolicy(StrEnum):
+    REQUIRE = "require"
+    DISABLE = "disable"
+
+
+class DiskSource(StrEnum):
+    FILE = "file"
+    BLOCK = "block"
+
+
+class DiskFormat(StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+class DiskBus(StrEnum):
+    AUTO = "auto"
+    VIRTIO = "virtio"
+    XEN = "xen"
+    IDE = "ide"
+    SATA = "sata"
+    SCSI = "scsi"
+
+
+class DiskDevice(StrEnum):
+    DISK = "disk"
+    CDROM = "cdrom"
+    FLOPPY = "floppy"
+
+
+class NicSource(StrEnum):
+    BRIDGE = "bridge"
+    NETWORK = "network"
+
+
+class NicModel(StrEnum):
+    AUTO = "auto"
+    VIRTIO = "virtio"
+    E1000 = "e1000"
+    RTL8139 = "rtl8139"
+    NETFRONT = "netfront"
+
+
+class LinkState(StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+class GraphicsType(StrEnum):
+    VNC = "vnc"
+    SPICE = "spice"
+
+
+class ConsoleKind(StrEnum):
+    SERIAL = "serial"
+    PV = "pv"
+
+
+class LifecycleAction(StrEnum):
+    DESTROY = "destroy"
+    RESTART = "restart"
+    PRESERVE = "preserve"
+    RENAME_RESTART = "rename-restart"
+    COREDUMP_DESTROY = "coredump-destroy"
+    COREDUMP_RESTART = "coredump-restart"
+
+
+class DeviceModelPolicy(StrEnum):
+    """What the agent does when a Xen HVM domain's device model (qemu) dies under a live domain."""
+
+    DESTROY = "destroy"
+    RESTART = "restart"
+
+
+def new_id() -> str:
+    return str(uuidlib.uuid4())
+
+
+def _check_uuid(value: str) -> str:
+    try:
+        return str(uuidlib.UUID(value))
+    except ValueError as exc:
+        raise ValueError(f"not a UUID: {value!r}") from exc
+
+
+DeviceId = Annotated[str, Field(default_factory=new_id, description="stable device id (uuid)")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+class _Device(_Model):
+    id: DeviceId
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_uuid(cls, value: str) -> str:
+        return _check_uuid(value)
+
+
+class CpuFeature(_Model):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_.-]{1,40}$")]
+    policy: FeaturePolicy = FeaturePolicy.REQUIRE
+
+
+class CpuSpec(_Model):
+    mode: CpuMode = CpuMode.HOST_MODEL
+    model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    features: list[CpuFeature] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _model_matches_mode(self) -> Self:
+        if self.mode is CpuMode.CUSTOM and not self.model:
+            raise ValueError("model is required when mode is 'custom'")
+        if self.mode is not CpuMode.CUSTOM and self.model:
+            raise ValueError(f"model is only allowed with mode 'custom', not {self.mode.value!r}")
+        return self
+
+
+class DiskSpec(_Device):
+    device: DiskDevice = DiskDevice.DISK
+    source_type: DiskSource = DiskSource.FILE
+    source: str | None = Field(default=None, description="absolute path; None only for an empty CD-ROM")
+    format: DiskFormat = DiskFormat.RAW
+    bus: DiskBus = DiskBus.AUTO
+    readonly: bool = False
+
+    @field_validator("source")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value == "":
+            raise ValueError("empty path; leave the source out for an empty CD-ROM")
+        if not value.startswith("/") or "\x00" in value or "\n" in value:
+            raise ValueError(f"must be an absolute path: {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.source is None and self.device is not DiskDevice.CDROM:
+            raise ValueError(f"a {self.device.value} needs a source; only a CD-ROM may be empty")
+        if self.device is DiskDevice.CDROM and not self.readonly:
+            object.__setattr__(self, "readonly", True)
+        return self
+
+
+class NicSpec(_Device):
+    mac: str | None = Field(default=None, description="generated per flavor when absent")
+    source_type: NicSource = NicSource.BRIDGE
+    source: str
+    model: NicModel = NicModel.AUTO
+    link: LinkState = LinkState.UP
+    filter: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.lower()
+        if not MAC_RE.match(value):
+            raise ValueError(f"not a MAC address: {value!r}")
+        if int(value[:2], 16) & 1:
+            raise ValueError(f"multicast MAC address: {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _source_name(self) -> Self:
+        pattern = BRIDGE_RE if self.source_type is NicSource.BRIDGE else NET_NAME_RE
+        if not pattern.match(self.source):
+            raise ValueError(f"invalid {self.source_type.value} name: {self.source!r}")
+        return self
+
+
+class GraphicsSpec(_Device):
+    type: GraphicsType = GraphicsType.VNC
+    listen: str = Field(default="127.0.0.1", pattern=r"^[0-9a-fA-F.:]{2,45}$")
+    password: str | None = Field(default=None, min_length=1, max_length=8)
+
+
+class ConsoleSpec(_Device):
+    kind: ConsoleKind = ConsoleKind.SERIAL
+
+
+class AgentChannelSpec(_Device):
+    """The guest-agent channel (qemu-guest-agent's ``org.qemu.guest_agent.0``)."""
+
+
+class BalloonSpec(_Device):
+    """A memory balloon, so the host can take memory back from the guest."""
+
+
+class VmSpec(_Model):
+    format_version: int = SPEC_FORMAT_VERSION
+    id: str = Field(default_factory=new_id)
+    name: str
+    description: str = Field(default="", max_length=4096)
+    memory_mib: int = Field(ge=1, le=16 * 1024 * 1024)
+    max_memory_mib: int | None = Field(default=None, ge=1, le=16 * 1024 * 1024)
+    vcpus: int = Field(default=1, ge=1, le=4096)
+    max_vcpus: int | None = Field(default=None, ge=1, le=4096)
+    guest_type: GuestType = GuestType.HVM
+    boot: list[BootDevice] = Field(default_factory=lambda: [BootDevice.HD])
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = Field(default=None, max_length=4096)
+    bootloader: str | None = None
+    cpu: CpuSpec | None = None
+    disks: list[DiskSpec] = Field(default_factory=list)
+    nics: list[NicSpec] = Field(default_factory=list)
+    graphics: GraphicsSpec | None = None
+    consoles: list[ConsoleSpec] = Field(default_factory=lambda: [ConsoleSpec()])
+    guest_agent: AgentChannelSpec | None = None
+    balloon: BalloonSpec | None = Field(default_factory=BalloonSpec)
+    on_poweroff: LifecycleAction = LifecycleAction.DESTROY
+    on_reboot: LifecycleAction = LifecycleAction.RESTART
+    on_crash: LifecycleAction = LifecycleAction.DESTROY
+    on_device_model_lost: DeviceModelPolicy = DeviceModelPolicy.DESTROY
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SPEC_FORMAT_VERSION:
+            raise ValueError(f"unsupported spec format version {value} (this Corral knows {SPEC_FORMAT_VERSION})")
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_uuid(cls, value: str) -> str:
+        return _check_uuid(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("bootloader")
+    @classmethod
+    def _bootloader(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^(/[^\x00]*|[A-Za-z0-9._-]{1,64})$", value):
+            raise ValueError(f"must be an absolute path or a program name: {value!r}")
+        return value
+
+    @field_validator("kernel", "initrd")
+    @classmethod
+    def _paths(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or "\x00" in value):
+            raise ValueError(f"must be an absolute path: {value!r}")
+        return value
+
+    @field_validator("boot")
+    @classmethod
+    def _boot_unique(cls, value: list[BootDevice]) -> list[BootDevice]:
+        if len(set(value)) != len(value):
+            raise ValueError("boot devices must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.max_memory_mib is not None and self.max_memory_mib < self.memory_mib:
+            raise ValueError(f"max_memory_mib ({self.max_memory_mib}) is below memory_mib ({self.memory_mib})")
+        for event in ("on_poweroff", "on_reboot"):
+            if getattr(self, event).value.startswith("coredump"):
+                raise ValueError(f"{event}: coredump actions apply to on_crash only")
+        if self.max_vcpus is not None and self.max_vcpus < self.vcpus:
+            raise ValueError(f"max_vcpus ({self.max_vcpus}) is below vcpus ({self.vcpus})")
+        if self.initrd and not self.kernel:
+            raise ValueError("initrd needs a kernel")
+        if self.cmdline and not self.kernel:
+            raise ValueError("cmdline needs a kernel")
+        if self.kernel and self.bootloader:
+            raise ValueError("give a kernel or a bootloader, not both")
+        ids = [d.id for d in self.devices()]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"device ids must be unique, repeated: {', '.join(dupes)}")
+        macs = [n.mac for n in self.nics if n.mac]
+        if len(set(macs)) != len(macs):
+            raise ValueError("NIC MAC addresses must be unique")
+        return self
+
+    @property
+    def effective_max_memory_mib(self) -> int:
+        return self.max_memory_mib or self.memory_mib
+
+    @property
+    def effective_max_vcpus(self) -> int:
+        return self.max_vcpus or self.vcpus
+
+    def devices(self) -> list[_Device]:
+        """Every device of the spec, in a stable order."""
+        out: list[_Device] = [*self.disks, *self.nics, *self.consoles]
+        for single in (self.graphics, self.guest_agent, self.balloon):
+            if single is not None:
+                out.append(single)
+        return out
+
+    def device(self, device_id: str) -> _Device | None:
+        return next((d for d in self.devices() if d.id == device_id), None)
+
+
+Device = _Device
+
+
+class SpecError(ValueError):
+    """Invalid input, with the path of each offending field (``disks.0.source``)."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in errors))
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, prefix: str = "") -> SpecError:
+        errors = []
+        for err in exc.errors():
+            path = ".".join(str(p) for p in err["loc"])
+            if prefix:
+                path = f"{prefix}.{path}" if path else prefix
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            errors.append((path, msg))
+        return cls(errors)
+
+    @property
+    def field(self) -> str | None:
+        return self.errors[0][0] if self.errors else None
+
+
+def parse_spec(data: Any) -> VmSpec:
+    """Validate untrusted input into a VmSpec, raising SpecError with field paths."""
+    try:
+        return VmSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError.from_validation(exc) from None
