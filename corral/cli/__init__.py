@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from corral.cli import agent as agent_cli
 from corral.cli import xml as xml_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Corral: Xen and KVM hosts through libvirt.")
 app.add_typer(xml_cli.app, name="xml")
+app.add_typer(agent_cli.app, name="agent")
 
 
 def main() -> None:

@@ -122,7 +122,7 @@ class Disk(Device):
             path = source.get("file") or source.get("dev")
             disk.source = path or None
             if path is None and len(source.attrib):
-                disk.unknown.append(f"source {dict(source.attrib)}")
+                disk.unknown.append("source " + ", ".join(f"{k!s}={v!s}" for k, v in source.attrib.items()))
         driver = elem.find("driver")
         if driver is not None:
             disk.driver_name, disk.driver_type = driver.get("name"), driver.get("type")
@@ -501,7 +501,7 @@ class Domain:
                 dom.current_vcpus = int(current) if current else None
             except ValueError:
                 raise XmlError("vcpu", f"not an integer: {vcpu.text!r}") from None
-            dom.unknown += [f"vcpu@{a}" for a in vcpu.attrib if a not in ("placement", "current")]
+            dom.unknown += [f"vcpu@{a!s}" for a in vcpu.attrib if a not in ("placement", "current")]
         feats = root.find("features")
         if feats is not None:
             dom.features = [str(f.tag) for f in feats if isinstance(f.tag, str)]

@@ -159,7 +159,9 @@ class _Importer:
             self.warn("clock", "not represented; guests get a UTC clock with the driver's default timers")
 
     def _devices(self, data: dict[str, Any]) -> None:
-        disks, nics, consoles = [], [], []
+        disks: list[dict[str, Any]] = []
+        nics: list[dict[str, Any]] = []
+        consoles: list[dict[str, Any]] = []
         serial_count = 0
         for index, dev in enumerate(self.dom.devices):
             where = f"devices/{_tag(dev)}[{index}]"

@@ -44,7 +44,7 @@ def matrix_json() -> dict[str, Any]:
 
 
 def _cell_text(cell: dict[str, Any]) -> str:
-    outcome, value, reason = cell["outcome"], cell["value"], cell["reason"]
+    outcome, value, _reason = cell["outcome"], cell["value"], cell["reason"]
     if outcome == "native":
         return "native" + (f" (`{value}`)" if value else "")
     if outcome == "translated":

@@ -54,9 +54,7 @@ class LiveDevice:
         elif isinstance(c, cfg.CharDevice):
             out.update(element=c.element, type=c.type, target_type=c.target_type, name=c.target_name,
                        path=c.source_path or c.tty, log=c.log_file)
-        elif isinstance(c, cfg.Memballoon):
-            out.update(model=c.model)
-        elif isinstance(c, cfg.Video):
+        elif isinstance(c, (cfg.Memballoon, cfg.Video)):
             out.update(model=c.model)
         elif isinstance(c, cfg.Controller):
             out.update(type=c.type, model=c.model)

@@ -254,9 +254,9 @@ class VmSpec(_Model):
     disks: list[DiskSpec] = Field(default_factory=list)
     nics: list[NicSpec] = Field(default_factory=list)
     graphics: GraphicsSpec | None = None
-    consoles: list[ConsoleSpec] = Field(default_factory=lambda: [ConsoleSpec()])
+    consoles: list[ConsoleSpec] = Field(default_factory=lambda: [ConsoleSpec(id=new_id())])
     guest_agent: AgentChannelSpec | None = None
-    balloon: BalloonSpec | None = Field(default_factory=BalloonSpec)
+    balloon: BalloonSpec | None = Field(default_factory=lambda: BalloonSpec(id=new_id()))
     on_poweroff: LifecycleAction = LifecycleAction.DESTROY
     on_reboot: LifecycleAction = LifecycleAction.RESTART
     on_crash: LifecycleAction = LifecycleAction.DESTROY

@@ -1,0 +1,1 @@
+"""The host agent: the only part of Corral that talks to libvirt."""

@@ -1,0 +1,198 @@
+"""The agent's HTTP API (``/v1``, see docs/agent-api.md): thin handlers over ``VmManager``.
+
+Handlers are plain ``def``: libvirt calls block, so FastAPI runs them in its thread pool. Every error is a
+JSON body ``{"code", "message", "field"?}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import libvirt
+from fastapi import Body, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from corral import __version__
+from corral.agent.connection import Unavailable
+from corral.agent.errors import AgentError, Invalid, from_libvirt
+from corral.agent.service import Agent
+from corral.agent.vms import VmManager
+from corral.domain.spec import SpecError, VmSpec, parse_spec
+
+ACTIONS = ("start", "shutdown", "destroy", "reboot", "pause", "resume")
+
+
+def _error(status: int, code: str, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message, "field": field, **extra}, status_code=status)
+
+
+def create_app(agent: Agent, token: str | None = None) -> FastAPI:
+    app = FastAPI(title="Corral agent", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url="/v1/openapi.json")
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if token is not None and request.url.path != "/v1/health":
+            header = request.headers.get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return _error(401, "unauthorized", "a valid bearer token is required")
+        return await call_next(request)
+
+    @app.exception_handler(AgentError)
+    async def agent_error(_r: Request, exc: AgentError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(SpecError)
+    async def spec_error(_r: Request, exc: SpecError) -> JSONResponse:
+        return _error(422, "invalid", str(exc), exc.field, errors=[{"field": f, "message": m} for f, m in exc.errors])
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+                  for e in exc.errors()]
+        first = errors[0] if errors else {"field": None, "message": "invalid request"}
+        return _error(422, "invalid", f"{first['field']}: {first['message']}", first["field"], errors=errors)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(_r: Request, exc: Unavailable) -> JSONResponse:
+        return _error(503, "unavailable", str(exc))
+
+    @app.exception_handler(libvirt.libvirtError)
+    async def libvirt_error(_r: Request, exc: libvirt.libvirtError) -> JSONResponse:
+        err = from_libvirt(exc, "libvirt")
+        return JSONResponse(err.body(), status_code=err.status)
+
+    def vms() -> VmManager:
+        assert agent.vms is not None
+        return agent.vms
+
+    def spec_body(data: Any) -> VmSpec:
+        if not isinstance(data, dict):
+            raise Invalid("the body must be a VmSpec object", field="body")
+        return parse_spec(data)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "libvirt": agent.connection.check()}
+
+    @app.get("/v1/host")
+    def host() -> dict[str, Any]:
+        return agent.host()
+
+    @app.get("/v1/host/stats")
+    def host_stats() -> dict[str, Any]:
+        return agent.host_stats()
+
+    @app.get("/v1/vms")
+    def list_vms() -> dict[str, Any]:
+        return {"items": vms().list()}
+
+    @app.post("/v1/vms/plan")
+    def plan(data: Any = Body(...)) -> dict[str, Any]:
+        return vms().plan(spec_body(data))
+
+    @app.post("/v1/vms", status_code=201)
+    def create(data: Any = Body(...), start: bool = False) -> dict[str, Any]:
+        return vms().create(spec_body(data), start=start)
+
+    @app.get("/v1/vms/{vm_id}")
+    def show(vm_id: str) -> dict[str, Any]:
+        vm, dom = vms().lookup(vm_id)
+        return vms().info(vm, dom)
+
+    @app.delete("/v1/vms/{vm_id}", status_code=204)
+    def delete(vm_id: str) -> Response:
+        vms().undefine(vm_id)
+        return Response(status_code=204)
+
+    @app.post("/v1/vms/{vm_id}/{action}")
+    def action(vm_id: str, action: str, data: Any = Body(None)) -> dict[str, Any]:
+        manager = vms()
+        if action == "shutdown":
+            body = data or {}
+            if not isinstance(body, dict):
+                raise Invalid("the body must be an object", field="body")
+            timeout = body.get("timeout", 60)
+            force = body.get("force", False)
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 <= timeout <= 3600:
+                raise Invalid("timeout must be a number of seconds between 0 and 3600", field="timeout")
+            if not isinstance(force, bool):
+                raise Invalid("force must be true or false", field="force")
+            return manager.shutdown(vm_id, float(timeout), force)
+        if action == "devices":
+            if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in ("disk", "nic"):
+                raise Invalid("the body must be {\"disk\": {...}} or {\"nic\": {...}}", field="body")
+            kind = next(iter(data))
+            if not isinstance(data[kind], dict):
+                raise Invalid(f"{kind} must be an object", field=kind)
+            return manager.hotplug(vm_id, kind, data[kind])
+        handlers = {"start": manager.start, "destroy": manager.destroy, "reboot": manager.reboot,
+                    "pause": manager.pause, "resume": manager.resume}
+        if action not in handlers:
+            raise Invalid(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", field="action")
+        return handlers[action](vm_id)
+
+    @app.patch("/v1/vms/{vm_id}/devices/{device_id}")
+    def patch_device(vm_id: str, device_id: str, data: Any = Body(...)) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise Invalid("the body must be an object", field="body")
+        return vms().update_device(vm_id, device_id, data)
+
+    @app.delete("/v1/vms/{vm_id}/devices/{device_id}")
+    def unplug(vm_id: str, device_id: str) -> dict[str, Any]:
+        return vms().unplug(vm_id, device_id)
+
+    @app.put("/v1/vms/{vm_id}/memory")
+    def memory(vm_id: str, data: Any = Body(...)) -> dict[str, Any]:
+        value = data.get("memory_mib") if isinstance(data, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise Invalid("memory_mib must be an integer", field="memory_mib")
+        return vms().set_memory(vm_id, value)
+
+    @app.put("/v1/vms/{vm_id}/vcpus")
+    def vcpus(vm_id: str, data: Any = Body(...)) -> dict[str, Any]:
+        value = data.get("vcpus") if isinstance(data, dict) else None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise Invalid("vcpus must be an integer", field="vcpus")
+        return vms().set_vcpus(vm_id, value)
+
+    @app.get("/v1/vms/{vm_id}/console")
+    def console(vm_id: str, tail: int = Query(65536, ge=1, le=16 * 1024 * 1024)) -> dict[str, Any]:
+        return vms().console_log(vm_id, tail)
+
+    @app.get("/v1/events", response_model=None)
+    async def events(request: Request, after: int | None = Query(None, ge=0),
+                     wait: float = Query(-1.0, le=60)) -> Any:
+        last = after
+        if last is None:
+            header = request.headers.get("last-event-id", "")
+            last = int(header) if header.isdigit() else 0
+        if wait >= 0:
+            items = await agent.bus.wait(last, wait) if wait > 0 else agent.bus.since(last)
+            return {"items": [e.as_dict() for e in items], "last": items[-1].seq if items else last}
+
+        async def stream() -> AsyncIterator[str]:
+            seq = last
+            yield f"retry: 1000\n: corral agent events after {seq}\n\n"
+            while True:
+                if await request.is_disconnected():
+                    return
+                batch = await agent.bus.wait(seq, 15.0)
+                if not batch:
+                    yield ": keepalive\n\n"
+                    continue
+                for event in batch:
+                    seq = event.seq
+                    yield f"id: {event.seq}\nevent: {event.type}\ndata: {json.dumps(event.as_dict())}\n\n"
+                await asyncio.sleep(0)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app

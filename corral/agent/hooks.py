@@ -1,0 +1,80 @@
+"""Operator hooks: executable scripts in ``<hooks-dir>/<hook_point>/``, run in name order.
+
+Each script gets the domain (or device) XML in a file named by ``$CORRAL_DOMXML`` and may rewrite it. Exit 0
+is success, 1 a warning that is logged and reported, 2 (or any other status, or a timeout) fails the
+operation before libvirt is asked anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from corral.agent.errors import HookFailed
+
+log = logging.getLogger(__name__)
+
+HOOK_POINTS = ("before_vm_define", "before_vm_start", "after_vm_start", "before_vm_shutdown",
+               "after_vm_shutdown", "before_vm_destroy", "after_vm_destroy", "before_vm_undefine",
+               "before_device_hotplug", "after_device_hotplug", "before_device_unplug", "after_device_unplug")
+
+
+@dataclass
+class HookResult:
+    xml: str
+    warnings: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+
+
+class Hooks:
+    def __init__(self, hooks_dir: Path | None, timeout: float = 30.0) -> None:
+        self.hooks_dir = hooks_dir
+        self.timeout = timeout
+
+    def scripts(self, point: str) -> list[Path]:
+        if self.hooks_dir is None:
+            return []
+        folder = self.hooks_dir / point
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.is_file() and os.access(p, os.X_OK))
+
+    def run(self, point: str, xml: str, vm_id: str, vm_name: str) -> HookResult:
+        if point not in HOOK_POINTS:
+            raise ValueError(f"unknown hook point {point}")
+        scripts = self.scripts(point)
+        result = HookResult(xml=xml)
+        if not scripts:
+            return result
+        with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="corral-hook-", delete=False) as tmp:
+            tmp.write(xml)
+            path = Path(tmp.name)
+        env = {**os.environ, "CORRAL_DOMXML": str(path), "CORRAL_HOOK": point, "CORRAL_VM_ID": vm_id,
+               "CORRAL_VM_NAME": vm_name}
+        try:
+            for script in scripts:
+                result.ran.append(script.name)
+                try:
+                    proc = subprocess.run([str(script)], env=env, capture_output=True, text=True,
+                                          timeout=self.timeout, stdin=subprocess.DEVNULL)
+                except subprocess.TimeoutExpired:
+                    raise HookFailed(f"hook {point}/{script.name} timed out after {self.timeout:g} s",
+                                     hook=script.name) from None
+                except OSError as exc:
+                    raise HookFailed(f"hook {point}/{script.name} could not run: {exc}", hook=script.name) from None
+                output = (proc.stderr or proc.stdout).strip()[-500:]
+                if proc.returncode == 1:
+                    msg = f"hook {point}/{script.name} warned: {output}"
+                    log.warning(msg)
+                    result.warnings.append(msg)
+                elif proc.returncode != 0:
+                    raise HookFailed(f"hook {point}/{script.name} failed (exit {proc.returncode}): {output}",
+                                     hook=script.name, exit_status=proc.returncode)
+            result.xml = path.read_text()
+            return result
+        finally:
+            path.unlink(missing_ok=True)

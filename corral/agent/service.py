@@ -1,0 +1,167 @@
+"""The agent as one object: settings, libvirt connection, detection, VM manager, events, watchdog."""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from corral.agent.connection import Connection
+from corral.agent.events import EventBus
+from corral.agent.hooks import Hooks
+from corral.agent.host import Detection, HostProbe, capabilities, detect
+from corral.agent.netlink import LinkControl
+from corral.agent.vms import VmManager, state_name
+from corral.agent.watchdog import DeviceModelWatchdog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("/etc/corral/agent.toml")
+
+_LIFECYCLE = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined", libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started", libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed", libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
+
+
+@dataclass
+class Settings:
+    libvirt: str = "test:///default"
+    listen: str = "127.0.0.1:8470"
+    token_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    state_dir: Path = Path("/var/lib/corral")
+    hooks_dir: Path | None = None
+    emulate: str | None = None
+    allow_tcg: bool = False
+    bridges: list[str] = field(default_factory=list)
+    hook_timeout: float = 30.0
+    xen_console_dir: Path = Path("/var/log/xen/console")
+
+    @classmethod
+    def from_toml(cls, path: Path) -> dict[str, Any]:
+        """Read a config file; unknown keys are an error naming the key."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ValueError(f"{path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        names = {f.name: f for f in fields(cls)}
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            key = key.replace("-", "_")
+            if key not in names:
+                raise ValueError(f"{path}: unknown setting {key!r}")
+            out[key] = Path(value) if "Path" in str(names[key].type) and isinstance(value, str) else value
+        return out
+
+    def token(self) -> str | None:
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"token file {self.token_file}: {exc.strerror}") from None
+        if len(token) < 16:
+            raise ValueError(f"token file {self.token_file}: the token must be at least 16 characters")
+        return token
+
+
+class Agent:
+    def __init__(self, settings: Settings, probe: HostProbe | None = None) -> None:
+        self.settings = settings
+        self.probe = probe or HostProbe()
+        self.bus = EventBus()
+        self.connection = Connection(settings.libvirt, on_connect=self._on_connect)
+        self.detection: Detection | None = None
+        self.vms: VmManager | None = None
+        self.watchdog: DeviceModelWatchdog | None = None
+        self._callbacks: list[int] = []
+
+    def start(self) -> None:
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.connection.open()
+        conn = self.connection.conn
+        if self.settings.emulate and self.settings.emulate not in ("xen", "kvm"):
+            raise ValueError(f"--emulate: expected xen or kvm, got {self.settings.emulate!r}")
+        self.detection = detect(conn, self.probe, self.settings.emulate)
+        self.vms = VmManager(lambda: self.connection.conn, self.detection, self.bus,
+                             Hooks(self.settings.hooks_dir, self.settings.hook_timeout),
+                             LinkControl(self.detection.emulated), self.settings.state_dir,
+                             self.settings.xen_console_dir)
+        counts = self.vms.recover()
+        log.info("recovered %s", counts)
+        if self.detection.hypervisor == "xen" and not self.detection.emulated:
+            self.watchdog = DeviceModelWatchdog(self.vms)
+            self.watchdog.start()
+
+    def stop(self) -> None:
+        if self.watchdog:
+            self.watchdog.stop()
+        self.connection.close()
+
+    def _on_connect(self, conn: libvirt.virConnect) -> None:
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._device_removed, None)
+        if self.vms is not None:  # a reconnect: libvirtd may have changed while we were away
+            try:
+                self.vms.recover()
+            except libvirt.libvirtError as exc:
+                log.warning("recovery after reconnect failed: %s", exc)
+
+    def _lifecycle(self, _conn: Any, dom: libvirt.virDomain, event: int, detail: int, _opaque: Any) -> None:
+        try:
+            uuid, name = dom.UUIDString(), dom.name()
+            state, reason = dom.state() if event != libvirt.VIR_DOMAIN_EVENT_UNDEFINED else (0, 0)
+        except libvirt.libvirtError:
+            return
+        kind = _LIFECYCLE.get(event, str(event))
+        vm = self.vms.known(uuid) if self.vms is not None and kind != "undefined" else None
+        if kind == "crashed" or (kind == "stopped" and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
+            label = "crashed"
+        elif kind == "undefined":
+            label = "deleted"
+        else:
+            label = state_name(state, reason)
+            if vm is not None and vm.fault and label == "down":
+                label = vm.fault
+        self.bus.publish("lifecycle", uuid, name, label, event=kind, detail=detail,
+                         external=vm.external if vm is not None else None)
+
+    def _device_removed(self, _conn: Any, dom: libvirt.virDomain, alias: str, _opaque: Any) -> None:
+        self.bus.publish("device", dom.UUIDString(), dom.name(), None, change="removed", alias=alias)
+
+    def host(self) -> dict[str, Any]:
+        assert self.detection is not None
+        return capabilities(self.connection.conn, self.detection, self.probe, self.settings.bridges,
+                            self.settings.allow_tcg)
+
+    def host_stats(self) -> dict[str, Any]:
+        conn = self.connection.conn
+        info = conn.getInfo()
+        assert self.vms is not None
+        vms = self.vms.list()
+        running = [v for v in vms if v["state"] in ("up", "paused", "shutting_down")]
+        try:
+            free = conn.getFreeMemory() // (1024 * 1024)
+        except libvirt.libvirtError:
+            free = None
+        try:
+            cpu = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
+        except libvirt.libvirtError:
+            cpu = {}
+        return {"cpu": {"count": info[2], **{f"{k}_ns": v for k, v in cpu.items()}},
+                "memory": {"total_mib": info[1], "free_mib": free},
+                "vms": {"total": len(vms), "running": len(running),
+                        "memory_mib": sum(v["memory_mib"] or 0 for v in running),
+                        "vcpus": sum(v["vcpus"] or 0 for v in running)}}

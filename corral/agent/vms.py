@@ -1,0 +1,677 @@
+"""VM lifecycle on this host: define, start, stop, devices, memory, vCPUs, and recovery after a restart.
+
+libvirt is the source of truth: every Corral domain carries its VmSpec in ``<metadata>`` (written by
+``render``), the persistent definition is re-rendered whenever the spec changes, and on start the agent
+reads every domain back (running ones are never touched). What a flavor cannot do live is refused with a
+message saying what works instead, before anything is changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+from lxml import etree
+
+from corral.agent.errors import Conflict, Invalid, NotFound, Refused, Unsupported, from_libvirt
+from corral.agent.events import EventBus
+from corral.agent.hooks import Hooks
+from corral.agent.host import Detection
+from corral.agent.netlink import LinkControl
+from corral.domain import config as cfg
+from corral.domain.flavors.base import Outcome
+from corral.domain.read import LiveDevice, read_domain, read_metadata
+from corral.domain.render import render_resolution
+from corral.domain.resolve import RefusedError, RenderOptions, resolve
+from corral.domain.spec import (
+    DiskDevice,
+    DiskSpec,
+    GuestType,
+    LinkState,
+    NicSpec,
+    SpecError,
+    VmSpec,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown", libvirt.VIR_DOMAIN_RUNNING: "up", libvirt.VIR_DOMAIN_BLOCKED: "up",
+    libvirt.VIR_DOMAIN_PAUSED: "paused", libvirt.VIR_DOMAIN_SHUTDOWN: "shutting_down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "down", libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+}
+LIBVIRT_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "nostate", libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "blocked", libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+STATS_FLAGS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+               | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU)
+
+
+def state_name(state: int, reason: int) -> str:
+    if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
+        return "crashed"
+    return STATE_NAMES.get(state, "unknown")
+
+
+@dataclass
+class Vm:
+    """What the agent knows of one domain beyond libvirt: its spec (None for external domains)."""
+
+    uuid: str
+    name: str
+    spec: VmSpec | None
+    guest_type: GuestType | None = None
+    fault: str | None = None  # a state libvirt does not report (e.g. 'crashed' after device_model_lost)
+    links: dict[str, str] = field(default_factory=dict)  # NIC id -> link state set by the agent
+
+    @property
+    def external(self) -> bool:
+        return self.spec is None
+
+
+class VmManager:
+    def __init__(self, get_conn: Callable[[], libvirt.virConnect], det: Detection, bus: EventBus, hooks: Hooks,
+                 links: LinkControl, state_dir: Path, xen_console_dir: Path = Path("/var/log/xen/console")) -> None:
+        self._get_conn = get_conn
+        self.det = det
+        self.flavor = det.flavor
+        self.bus = bus
+        self.hooks = hooks
+        self.links = links
+        self.state_dir = state_dir
+        self.xen_console_dir = xen_console_dir
+        self.vms: dict[str, Vm] = {}
+        self._lock = threading.RLock()
+        self._vm_locks: dict[str, threading.Lock] = {}
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        return self._get_conn()
+
+    # ---- options and registry -------------------------------------------------------------------------
+
+    def options(self) -> RenderOptions:
+        try:
+            cpus = self.conn.getInfo()[2]
+        except libvirt.libvirtError:
+            cpus = None
+        console_dir = None
+        if self.flavor.name == "kvm" and not self.det.emulated:
+            console_dir = str(self.state_dir / "consoles")
+        return RenderOptions(host_cpus=cpus, console_log_dir=console_dir,
+                             channel_dir=str(self.state_dir / "channels"))
+
+    def vm_lock(self, uuid: str) -> threading.Lock:
+        with self._lock:
+            return self._vm_locks.setdefault(uuid, threading.Lock())
+
+    def recover(self) -> dict[str, int]:
+        """Read every domain from libvirt: Corral's come back with their specs; running VMs are untouched."""
+        counts = {"managed": 0, "external": 0, "running": 0}
+        found: dict[str, Vm] = {}
+        for dom in self.conn.listAllDomains(0):
+            vm = self._vm_from_domain(dom)
+            found[vm.uuid] = vm
+            counts["external" if vm.external else "managed"] += 1
+            if dom.isActive():
+                counts["running"] += 1
+                if not vm.external:
+                    self._reapply_links(vm, dom)
+        with self._lock:
+            self.vms = found
+        self.bus.publish("agent", None, None, "recovered", **counts)
+        return counts
+
+    def _vm_from_domain(self, dom: libvirt.virDomain) -> Vm:
+        uuid, name = dom.UUIDString(), dom.name()
+        try:
+            parsed = cfg.Domain.from_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            meta = read_metadata(parsed)
+        except (cfg.XmlError, libvirt.libvirtError) as exc:
+            log.warning("domain %s: cannot read its Corral metadata: %s", name, exc)
+            meta = None
+        if meta is None:
+            return Vm(uuid, name, None)
+        return Vm(uuid, name, meta.spec, meta.guest_type,
+                  links={n.id: n.link.value for n in meta.spec.nics})
+
+    def known(self, uuid: str) -> Vm | None:
+        with self._lock:
+            vm = self.vms.get(uuid)
+        if vm is not None:
+            return vm
+        try:
+            dom = self.conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError:
+            return None
+        vm = self._vm_from_domain(dom)
+        with self._lock:
+            self.vms[uuid] = vm
+        return vm
+
+    def lookup(self, uuid: str) -> tuple[Vm, libvirt.virDomain]:
+        try:
+            dom = self.conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_ARG):
+                with self._lock:
+                    self.vms.pop(uuid, None)
+                raise NotFound(f"no VM {uuid} on this host") from None
+            raise from_libvirt(exc, "lookup") from None
+        vm = self.known(uuid)
+        assert vm is not None
+        return vm, dom
+
+    def managed(self, uuid: str) -> tuple[Vm, libvirt.virDomain, VmSpec]:
+        vm, dom = self.lookup(uuid)
+        if vm.spec is None:
+            raise Conflict(f"VM {vm.name} was not created by Corral (external); it is only listed", field="id")
+        return vm, dom, vm.spec
+
+    # ---- reading ----------------------------------------------------------------------------------------
+
+    def _state(self, vm: Vm, state: int, reason: int) -> str:
+        name = state_name(state, reason)
+        if vm.fault and name == "down":
+            return vm.fault
+        return name
+
+    def info(self, vm: Vm, dom: libvirt.virDomain, stats: dict[str, Any] | None = None,
+             devices: bool = True) -> dict[str, Any]:
+        if stats is None:
+            try:
+                stats = self.conn.domainListGetStats([dom], STATS_FLAGS)[0][1]
+            except (libvirt.libvirtError, IndexError):
+                stats = {}
+        state, reason = stats.get("state.state"), stats.get("state.reason", 0)
+        if state is None:
+            state, reason = dom.state()
+        active = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
+        out: dict[str, Any] = {
+            "id": vm.uuid, "name": vm.name, "state": self._state(vm, state, reason),
+            "libvirt_state": LIBVIRT_STATES.get(state, "unknown"), "reason": reason, "external": vm.external,
+            "domain_id": dom.ID() if active else None,
+            "memory_mib": (stats.get("balloon.current") or 0) // 1024 or (vm.spec.memory_mib if vm.spec else None),
+            "vcpus": stats.get("vcpu.current") or (vm.spec.vcpus if vm.spec else None),
+            "stats": {k.replace(".", "_"): v for k, v in stats.items() if not k.startswith("state.")},
+            "spec": vm.spec.model_dump(mode="json") if vm.spec else None,
+            "guest_type": vm.guest_type.value if vm.guest_type else None,
+            "fault": vm.fault,
+        }
+        if devices:
+            out["devices"] = [self._device_dict(vm, d) for d in self.live_devices(vm, dom)]
+        return out
+
+    def _device_dict(self, vm: Vm, dev: LiveDevice) -> dict[str, Any]:
+        data = dev.as_dict()
+        if data["kind"] == "nic" and dev.device_id in vm.links and self.flavor.name == "xen":
+            data["link"] = vm.links[dev.device_id]
+        return data
+
+    def live_devices(self, vm: Vm, dom: libvirt.virDomain) -> list[LiveDevice]:
+        xml = dom.XMLDesc(0)
+        return read_domain(xml, vm.spec, self.flavor.name, vm.guest_type)[1]
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every domain with state and stats from one bulk ``getAllDomainStats`` call."""
+        try:
+            records = self.conn.getAllDomainStats(STATS_FLAGS, 0)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, "list VMs") from None
+        out = []
+        seen = set()
+        for dom, stats in records:
+            uuid = dom.UUIDString()
+            seen.add(uuid)
+            vm = self.known(uuid)
+            if vm is None:
+                continue
+            out.append(self.info(vm, dom, stats, devices=False))
+        with self._lock:
+            for gone in set(self.vms) - seen:
+                self.vms.pop(gone, None)
+        return out
+
+    # ---- define / undefine ------------------------------------------------------------------------------
+
+    def plan(self, spec: VmSpec) -> dict[str, Any]:
+        res = resolve(spec, self.flavor, None, self.options())
+        return {"flavor": self.flavor.name, "guest_type": res.guest_type.value, "ok": not res.refused,
+                "decisions": [d.as_dict() for d in res.decisions]}
+
+    def _render(self, spec: VmSpec, guest_type: GuestType | None = None) -> tuple[str, Any]:
+        try:
+            return render_resolution(spec, self.flavor, guest_type, self.options())
+        except RefusedError as exc:
+            raise Refused(str(exc), field=exc.field, decisions=[d.as_dict() for d in exc.decisions]) from None
+
+    def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]:
+        conn = self.conn
+        for lookup, key, value in ((conn.lookupByUUIDString, "id", spec.id), (conn.lookupByName, "name", spec.name)):
+            try:
+                lookup(value)
+            except libvirt.libvirtError:
+                continue
+            raise Conflict(f"a domain with {key} {value!r} already exists on this host", field=key)
+        spec = self._fill_macs(spec)
+        xml, res = self._render(spec)
+        xml = self.hooks.run("before_vm_define", xml, spec.id, spec.name).xml
+        try:
+            dom = conn.defineXML(xml)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, "define") from None
+        vm = Vm(spec.id, spec.name, spec, res.guest_type, links={n.id: n.link.value for n in spec.nics})
+        with self._lock:
+            self.vms[vm.uuid] = vm
+        if start:
+            return self.start(vm.uuid)
+        return self.info(vm, dom)
+
+    def _fill_macs(self, spec: VmSpec) -> VmSpec:
+        """Store generated MACs in the spec, so they survive a move to a host of another flavor."""
+        from corral.domain.resolve import mac_for
+
+        if all(n.mac for n in spec.nics):
+            return spec
+        nics = [n if n.mac else n.model_copy(update={"mac": mac_for(n.id, self.flavor.mac_prefix)})
+                for n in spec.nics]
+        return spec.model_copy(update={"nics": nics})
+
+    def _persist(self, vm: Vm, spec: VmSpec) -> None:
+        """Re-render the persistent definition (and its metadata) from the new spec."""
+        xml, res = self._render(spec, vm.guest_type)
+        try:
+            self.conn.defineXML(xml)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, "save the new definition") from None
+        vm.spec = spec
+        vm.guest_type = res.guest_type
+
+    def undefine(self, uuid: str) -> None:
+        with self.vm_lock(uuid):
+            vm, dom = self.lookup(uuid)
+            if dom.isActive():
+                raise Conflict(f"VM {vm.name} is running; stop it before deleting it")
+            self.hooks.run("before_vm_undefine", dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), vm.uuid, vm.name)
+            try:
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            except libvirt.libvirtError:
+                try:
+                    dom.undefine()
+                except libvirt.libvirtError as exc:
+                    raise from_libvirt(exc, "undefine") from None
+            with self._lock:
+                self.vms.pop(uuid, None)
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self, uuid: str) -> dict[str, Any]:
+        with self.vm_lock(uuid):
+            vm, dom = self.lookup(uuid)
+            if dom.isActive():
+                raise Conflict(f"VM {vm.name} is already running")
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            hooked = self.hooks.run("before_vm_start", xml, vm.uuid, vm.name)
+            try:
+                if hooked.xml != xml:
+                    dom = self.conn.defineXML(hooked.xml)
+                if vm.spec is not None and self.flavor.name == "kvm" and not self.det.emulated:
+                    (self.state_dir / "consoles").mkdir(parents=True, exist_ok=True)
+                if vm.spec is not None and vm.spec.guest_agent is not None:
+                    (self.state_dir / "channels").mkdir(parents=True, exist_ok=True)
+                dom.create()
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, f"start {vm.name}") from None
+            vm.fault = None
+            self._reapply_links(vm, dom)
+            after = self.hooks.run("after_vm_start", dom.XMLDesc(0), vm.uuid, vm.name)
+            info = self.info(vm, dom)
+            if hooked.warnings or after.warnings:
+                info["warnings"] = hooked.warnings + after.warnings
+            return info
+
+    def _reapply_links(self, vm: Vm, dom: libvirt.virDomain) -> None:
+        """Links the flavor emulates (Xen: vifD.N in dom0) are set again after every start."""
+        if vm.spec is None or self.flavor.rule("nic.link_down", vm.guest_type or GuestType.HVM).value != "agent":
+            return
+        down = [nid for nid, state in vm.links.items() if state == "down"]
+        if not down:
+            return
+        devices = {d.device_id: d for d in self.live_devices(vm, dom)}
+        for nid in down:
+            dev = devices.get(nid)
+            if dev is not None and isinstance(dev.config, cfg.Interface):
+                try:
+                    self.links.set(self._vif(dom, dev), "down")
+                except Unsupported as exc:
+                    log.warning("VM %s NIC %s: %s", vm.name, nid, exc)
+
+    def _vif(self, dom: libvirt.virDomain, dev: LiveDevice) -> str:
+        assert isinstance(dev.config, cfg.Interface)
+        if dev.config.target_dev:
+            return dev.config.target_dev
+        nics = [d for d in cfg.Domain.from_xml(dom.XMLDesc(0)).devices if isinstance(d, cfg.Interface)]
+        index = next(i for i, n in enumerate(nics) if n.mac == dev.config.mac)
+        return f"vif{dom.ID()}.{index}"
+
+    def shutdown(self, uuid: str, timeout: float = 60.0, force: bool = False) -> dict[str, Any]:
+        """Ask the guest to stop; with ``force``, destroy it once ``timeout`` has passed."""
+        with self.vm_lock(uuid):
+            vm, dom = self.lookup(uuid)
+            if not dom.isActive():
+                raise Conflict(f"VM {vm.name} is not running")
+            self.hooks.run("before_vm_shutdown", dom.XMLDesc(0), vm.uuid, vm.name)
+            try:
+                dom.shutdown()
+            except libvirt.libvirtError as exc:
+                if not force:
+                    raise from_libvirt(exc, f"shut down {vm.name}") from None
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self._active(dom):
+                time.sleep(0.1)
+            how = "shutdown"
+            if self._active(dom):
+                if not force:
+                    info = self.info(vm, dom)
+                    info["stopped_by"] = None
+                    return info
+                how = self._destroy_after_timeout(vm, dom)
+            self.hooks.run("after_vm_shutdown", dom.XMLDesc(0), vm.uuid, vm.name)
+            info = self.info(vm, dom)
+            info["stopped_by"] = how
+            return info
+
+    def _active(self, dom: libvirt.virDomain) -> bool:
+        try:
+            return bool(dom.isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def _destroy_after_timeout(self, vm: Vm, dom: libvirt.virDomain) -> str:
+        self.hooks.run("before_vm_destroy", dom.XMLDesc(0), vm.uuid, vm.name)
+        try:
+            dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+            how = "destroy-graceful"
+        except libvirt.libvirtError as exc:
+            # Xen: "unsupported flags (0x1) in function libxlDomainDestroyFlags" [L16]
+            log.info("VM %s: graceful destroy refused (%s); destroying", vm.name, exc.get_error_message())
+            how = "destroy"
+        if self._active(dom):
+            try:
+                dom.destroy()
+                how = "destroy"
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, f"destroy {vm.name}") from None
+        self.hooks.run("after_vm_destroy", dom.XMLDesc(0), vm.uuid, vm.name)
+        return how
+
+    def destroy(self, uuid: str) -> dict[str, Any]:
+        with self.vm_lock(uuid):
+            vm, dom = self.lookup(uuid)
+            if not dom.isActive():
+                raise Conflict(f"VM {vm.name} is not running")
+            self.hooks.run("before_vm_destroy", dom.XMLDesc(0), vm.uuid, vm.name)
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, f"destroy {vm.name}") from None
+            self.hooks.run("after_vm_destroy", dom.XMLDesc(0), vm.uuid, vm.name)
+            return self.info(vm, dom)
+
+    def _simple(self, uuid: str, action: str) -> dict[str, Any]:
+        with self.vm_lock(uuid):
+            vm, dom = self.lookup(uuid)
+            state, _ = dom.state()
+            need = {"reboot": (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED),
+                    "pause": (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED),
+                    "resume": (libvirt.VIR_DOMAIN_PAUSED,)}[action]
+            if state not in need:
+                current = LIBVIRT_STATES.get(state, "unknown")
+                raise Conflict(f"cannot {action} VM {vm.name}: it is {current}")
+            try:
+                {"reboot": lambda: dom.reboot(0), "pause": dom.suspend, "resume": dom.resume}[action]()
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, f"{action} {vm.name}") from None
+            return self.info(vm, dom)
+
+    def reboot(self, uuid: str) -> dict[str, Any]:
+        return self._simple(uuid, "reboot")
+
+    def pause(self, uuid: str) -> dict[str, Any]:
+        return self._simple(uuid, "pause")
+
+    def resume(self, uuid: str) -> dict[str, Any]:
+        return self._simple(uuid, "resume")
+
+    # ---- devices, memory, vCPUs -------------------------------------------------------------------------
+
+    def _check_flavor(self, vm: Vm, spec: VmSpec, path_prefix: str) -> Any:
+        res = resolve(spec, self.flavor, vm.guest_type, self.options())
+        bad = [d for d in res.refused if d.path.startswith(path_prefix) or path_prefix == ""]
+        if res.refused:
+            bad = bad or res.refused
+            raise Refused(f"{self.flavor.title} refuses: " + "; ".join(f"{d.path}: {d.detail}" for d in bad),
+                          field=bad[0].path, decisions=[d.as_dict() for d in bad])
+        return res
+
+    def update_device(self, uuid: str, device_id: str, change: dict[str, Any]) -> dict[str, Any]:
+        with self.vm_lock(uuid):
+            vm, dom, spec = self.managed(uuid)
+            device = spec.device(device_id)
+            if device is None:
+                raise NotFound(f"VM {vm.name} has no device {device_id}", field="device_id")
+            if len(change) != 1:
+                raise Invalid("give exactly one of media, link, password", field="body")
+            key, value = next(iter(change.items()))
+            if key == "media" and isinstance(device, DiskSpec) and device.device is DiskDevice.CDROM:
+                return self._change_media(vm, dom, spec, device, value)
+            if key == "link" and isinstance(device, NicSpec):
+                return self._change_link(vm, dom, spec, device, value)
+            if key == "password" and spec.graphics is not None and device.id == spec.graphics.id:
+                return self._change_password(vm, dom, spec, value)
+            raise Invalid(f"'{key}' cannot be changed on device {device_id} ({type(device).__name__})", field=key)
+
+    def _replace(self, spec: VmSpec, new_device: Any) -> VmSpec:
+        data = spec.model_copy(deep=True)
+        for attr in ("disks", "nics"):
+            items = getattr(data, attr)
+            for i, item in enumerate(items):
+                if item.id == new_device.id:
+                    items[i] = new_device
+        if data.graphics is not None and data.graphics.id == new_device.id:
+            data.graphics = new_device
+        return VmSpec.model_validate(data.model_dump())
+
+    def _rendered(self, res: Any, device_id: str) -> cfg.Device:
+        for dev in res.domain.devices:
+            if dev.device_id == device_id or dev.alias == f"{cfg.ALIAS_PREFIX}{device_id}":
+                return dev  # type: ignore[no-any-return]
+        raise NotFound(f"device {device_id} is not rendered for this host")
+
+    def _change_media(self, vm: Vm, dom: libvirt.virDomain, spec: VmSpec, disk: DiskSpec,
+                      media: Any) -> dict[str, Any]:
+        if media is not None and not isinstance(media, str):
+            raise Invalid("media must be a path or null", field="media")
+        try:
+            new_disk = DiskSpec.model_validate({**disk.model_dump(), "source": media})
+        except Exception as exc:  # pydantic.ValidationError
+            raise Invalid(f"media: {exc}", field="media") from None
+        new_spec = self._replace(spec, new_disk)
+        res = self._check_flavor(vm, new_spec, "disks")
+        if dom.isActive():
+            elem = self._rendered(res, disk.id)
+            xml = etree.tostring(elem.to_element(), encoding="unicode")
+            try:
+                dom.updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, "change the CD-ROM media") from None
+        self._persist(vm, new_spec)
+        self.bus.publish("device", vm.uuid, vm.name, device_id=disk.id, change="media", media=media)
+        return self.info(vm, dom)
+
+    def _change_link(self, vm: Vm, dom: libvirt.virDomain, spec: VmSpec, nic: NicSpec, link: Any) -> dict[str, Any]:
+        if link not in ("up", "down"):
+            raise Invalid("link must be 'up' or 'down'", field="link")
+        new_spec = self._replace(spec, nic.model_copy(update={"link": LinkState(link)}))
+        res = self._check_flavor(vm, new_spec, "nics")
+        rule = self.flavor.rule("nic.link_down", res.guest_type)
+        if dom.isActive():
+            if rule.value == "agent":
+                dev = next((d for d in self.live_devices(vm, dom) if d.device_id == nic.id), None)
+                if dev is None:
+                    raise NotFound(f"NIC {nic.id} is not in the running domain")
+                self.links.set(self._vif(dom, dev), link)
+            else:
+                iface = self._rendered(res, nic.id)
+                assert isinstance(iface, cfg.Interface)
+                iface.link_state = link
+                try:
+                    dom.updateDeviceFlags(etree.tostring(iface.to_element(), encoding="unicode"),
+                                          libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                except libvirt.libvirtError as exc:
+                    raise from_libvirt(exc, "change the NIC link") from None
+        self._persist(vm, new_spec)
+        vm.links[nic.id] = link
+        self.bus.publish("device", vm.uuid, vm.name, device_id=nic.id, change="link", link=link)
+        return self.info(vm, dom)
+
+    def _change_password(self, vm: Vm, dom: libvirt.virDomain, spec: VmSpec, password: Any) -> dict[str, Any]:
+        if password is not None and (not isinstance(password, str) or not 1 <= len(password) <= 8):
+            raise Invalid("password must be 1-8 characters or null", field="password")
+        assert spec.graphics is not None
+        rule = self.flavor.rule("graphics.password", vm.guest_type or GuestType.HVM)
+        if rule.outcome is not Outcome.NATIVE:
+            raise Unsupported(f"{self.flavor.title} cannot set a VNC password: {rule.reason}", field="password")
+        new_spec = self._replace(spec, spec.graphics.model_copy(update={"password": password}))
+        res = self._check_flavor(vm, new_spec, "graphics")
+        if dom.isActive():
+            gfx = self._rendered(res, spec.graphics.id)
+            try:
+                dom.updateDeviceFlags(etree.tostring(gfx.to_element(), encoding="unicode"),
+                                      libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, "change the console password") from None
+        self._persist(vm, new_spec)
+        self.bus.publish("device", vm.uuid, vm.name, device_id=spec.graphics.id, change="password")
+        return self.info(vm, dom)
+
+    def hotplug(self, uuid: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        with self.vm_lock(uuid):
+            vm, dom, spec = self.managed(uuid)
+            try:
+                device: DiskSpec | NicSpec = (DiskSpec if kind == "disk" else NicSpec).model_validate(data)
+            except Exception as exc:
+                raise SpecError.from_validation(exc, kind) from None  # type: ignore[arg-type]
+            if spec.device(device.id) is not None:
+                raise Conflict(f"VM {vm.name} already has a device {device.id}", field=f"{kind}.id")
+            if isinstance(device, NicSpec) and device.mac is None:
+                from corral.domain.resolve import mac_for
+
+                device = device.model_copy(update={"mac": mac_for(device.id, self.flavor.mac_prefix)})
+            update = {"disks": [*spec.disks, device]} if kind == "disk" else {"nics": [*spec.nics, device]}
+            new_spec = VmSpec.model_validate({**spec.model_dump(), **{k: [d.model_dump() for d in v]
+                                                                       for k, v in update.items()}})
+            res = self._check_flavor(vm, new_spec, "disks" if kind == "disk" else "nics")
+            if dom.isActive():
+                xml = etree.tostring(self._rendered(res, device.id).to_element(), encoding="unicode")
+                xml = self.hooks.run("before_device_hotplug", xml, vm.uuid, vm.name).xml
+                try:
+                    dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                except libvirt.libvirtError as exc:
+                    raise from_libvirt(exc, f"hot-plug the {kind}") from None
+                self.hooks.run("after_device_hotplug", xml, vm.uuid, vm.name)
+            self._persist(vm, new_spec)
+            if isinstance(device, NicSpec):
+                vm.links[device.id] = device.link.value
+            self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="attached", kind=kind)
+            return self.info(vm, dom)
+
+    def unplug(self, uuid: str, device_id: str) -> dict[str, Any]:
+        with self.vm_lock(uuid):
+            vm, dom, spec = self.managed(uuid)
+            device = spec.device(device_id)
+            if not isinstance(device, DiskSpec | NicSpec):
+                raise NotFound(f"VM {vm.name} has no disk or NIC {device_id}", field="device_id")
+            if dom.isActive():
+                live = next((d for d in self.live_devices(vm, dom) if d.device_id == device_id), None)
+                if live is not None:
+                    xml = etree.tostring(live.config.to_element(), encoding="unicode")
+                    self.hooks.run("before_device_unplug", xml, vm.uuid, vm.name)
+                    try:
+                        dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                    except libvirt.libvirtError as exc:
+                        raise from_libvirt(exc, "unplug the device") from None
+            new_spec = VmSpec.model_validate({
+                **spec.model_dump(),
+                "disks": [d.model_dump() for d in spec.disks if d.id != device_id],
+                "nics": [n.model_dump() for n in spec.nics if n.id != device_id]})
+            self._persist(vm, new_spec)
+            vm.links.pop(device_id, None)
+            self.bus.publish("device", vm.uuid, vm.name, device_id=device_id, change="detached")
+            return self.info(vm, dom)
+
+    def set_memory(self, uuid: str, memory_mib: int) -> dict[str, Any]:
+        with self.vm_lock(uuid):
+            vm, dom, spec = self.managed(uuid)
+            if not 1 <= memory_mib <= spec.effective_max_memory_mib:
+                raise Invalid(f"memory_mib must be between 1 and the VM's max ({spec.effective_max_memory_mib})",
+                              field="memory_mib")
+            new_spec = spec.model_copy(update={"memory_mib": memory_mib,
+                                               "max_memory_mib": spec.effective_max_memory_mib})
+            self._check_flavor(vm, new_spec, "")
+            if dom.isActive():
+                try:
+                    dom.setMemoryFlags(memory_mib * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                except libvirt.libvirtError as exc:
+                    raise from_libvirt(exc, "set the balloon target") from None
+            self._persist(vm, new_spec)
+            self.bus.publish("device", vm.uuid, vm.name, change="memory", memory_mib=memory_mib)
+            return self.info(vm, dom)
+
+    def set_vcpus(self, uuid: str, vcpus: int) -> dict[str, Any]:
+        with self.vm_lock(uuid):
+            vm, dom, spec = self.managed(uuid)
+            if not 1 <= vcpus <= spec.effective_max_vcpus:
+                raise Invalid(f"vcpus must be between 1 and the VM's max_vcpus ({spec.effective_max_vcpus})",
+                              field="vcpus")
+            new_spec = spec.model_copy(update={"vcpus": vcpus, "max_vcpus": spec.effective_max_vcpus})
+            self._check_flavor(vm, new_spec, "")
+            if dom.isActive():
+                try:
+                    dom.setVcpusFlags(vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                except libvirt.libvirtError as exc:
+                    raise from_libvirt(exc, "set vCPUs") from None
+            self._persist(vm, new_spec)
+            self.bus.publish("device", vm.uuid, vm.name, change="vcpus", vcpus=vcpus)
+            return self.info(vm, dom)
+
+    def console_log(self, uuid: str, tail: int) -> dict[str, Any]:
+        vm, dom = self.lookup(uuid)
+        path: Path | None = None
+        if self.flavor.name == "xen":
+            path = self.xen_console_dir / f"guest-{vm.name}.log"
+        else:
+            for dev in cfg.Domain.from_xml(dom.XMLDesc(0)).devices:
+                if isinstance(dev, cfg.CharDevice) and dev.log_file:
+                    path = Path(dev.log_file)
+                    break
+        if path is None:
+            return {"path": None, "log": ""}
+        try:
+            with path.open("rb") as fh:
+                fh.seek(0, 2)
+                size = fh.tell()
+                fh.seek(max(0, size - tail))
+                return {"path": str(path), "log": fh.read().decode(errors="replace")}
+        except OSError:
+            return {"path": str(path), "log": ""}

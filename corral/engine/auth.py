@@ -1,0 +1,65 @@
+"""API tokens. Only a token's SHA-256 is stored; the clear token is shown once, when it is created.
+
+``create_token`` is what ``corral engine create-token`` and ``corral all-in-one`` call. Tokens are long
+random strings, so a plain hash (no salt, no slow KDF) is enough and lets a request be checked with one
+indexed lookup; verified hashes are cached briefly so a busy client costs no query per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from corral.engine.db.models import ApiToken
+from corral.engine.db.session import Database
+
+TOKEN_PREFIX = "crl_"
+CACHE_SECONDS = 30.0
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(session: Session, name: str = "admin", role: str = "admin") -> str:
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(id=str(uuid.uuid4()), name=name, token_hash=hash_token(token), role=role))
+    return token
+
+
+def create_token(db_url: str, name: str = "admin") -> str:
+    """Create an admin token in the database at ``db_url`` (migrating it first) and return it."""
+    db = Database(db_url)
+    try:
+        db.migrate()
+        return db.call(lambda s: new_token(s, name))
+    finally:
+        db.dispose()
+
+
+class TokenChecker:
+    """Checks bearer tokens against the database, with a short positive cache."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cache: dict[str, float] = {}
+
+    def check(self, token: str) -> bool:
+        digest = hash_token(token)
+        now = time.monotonic()
+        expires = self._cache.get(digest)
+        if expires is not None and expires > now:
+            return True
+        found = self.db.call(lambda s: s.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)))
+        if found is None:
+            self._cache.pop(digest, None)
+            return False
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[digest] = now + CACHE_SECONDS
+        return True

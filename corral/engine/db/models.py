@@ -1,0 +1,233 @@
+"""The engine's tables, as typed SQLAlchemy 2.0 ORM classes.
+
+Shaped for thousands of hosts and tens of thousands of VMs: every column a list filters or sorts on is
+indexed, lists page by primary key (``after`` = last id), and the figures the scheduler sums per host
+(``memory_mib``, ``vcpus``) are plain columns next to the VM's JSON spec so one GROUP BY answers them.
+The VM spec, host capabilities and placement decisions are JSON (JSONB on PostgreSQL): they are read
+whole and never queried inside.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments an ``INTEGER PRIMARY KEY``; PostgreSQL gets a real 64-bit identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps are UTC everywhere; SQLite drops the zone, so it is put back on load."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class HostState(StrEnum):
+    INSTALLING = "installing"
+    UP = "up"
+    NON_OPERATIONAL = "non_operational"
+    UNREACHABLE = "unreachable"
+    MAINTENANCE = "maintenance"
+
+
+class VmState(StrEnum):
+    DOWN = "down"
+    STARTING = "starting"
+    UP = "up"
+    PAUSED = "paused"
+    MIGRATING = "migrating"
+    SHUTTING_DOWN = "shutting_down"
+    CRASHED = "crashed"
+    UNKNOWN = "unknown"
+
+
+# States in which a VM occupies its host (counted against the host's memory, blocks host removal).
+RUNNING_STATES = (VmState.STARTING, VmState.UP, VmState.PAUSED, VmState.MIGRATING, VmState.SHUTTING_DOWN,
+                  VmState.UNKNOWN)
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JsonType, list[Any]: JsonType, datetime: UtcDateTime}
+
+
+class Cluster(Base):
+    """A group of hosts a VM may be placed on; ``flavor_policy`` restricts which flavors qualify."""
+
+    __tablename__ = "clusters"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    flavor_policy: Mapped[str] = mapped_column(String(16), default="any")  # any | kvm | xen
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Host(Base):
+    """One agent. ``info`` is the agent's whole ``GET /v1/host`` answer; hot fields are columns."""
+
+    __tablename__ = "hosts"
+    __table_args__ = (Index(None, "cluster_id", "id"), Index(None, "state"))
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
+    agent_url: Mapped[str] = mapped_column(String(1024), unique=True)
+    # Development credential the engine presents to the agent (TLS client certificates replace it).
+    agent_token: Mapped[str | None] = mapped_column(String(512), default=None)
+    state: Mapped[str] = mapped_column(String(20), default=HostState.INSTALLING.value)
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    hypervisor: Mapped[str | None] = mapped_column(String(16), default=None)
+    flavor: Mapped[str | None] = mapped_column(String(16), default=None)
+    accel: Mapped[str | None] = mapped_column(String(16), default=None)
+    emulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    cpu_count: Mapped[int] = mapped_column(Integer, default=0)
+    cpu_model: Mapped[str | None] = mapped_column(String(128), default=None)
+    cpu_flags: Mapped[list[Any]] = mapped_column(default=list)
+    memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    free_memory_mib: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    reserved_memory_mib: Mapped[int] = mapped_column(BigInteger, default=256)
+    bridges: Mapped[list[Any]] = mapped_column(default=list)
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    last_event_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Vm(Base):
+    """A VM: its spec (the desired state) plus what monitoring last saw (state, host)."""
+
+    __tablename__ = "vms"
+    __table_args__ = (
+        # Names are unique among the VMs Corral manages; external VMs found on hosts may repeat them.
+        Index("uq_vms_name_managed", "name", unique=True, sqlite_where="external = 0",
+              postgresql_where="external = false"),
+        Index(None, "name"),
+        Index(None, "state", "id"),
+        Index(None, "host_id", "id"),
+        Index(None, "cluster_id", "id"),
+        Index(None, "last_host_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
+    external: Mapped[bool] = mapped_column(Boolean, default=False)
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    memory_mib: Mapped[int] = mapped_column(BigInteger, default=0)
+    vcpus: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(20), default=VmState.DOWN.value)
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    # Where it runs now (None while down) and where it is defined / ran last.
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), default=None)
+    last_host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), default=None)
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Event(Base):
+    """An audit/event log line about one object (vm, host, cluster, task)."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index(None, "object_type", "object_id", "id"),
+        Index(None, "severity", "id"),
+        Index(None, "time"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(default=utcnow)
+    severity: Mapped[str] = mapped_column(String(10), default=Severity.INFO.value)
+    type: Mapped[str] = mapped_column(String(64))
+    object_type: Mapped[str | None] = mapped_column(String(16), default=None)
+    object_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    message: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+
+
+class Task(Base):
+    """A long operation the API answered with 202; clients poll it."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (Index(None, "object_type", "object_id"), Index(None, "state", "id"))
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=TaskState.PENDING.value)
+    object_type: Mapped[str | None] = mapped_column(String(16), default=None)
+    object_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    message: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ApiToken(Base):
+    """A bearer token for the REST API; only its SHA-256 is stored. Users and roles come later."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="admin")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

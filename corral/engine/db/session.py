@@ -1,0 +1,101 @@
+"""Database connection: one SQLAlchemy engine per process, sessions per unit of work.
+
+The engine uses synchronous SQLAlchemy: pysqlite and psycopg's sync mode are the best-trodden paths,
+and the async parts of the engine (API handlers that call agents, the monitor) hand their database work
+to a thread with ``Database.run`` so the event loop never blocks on a query. Batching keeps those hops
+few: the monitor writes many hosts' changes in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+
+SUPPORTED = ("sqlite", "postgresql")
+
+
+class DatabaseUrlError(ValueError):
+    pass
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``sqlite:///path``, a bare file path, ``postgresql://`` (→ psycopg 3) and ``postgresql+psycopg://``."""
+    if "://" not in url:
+        url = f"sqlite:///{Path(url).expanduser().resolve()}"
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED:
+        raise DatabaseUrlError(f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://...")
+    if backend == "postgresql" and parsed.drivername in ("postgresql", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets the API read while the monitor writes; foreign keys are off by default in SQLite.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        path = make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=True)
+
+
+class Database:
+    """The engine plus a session factory; ``run`` executes a unit of work off the event loop."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = normalize_url(url)
+        self.engine = engine or make_engine(self.url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with self.sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def call(self, fn: Callable[[Session], T]) -> T:
+        with self.session() as session:
+            return fn(session)
+
+    async def run(self, fn: Callable[[Session], T]) -> T:
+        return await asyncio.to_thread(self.call, fn)
+
+    def migrate(self) -> None:
+        from corral.engine.db.migrate import upgrade
+
+        upgrade(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,142 @@
+"""Long operations: the API answers ``202`` with a task row and runs the work in the background.
+
+Tasks run in the engine's event loop; their rows are the durable record a client polls
+(``GET /api/v1/tasks/{id}``). A task may hold a VM "busy" so monitoring does not overwrite the transitional
+state (``starting``, ``shutting_down``) the task set. Tasks still pending or running when the engine stops
+cannot finish; ``fail_orphans`` marks them failed at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from corral.engine.agent_client import AgentError
+from corral.engine.db.models import Severity, Task, TaskState, utcnow
+from corral.engine.db.session import Database
+from corral.engine.errors import ApiError
+from corral.engine.events import record
+
+log = logging.getLogger(__name__)
+
+Work = Callable[["TaskContext"], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass
+class TaskContext:
+    """Handed to a task's coroutine: its id and a way to report progress."""
+
+    id: str
+    runner: TaskRunner
+
+    async def progress(self, message: str) -> None:
+        def write(s: Session) -> None:
+            s.execute(update(Task).where(Task.id == self.id).values(message=message, updated_at=utcnow()))
+        await self.runner.db.run(write)
+
+
+def task_dict(t: Task) -> dict[str, Any]:
+    return {"id": t.id, "kind": t.kind, "state": t.state, "object_type": t.object_type,
+            "object_id": t.object_id, "message": t.message, "result": t.result, "error": t.error,
+            "created_at": t.created_at, "updated_at": t.updated_at, "finished_at": t.finished_at}
+
+
+def error_body(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ApiError):
+        return exc.body()
+    if isinstance(exc, AgentError):
+        return {"code": exc.code, "message": exc.message, "field": exc.field, "agent_status": exc.status}
+    return {"code": "internal", "message": f"{type(exc).__name__}: {exc}", "field": None}
+
+
+@dataclass
+class TaskRunner:
+    db: Database
+    busy_vms: set[str] = field(default_factory=set)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def fail_orphans(self) -> int:
+        def fix(s: Session) -> int:
+            rows = s.scalars(select(Task).where(Task.state.in_([TaskState.PENDING, TaskState.RUNNING]))).all()
+            for t in rows:
+                t.state = TaskState.FAILED.value
+                t.error = {"code": "interrupted", "message": "the engine stopped before the task finished",
+                           "field": None}
+                t.finished_at = utcnow()
+            return len(rows)
+        return self.db.call(fix)
+
+    async def submit(self, kind: str, work: Work, *, object_type: str | None = None,
+                     object_id: str | None = None, busy_vm: str | None = None,
+                     message: str = "") -> dict[str, Any]:
+        """Record a task, start ``work`` in the background, return the task as the API shows it."""
+        task_id = str(uuid.uuid4())
+
+        def create(s: Session) -> dict[str, Any]:
+            t = Task(id=task_id, kind=kind, state=TaskState.PENDING.value, object_type=object_type,
+                     object_id=object_id, message=message)
+            s.add(t)
+            s.flush()
+            return task_dict(t)
+
+        row = await self.db.run(create)
+        if busy_vm:
+            self.busy_vms.add(busy_vm)
+        handle = asyncio.get_running_loop().create_task(self._run(task_id, kind, work, busy_vm))
+        self._tasks.add(handle)
+        handle.add_done_callback(self._tasks.discard)
+        return row
+
+    async def _run(self, task_id: str, kind: str, work: Work, busy_vm: str | None) -> None:
+        ctx = TaskContext(task_id, self)
+        try:
+            await self._set(task_id, state=TaskState.RUNNING.value)
+            result = await work(ctx)
+        except asyncio.CancelledError:
+            await self._finish(task_id, TaskState.FAILED, error={"code": "interrupted", "field": None,
+                                                                  "message": "the engine is stopping"})
+            raise
+        except Exception as exc:
+            if not isinstance(exc, (ApiError, AgentError)):
+                log.exception("task %s (%s) failed", task_id, kind)
+            await self._finish(task_id, TaskState.FAILED, error=error_body(exc))
+        else:
+            await self._finish(task_id, TaskState.SUCCEEDED, result=result or {})
+        finally:
+            if busy_vm:
+                self.busy_vms.discard(busy_vm)
+
+    async def _set(self, task_id: str, **values: Any) -> None:
+        def write(s: Session) -> None:
+            s.execute(update(Task).where(Task.id == task_id).values(updated_at=utcnow(), **values))
+        await self.db.run(write)
+
+    async def _finish(self, task_id: str, state: TaskState, *, result: dict[str, Any] | None = None,
+                      error: dict[str, Any] | None = None) -> None:
+        def write(s: Session) -> None:
+            now = utcnow()
+            t = s.get(Task, task_id)
+            if t is None:
+                return
+            t.state, t.result, t.error, t.finished_at, t.updated_at = state.value, result, error, now, now
+            if error:
+                t.message = str(error.get("message", ""))
+                record(s, "task_failed", f"{t.kind} failed: {t.message}", severity=Severity.ERROR,
+                       object_type=t.object_type, object_id=t.object_id, detail={"task": t.id})
+        await self.db.run(write)
+
+    async def wait_all(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def cancel_all(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await self.wait_all()
