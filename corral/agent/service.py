@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -95,6 +96,8 @@ class Agent:
         if self.settings.emulate and self.settings.emulate not in ("xen", "kvm"):
             raise ValueError(f"--emulate: expected xen or kvm, got {self.settings.emulate!r}")
         self.detection = detect(conn, self.probe, self.settings.emulate)
+        if self.settings.libvirt.startswith("test:"):
+            self._load_test_state(conn)
         self.vms = VmManager(lambda: self.connection.conn, self.detection, self.bus,
                              Hooks(self.settings.hooks_dir, self.settings.hook_timeout),
                              LinkControl(self.detection.emulated), self.settings.state_dir,
@@ -108,7 +111,39 @@ class Agent:
     def stop(self) -> None:
         if self.watchdog:
             self.watchdog.stop()
+        if self.settings.libvirt.startswith("test:"):
+            try:
+                self._save_test_state(self.connection.conn)
+            except Exception as exc:  # never block shutdown
+                log.warning("could not save the test driver's domains: %s", exc)
         self.connection.close()
+
+    # libvirt's test driver keeps domains in memory only; an emulated host keeps them in its state dir so
+    # that a restart of the agent (e.g. of ``corral all-in-one``) finds the same VMs, as a real host would.
+
+    @property
+    def _test_state(self) -> Path:
+        return self.settings.state_dir / "test-driver-domains.json"
+
+    def _save_test_state(self, conn: libvirt.virConnect) -> None:
+        doms = [{"xml": d.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), "active": bool(d.isActive())}
+                for d in conn.listAllDomains(0) if d.name() != "test"]
+        tmp = self._test_state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doms))
+        tmp.replace(self._test_state)
+
+    def _load_test_state(self, conn: libvirt.virConnect) -> None:
+        try:
+            doms = json.loads(self._test_state.read_text())
+        except (OSError, ValueError):
+            return
+        for item in doms:
+            try:
+                dom = conn.defineXML(item["xml"])
+                if item.get("active") and not dom.isActive():
+                    dom.create()
+            except libvirt.libvirtError as exc:
+                log.warning("could not restore an emulated domain: %s", exc)
 
     def _on_connect(self, conn: libvirt.virConnect) -> None:
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)

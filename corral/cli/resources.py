@@ -1,0 +1,348 @@
+"""``corral login|cluster|host|vm|event|task``: operator commands over the engine's REST API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from corral.cli.client import ApiClient, save_login
+from corral.cli.common import Output, emit, fail, load_data
+
+OutputOpt = typer.Option(Output.TABLE, "--output", "-o", help="table or json")
+console = Console(width=160)
+
+cluster_app = typer.Typer(no_args_is_help=True, help="Clusters.")
+host_app = typer.Typer(no_args_is_help=True, help="Hosts.")
+vm_app = typer.Typer(no_args_is_help=True, help="Virtual machines.")
+event_app = typer.Typer(no_args_is_help=True, help="Events.")
+task_app = typer.Typer(no_args_is_help=True, help="Tasks (long operations).")
+
+
+def _table(items: list[dict[str, Any]], columns: list[str], title: str) -> None:
+    table = Table(*columns, title=title)
+    for item in items:
+        table.add_row(*[_cell(item.get(c)) for c in columns])
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value)[:60]
+    return str(value)
+
+
+def _show(data: Any, output: Output) -> None:
+    if output is Output.JSON:
+        emit(data, Output.JSON)
+    else:
+        for key, value in data.items():
+            console.print(f"[bold]{key}[/]: {_cell(value) if not isinstance(value, dict | list) else ''}")
+            if isinstance(value, dict | list):
+                console.print_json(json.dumps(value, default=str))
+
+
+def _finish(api: ApiClient, result: Any, output: Output, wait: bool) -> Any:
+    """Wait for a 202 task unless --no-wait; print progress; fail with the task's error."""
+    task = result.get("task") if isinstance(result, dict) and "task" in result else None
+    if task is None and isinstance(result, dict) and result.get("kind") and result.get("state") in (
+            "pending", "running", "succeeded", "failed"):
+        task = result
+    if task is None or not wait:
+        return result
+    show = None if output is Output.JSON else (lambda m: typer.echo(f"... {m}", err=True))
+    task = api.wait_task(task, show)
+    if task["state"] == "failed":
+        err = task.get("error") or {}
+        extra = f"\n{json.dumps(err.get('rejections'), indent=2)}" if err.get("rejections") else ""
+        fail(f"task {task['kind']} failed: {err.get('message', err)}{extra}")
+    return task
+
+
+def login(url: str = typer.Argument(..., help="engine URL, e.g. http://127.0.0.1:8080"),
+          token: str = typer.Option(..., "--token", help="API token")) -> None:
+    """Check the token against the engine and save it for later commands."""
+    ApiClient(url.rstrip("/"), token).get("/clusters", limit=1)
+    path = save_login(url, token)
+    typer.echo(f"logged in to {url}; token saved in {path}")
+
+
+@cluster_app.command("create")
+def cluster_create(name: str, description: str = "", flavor_policy: str = typer.Option("any", "--flavor-policy",
+                   help="any, xen or kvm"), output: Output = OutputOpt) -> None:
+    data = ApiClient().request("POST", "/clusters", json={"name": name, "description": description,
+                                                          "flavor_policy": flavor_policy})
+    _show(data, output)
+
+
+@cluster_app.command("list")
+def cluster_list(output: Output = OutputOpt) -> None:
+    data = ApiClient().get("/clusters", limit=1000)
+    if output is Output.JSON:
+        emit(data, output)
+    else:
+        _table(data["items"], ["id", "name", "flavor_policy", "description"], "clusters")
+
+
+@host_app.command("add")
+def host_add(name: str, url: str = typer.Option(..., "--url", help="agent URL"),
+             token_file: Path = typer.Option(None, "--token-file", help="file with the agent's token"),
+             token: str = typer.Option(None, "--token", help="the agent's token"),
+             cluster: str = typer.Option(None, "--cluster"), wait: bool = typer.Option(True, "--wait/--no-wait"),
+             output: Output = OutputOpt) -> None:
+    """Add a host by its agent's URL and credentials."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            fail(f"--token-file {token_file}: {exc.strerror}")
+    if not token:
+        fail("give --token or --token-file")
+    api = ApiClient()
+    body: dict[str, Any] = {"name": name, "url": url, "token": token}
+    if cluster:
+        body["cluster"] = cluster
+    result = _finish(api, api.request("POST", "/hosts", json=body), output, wait)
+    if isinstance(result, dict) and result.get("kind") and wait:
+        result = api.resolve("hosts", name)
+    _show(result, output)
+
+
+@host_app.command("list")
+def host_list(state: str = typer.Option(None), cluster: str = typer.Option(None),
+              limit: int = typer.Option(100), output: Output = OutputOpt) -> None:
+    data = ApiClient().get("/hosts", state=state, cluster=cluster, limit=limit)
+    if output is Output.JSON:
+        emit(data, output)
+    else:
+        _table(data["items"], ["id", "name", "state", "hypervisor", "url", "state_reason"], "hosts")
+
+
+@host_app.command("show")
+def host_show(host: str, output: Output = OutputOpt) -> None:
+    _show(ApiClient().resolve("hosts", host), output)
+
+
+@host_app.command("maintenance")
+def host_maintenance(host: str, off: bool = typer.Option(False, "--off", help="leave maintenance"),
+                     output: Output = OutputOpt) -> None:
+    api = ApiClient()
+    h = api.resolve("hosts", host)
+    _show(api.request("POST", f"/hosts/{h['id']}/{'activate' if off else 'maintenance'}"), output)
+
+
+@host_app.command("remove")
+def host_remove(host: str) -> None:
+    api = ApiClient()
+    h = api.resolve("hosts", host)
+    api.request("DELETE", f"/hosts/{h['id']}")
+    typer.echo(f"host {h['name']} removed")
+
+
+def _disk(value: str, device: str = "disk") -> dict[str, Any]:
+    path, *opts = value.split(",")
+    disk: dict[str, Any] = {"source": path, "device": device}
+    for opt in opts:
+        key, _, val = opt.partition("=")
+        if key not in ("format", "bus", "readonly", "source_type"):
+            fail(f"--disk {value}: unknown option {key!r} (format, bus, readonly, source_type)")
+        disk[key] = val if key != "readonly" else val in ("1", "yes", "true", "on")
+    if path.startswith("/dev/") and "source_type" not in disk:
+        disk["source_type"] = "block"
+    return disk
+
+
+def _nic(value: str) -> dict[str, Any]:
+    nic: dict[str, Any] = {}
+    for opt in value.split(","):
+        key, _, val = opt.partition("=")
+        if key in ("bridge", "network"):
+            nic["source_type"], nic["source"] = key, val
+        elif key in ("model", "mac", "link", "filter"):
+            nic[key] = val
+        else:
+            fail(f"--nic {value}: unknown option {key!r} (bridge, network, model, mac, link, filter)")
+    if "source" not in nic:
+        fail(f"--nic {value}: give bridge=NAME or network=NAME")
+    return nic
+
+
+@vm_app.command("create")
+def vm_create(
+    name: str = typer.Argument(None),
+    spec: Path = typer.Option(None, "--spec", help="a VmSpec file (JSON/YAML), e.g. from 'corral xml import'"),
+    memory: int = typer.Option(512, "--memory", help="MiB"),
+    vcpus: int = typer.Option(1, "--vcpus"),
+    guest_type: str = typer.Option(None, "--guest-type", help="hvm, pv or pvh"),
+    disk: list[str] = typer.Option(None, "--disk", help="PATH[,format=qcow2][,bus=virtio]"),
+    nic: list[str] = typer.Option(None, "--nic", help="bridge=BR[,model=virtio] or network=NET"),
+    cdrom: str = typer.Option(None, "--cdrom", help="ISO path, or 'empty'"),
+    kernel: str = typer.Option(None, "--kernel"),
+    initrd: str = typer.Option(None, "--initrd"),
+    cmdline: str = typer.Option(None, "--cmdline"),
+    graphics: str = typer.Option(None, "--graphics", help="vnc or spice"),
+    cluster: str = typer.Option(None, "--cluster"),
+    output: Output = OutputOpt,
+) -> None:
+    """Define a VM in the engine (it is placed on a host when started)."""
+    if spec is not None:
+        body: dict[str, Any] = load_data(spec, "spec")
+        if not isinstance(body, dict):
+            fail(f"--spec {spec}: not a VmSpec object")
+        if name:
+            body["name"] = name
+    else:
+        if not name:
+            fail("give a NAME or --spec FILE")
+        body = {"name": name, "memory_mib": memory, "vcpus": vcpus}
+        disks = [_disk(d) for d in disk or []]
+        if cdrom:
+            disks.append({"device": "cdrom"} if cdrom == "empty" else _disk(cdrom, "cdrom"))
+        body["disks"] = disks
+        body["nics"] = [_nic(n) for n in nic or []]
+        for key, value in (("kernel", kernel), ("initrd", initrd), ("cmdline", cmdline),
+                           ("guest_type", guest_type)):
+            if value:
+                body[key] = value
+        if graphics:
+            body["graphics"] = {"type": graphics}
+    api = ApiClient()
+    path = "/vms" + (f"?cluster={cluster}" if cluster else "")
+    _show(api.request("POST", path, json=body), output)
+
+
+@vm_app.command("list")
+def vm_list(state: str = typer.Option(None), host: str = typer.Option(None), name: str = typer.Option(None),
+            cluster: str = typer.Option(None), limit: int = typer.Option(100), after: str = typer.Option(None),
+            output: Output = OutputOpt) -> None:
+    api = ApiClient()
+    if host:
+        host = api.resolve("hosts", host)["id"]
+    data = api.get("/vms", state=state, host=host, name=name, cluster=cluster, limit=limit, after=after)
+    if output is Output.JSON:
+        emit(data, output)
+    else:
+        _table(data["items"], ["id", "name", "state", "host_name", "memory_mib", "vcpus", "external"], "VMs")
+
+
+@vm_app.command("show")
+def vm_show(vm: str, output: Output = OutputOpt) -> None:
+    api = ApiClient()
+    _show(api.get(f"/vms/{api.resolve('vms', vm)['id']}"), output)
+
+
+@vm_app.command("plan")
+def vm_plan(vm: str, host: str = typer.Option(..., "--host"), output: Output = OutputOpt) -> None:
+    """The decisions of that host's flavor for this VM: native, translated (to what) or refused (why)."""
+    api = ApiClient()
+    v = api.resolve("vms", vm)
+    h = api.resolve("hosts", host)
+    data = api.get(f"/vms/{v['id']}/plan", host=h["id"])
+    if output is Output.JSON:
+        emit(data, output)
+        return
+    table = Table("field", "outcome", "detail", title=f"plan of {v['name']} on {h['name']} ({data.get('flavor')})")
+    styles = {"native": "green", "translated": "yellow", "refused": "bold red"}
+    for d in data["decisions"]:
+        table.add_row(d["path"], f"[{styles.get(d['outcome'], '')}]{d['outcome']}[/]", d["detail"])
+    console.print(table)
+
+
+def _action(vm: str, action: str, body: dict[str, Any] | None, wait: bool, output: Output) -> None:
+    api = ApiClient()
+    v = api.resolve("vms", vm)
+    result = _finish(api, api.request("POST", f"/vms/{v['id']}/{action}", json=body or {}), output, wait)
+    if wait:
+        result = api.get(f"/vms/{v['id']}")
+    if output is Output.JSON:
+        emit(result, output)
+    else:
+        typer.echo(f"{v['name']}: {result.get('state', result.get('kind'))}"
+                   + (f" on {result['host_name']}" if result.get("host_name") else ""))
+
+
+WaitOpt = typer.Option(True, "--wait/--no-wait", help="wait for the task to finish")
+
+
+@vm_app.command("start")
+def vm_start(vm: str, host: str = typer.Option(None, "--host", help="target host (default: the scheduler's)"),
+             wait: bool = WaitOpt, output: Output = OutputOpt) -> None:
+    body = {}
+    if host:
+        body["host"] = ApiClient().resolve("hosts", host)["id"]
+    _action(vm, "start", body, wait, output)
+
+
+@vm_app.command("shutdown")
+def vm_shutdown(vm: str, timeout: int = typer.Option(60, "--timeout"), wait: bool = WaitOpt,
+                output: Output = OutputOpt) -> None:
+    _action(vm, "shutdown", {"timeout": timeout}, wait, output)
+
+
+@vm_app.command("stop")
+def vm_stop(vm: str, timeout: int = typer.Option(30, "--timeout"), wait: bool = WaitOpt,
+            output: Output = OutputOpt) -> None:
+    """Shut down; destroy after the timeout if the guest does not stop."""
+    _action(vm, "stop", {"timeout": timeout}, wait, output)
+
+
+@vm_app.command("reboot")
+def vm_reboot(vm: str, wait: bool = WaitOpt, output: Output = OutputOpt) -> None:
+    _action(vm, "reboot", None, wait, output)
+
+
+@vm_app.command("pause")
+def vm_pause(vm: str, wait: bool = WaitOpt, output: Output = OutputOpt) -> None:
+    _action(vm, "pause", None, wait, output)
+
+
+@vm_app.command("resume")
+def vm_resume(vm: str, wait: bool = WaitOpt, output: Output = OutputOpt) -> None:
+    _action(vm, "resume", None, wait, output)
+
+
+@vm_app.command("delete")
+def vm_delete(vm: str) -> None:
+    api = ApiClient()
+    v = api.resolve("vms", vm)
+    api.request("DELETE", f"/vms/{v['id']}")
+    typer.echo(f"VM {v['name']} deleted")
+
+
+@vm_app.command("console")
+def vm_console(vm: str, tail: int = typer.Option(65536, "--tail")) -> None:
+    """Print the VM's console log."""
+    api = ApiClient()
+    v = api.resolve("vms", vm)
+    sys.stdout.write(api.get(f"/vms/{v['id']}/console", tail=tail).get("log", ""))
+
+
+@event_app.command("list")
+def event_list(object_id: str = typer.Option(None, "--object"), severity: str = typer.Option(None, "--severity"),
+               limit: int = typer.Option(50), output: Output = OutputOpt) -> None:
+    data = ApiClient().get("/events", object_id=object_id, severity=severity, limit=limit)
+    if output is Output.JSON:
+        emit(data, output)
+    else:
+        _table(data["items"], ["time", "severity", "object_type", "object_name", "message"], "events")
+
+
+@task_app.command("show")
+def task_show(task_id: str, output: Output = OutputOpt) -> None:
+    _show(ApiClient().get(f"/tasks/{task_id}"), output)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("login")(login)
+    app.add_typer(cluster_app, name="cluster")
+    app.add_typer(host_app, name="host")
+    app.add_typer(vm_app, name="vm")
+    app.add_typer(event_app, name="event")
+    app.add_typer(task_app, name="task")
