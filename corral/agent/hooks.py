@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -59,8 +60,7 @@ class Hooks:
             for script in scripts:
                 result.ran.append(script.name)
                 try:
-                    proc = subprocess.run([str(script)], env=env, capture_output=True, text=True,
-                                          timeout=self.timeout, stdin=subprocess.DEVNULL)
+                    proc = _run(script, env, self.timeout)
                 except subprocess.TimeoutExpired:
                     raise HookFailed(f"hook {point}/{script.name} timed out after {self.timeout:g} s",
                                      hook=script.name) from None
@@ -78,3 +78,20 @@ class Hooks:
             return result
         finally:
             path.unlink(missing_ok=True)
+
+
+def _run(script: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run one hook in its own process group; on timeout the whole group is killed, not only the script
+    (a shell script's ``sleep`` or a daemon it spawned would otherwise outlive the failed operation)."""
+    with subprocess.Popen([str(script)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()  # not communicate(): a process that left the group may still hold the pipes
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)

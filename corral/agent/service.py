@@ -32,6 +32,23 @@ _LIFECYCLE = {
 }
 
 
+_TOML_KINDS = {"str": "a string", "str | None": "a string", "Path": "a path (string)", "Path | None": "a path (string)",
+               "bool": "true or false", "float": "a number", "list[str]": "a list of strings"}
+
+
+def _toml_type_ok(kind: str, value: Any) -> bool:
+    """Does a config value fit the Settings field's (string) annotation? Wrong types must not reach the agent."""
+    if kind in ("str", "str | None", "Path", "Path | None"):
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return True
+
+
 @dataclass
 class Settings:
     libvirt: str = "test:///default"
@@ -63,7 +80,10 @@ class Settings:
             key = key.replace("-", "_")
             if key not in names:
                 raise ValueError(f"{path}: unknown setting {key!r}")
-            out[key] = Path(value) if "Path" in str(names[key].type) and isinstance(value, str) else value
+            kind = str(names[key].type)
+            if not _toml_type_ok(kind, value):
+                raise ValueError(f"{path}: setting {key!r} must be {_TOML_KINDS.get(kind, kind)}, got {value!r}")
+            out[key] = Path(value) if "Path" in kind else value
         return out
 
     def token(self) -> str | None:

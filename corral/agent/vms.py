@@ -26,7 +26,7 @@ from corral.agent.host import Detection
 from corral.agent.netlink import LinkControl
 from corral.domain import config as cfg
 from corral.domain.flavors.base import Outcome
-from corral.domain.read import LiveDevice, read_domain, read_metadata
+from corral.domain.read import LiveDevice, match_devices, read_domain, read_metadata
 from corral.domain.render import render_resolution
 from corral.domain.resolve import RefusedError, RenderOptions, resolve
 from corral.domain.spec import (
@@ -73,10 +73,21 @@ class Vm:
     guest_type: GuestType | None = None
     fault: str | None = None  # a state libvirt does not report (e.g. 'crashed' after device_model_lost)
     links: dict[str, str] = field(default_factory=dict)  # NIC id -> link state set by the agent
+    # what is derived from ``spec`` alone, computed once per spec object (a spec is replaced, never changed)
+    _derived: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def external(self) -> bool:
         return self.spec is None
+
+    def spec_json(self) -> dict[str, Any] | None:
+        """The spec as JSON (a stats cycle answers it for every VM: dumping it each time cost most of it)."""
+        if self.spec is None:
+            return None
+        cached = self._derived.get("json")
+        if cached is None or cached[0] is not self.spec:
+            cached = self._derived["json"] = (self.spec, self.spec.model_dump(mode="json"))
+        return dict(cached[1])
 
 
 class VmManager:
@@ -135,15 +146,22 @@ class VmManager:
     def _vm_from_domain(self, dom: libvirt.virDomain) -> Vm:
         uuid, name = dom.UUIDString(), dom.name()
         try:
-            parsed = cfg.Domain.from_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            parsed = cfg.Domain.from_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
             meta = read_metadata(parsed)
         except (cfg.XmlError, libvirt.libvirtError) as exc:
             log.warning("domain %s: cannot read its Corral metadata: %s", name, exc)
             meta = None
         if meta is None:
             return Vm(uuid, name, None)
-        return Vm(uuid, name, meta.spec, meta.guest_type,
-                  links={n.id: n.link.value for n in meta.spec.nics})
+        spec = meta.spec
+        if spec.graphics is not None and spec.graphics.password is None:
+            # <metadata> never holds the VNC password; take it back from <graphics>, or the next re-render
+            # of the definition (any device or memory change) would drop it
+            passwd = next((d.passwd for d in parsed.devices if isinstance(d, cfg.Graphics) and d.passwd), None)
+            if passwd is not None:
+                spec = spec.model_copy(update={"graphics": spec.graphics.model_copy(update={"password": passwd})})
+        return Vm(uuid, name, spec, meta.guest_type,
+                  links={n.id: n.link.value for n in spec.nics})
 
     def known(self, uuid: str) -> Vm | None:
         with self._lock:
@@ -204,7 +222,7 @@ class VmManager:
             "memory_mib": (stats.get("balloon.current") or 0) // 1024 or (vm.spec.memory_mib if vm.spec else None),
             "vcpus": stats.get("vcpu.current") or (vm.spec.vcpus if vm.spec else None),
             "stats": {k.replace(".", "_"): v for k, v in stats.items() if not k.startswith("state.")},
-            "spec": vm.spec.model_dump(mode="json") if vm.spec else None,
+            "spec": vm.spec_json(),
             "guest_type": vm.guest_type.value if vm.guest_type else None,
             "fault": vm.fault,
         }
@@ -219,8 +237,20 @@ class VmManager:
         return data
 
     def live_devices(self, vm: Vm, dom: libvirt.virDomain) -> list[LiveDevice]:
-        xml = dom.XMLDesc(0)
-        return read_domain(xml, vm.spec, self.flavor.name, vm.guest_type)[1]
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)  # else a graphics password always reads as unset
+        if vm.spec is None:
+            return read_domain(xml, None, self.flavor.name, vm.guest_type)[1]
+        return match_devices(cfg.Domain.from_xml(xml).devices, self._expected_devices(vm))
+
+    def _expected_devices(self, vm: Vm) -> list[cfg.Device]:
+        """The devices the spec renders to, which live devices are matched against: resolved once per spec
+        (``read_domain`` resolved the spec and re-validated the metadata's copy of it on every read)."""
+        assert vm.spec is not None
+        cached = vm._derived.get("devices")
+        if cached is None or cached[0] is not vm.spec or cached[1] != vm.guest_type:
+            res = resolve(vm.spec, self.flavor, vm.guest_type)
+            cached = vm._derived["devices"] = (vm.spec, vm.guest_type, res.domain.devices if res.domain else [])
+        return cached[2]  # type: ignore[no-any-return]
 
     def list(self) -> list[dict[str, Any]]:
         """Every domain with state and stats from one bulk ``getAllDomainStats`` call."""
@@ -266,13 +296,15 @@ class VmManager:
         spec = self._fill_macs(spec)
         xml, res = self._render(spec)
         xml = self.hooks.run("before_vm_define", xml, spec.id, spec.name).xml
+        vm = Vm(spec.id, spec.name, spec, res.guest_type, links={n.id: n.link.value for n in spec.nics})
+        with self._lock:  # known before libvirt's 'defined' event: its handler need not read the domain back
+            self.vms[vm.uuid] = vm
         try:
             dom = conn.defineXML(xml)
         except libvirt.libvirtError as exc:
+            with self._lock:
+                self.vms.pop(vm.uuid, None)
             raise from_libvirt(exc, "define") from None
-        vm = Vm(spec.id, spec.name, spec, res.guest_type, links={n.id: n.link.value for n in spec.nics})
-        with self._lock:
-            self.vms[vm.uuid] = vm
         if start:
             return self.start(vm.uuid)
         return self.info(vm, dom)
@@ -320,7 +352,8 @@ class VmManager:
             vm, dom = self.lookup(uuid)
             if dom.isActive():
                 raise Conflict(f"VM {vm.name} is already running")
-            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            # SECURE: a hook's rewrite is defined as is; without the VNC password in it, the password would be lost
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
             hooked = self.hooks.run("before_vm_start", xml, vm.uuid, vm.name)
             try:
                 if hooked.xml != xml:

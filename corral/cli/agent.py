@@ -78,6 +78,7 @@ def serve(
         kwargs = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key),
                   "ssl_ca_certs": str(settings.tls_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     try:
-        uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False, **kwargs)
+        uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False,
+                    timeout_graceful_shutdown=3, **kwargs)
     finally:
         agent.stop()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-import uuid
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral.engine.db.models import ApiToken
 from corral.engine.db.session import Database
+from corral.engine.ids import new_id
 
 TOKEN_PREFIX = "crl_"
 CACHE_SECONDS = 30.0
@@ -28,7 +28,7 @@ def hash_token(token: str) -> str:
 
 def new_token(session: Session, name: str = "admin", role: str = "admin") -> str:
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiToken(id=str(uuid.uuid4()), name=name, token_hash=hash_token(token), role=role))
+    session.add(ApiToken(id=new_id(), name=name, token_hash=hash_token(token), role=role))
     return token
 
 

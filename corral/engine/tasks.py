@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from corral.engine.db.models import Severity, Task, TaskState, utcnow
 from corral.engine.db.session import Database
 from corral.engine.errors import ApiError
 from corral.engine.events import record
+from corral.engine.ids import new_id
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class TaskRunner:
                      object_id: str | None = None, busy_vm: str | None = None,
                      message: str = "") -> dict[str, Any]:
         """Record a task, start ``work`` in the background, return the task as the API shows it."""
-        task_id = str(uuid.uuid4())
+        task_id = new_id()
 
         def create(s: Session) -> dict[str, Any]:
             t = Task(id=task_id, kind=kind, state=TaskState.PENDING.value, object_type=object_type,

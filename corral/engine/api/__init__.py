@@ -1,0 +1,15 @@
+"""The REST API under ``/api/v1``: one router per resource, bearer-token auth on all of them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from corral.engine.api import clusters, events, hosts, tasks, vms
+from corral.engine.api.deps import require_token
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
+    for module in (clusters, hosts, vms, events, tasks):
+        router.include_router(module.router)
+    return router

@@ -1,0 +1,93 @@
+"""Shared pieces of the routers: the engine context, auth, pagination, lookups by id or name."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Select, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from corral.engine.context import EngineContext
+from corral.engine.db.models import Cluster, Host, Vm
+from corral.engine.errors import NotFound, Unauthorized
+
+MAX_LIMIT = 1000
+
+bearer = HTTPBearer(auto_error=False, description="an API token (`corral engine create-token`)")
+
+
+def get_ctx(request: Request) -> EngineContext:
+    ctx = request.app.state.corral
+    assert isinstance(ctx, EngineContext)
+    return ctx
+
+
+Ctx = Annotated[EngineContext, Depends(get_ctx)]
+
+
+def require_token(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    if not ctx.auth:
+        return
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise Unauthorized("a bearer token is required")
+    if not ctx.tokens.check(creds.credentials):
+        raise Unauthorized("unknown token")
+
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")]
+After = Annotated[str | None, Query(description="the last id of the previous page")]
+
+
+def page(s: Session, query: Select[Any], id_col: InstrumentedAttribute[Any], limit: int,
+         after: Any | None, *, desc: bool = False) -> tuple[list[Any], Any | None]:
+    """Keyset pagination by id: stable under inserts and O(limit) however deep the page.
+
+    ``desc`` pages newest first; ``after`` is then the smallest id of the previous page."""
+    if after is not None:
+        query = query.where(id_col < after if desc else id_col > after)
+    rows = list(s.scalars(query.order_by(id_col.desc() if desc else id_col).limit(limit + 1)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_after = getattr(rows[-1], id_col.key) if more and rows else None
+    return rows, next_after
+
+
+def find_cluster(s: Session, ref: str) -> Cluster:
+    c = s.scalar(select(Cluster).where(or_(Cluster.id == ref, Cluster.name == ref)))
+    if c is None:
+        raise NotFound(f"no cluster {ref!r}", field="cluster")
+    return c
+
+
+def find_host(s: Session, ref: str, field: str | None = None) -> Host:
+    h = s.scalar(select(Host).where(or_(Host.id == ref, Host.name == ref)))
+    if h is None:
+        raise NotFound(f"no host {ref!r}", field=field)
+    return h
+
+
+def find_vm(s: Session, ref: str) -> Vm:
+    vm = s.get(Vm, ref)
+    if vm is None:
+        vm = s.scalar(select(Vm).where(Vm.name == ref).order_by(Vm.external).limit(1))
+    if vm is None:
+        raise NotFound(f"no VM {ref!r}")
+    return vm
+
+
+def host_id_of(s: Session, ref: str | None) -> str | None:
+    return None if ref is None else find_host(s, ref, field="host").id
+
+
+def cluster_id_of(s: Session, ref: str | None) -> str | None:
+    return None if ref is None else find_cluster(s, ref).id
+
+
+def names_of(s: Session, model: type[Host] | type[Vm] | type[Cluster], ids: set[str | None]) -> dict[str, str]:
+    """id -> name for a page's worth of references, in one query (no per-row lookups)."""
+    wanted = sorted(i for i in ids if i)
+    if not wanted:
+        return {}
+    return {r[0]: r[1] for r in s.execute(select(model.id, model.name).where(model.id.in_(wanted)))}

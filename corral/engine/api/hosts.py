@@ -1,0 +1,144 @@
+"""``/api/v1/hosts``: add by agent URL, list, show, maintenance, activate, remove."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Response
+from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from corral.engine import hostops
+from corral.engine.api.clusters import default_cluster
+from corral.engine.api.deps import After, Ctx, Limit, cluster_id_of, find_cluster, find_host, page
+from corral.engine.api.schemas import ACCEPTED, ERRORS, HostDetail, HostIn, HostOut, Page, TaskOut
+from corral.engine.db.models import RUNNING_STATES, Host, HostState, Vm
+from corral.engine.errors import Conflict
+from corral.engine.events import record
+from corral.engine.ids import new_id
+from corral.engine.tasks import TaskContext
+
+router = APIRouter(prefix="/hosts", tags=["hosts"], responses=ERRORS)
+
+
+
+def _running(s: Session, host_id: str) -> tuple[int, int]:
+    n, mem = s.execute(select(func.count(Vm.id), func.coalesce(func.sum(Vm.memory_mib), 0))
+                       .where(Vm.host_id == host_id, Vm.state.in_([st.value for st in RUNNING_STATES]))).one()
+    return int(n), int(mem)
+
+
+def _detail(s: Session, h: Host) -> HostDetail:
+    n, mem = _running(s, h.id)
+    return HostDetail.model_validate(h).model_copy(update={"running_vms": n, "committed_memory_mib": mem})
+
+
+@router.get("", response_model=Page[HostOut])
+def list_hosts(ctx: Ctx, limit: Limit = 100, after: After = None, state: str | None = None,
+               cluster: str | None = None, name: str | None = None) -> Page[HostOut]:
+    def q(s: Session) -> Page[HostOut]:
+        query = select(Host)
+        if state is not None:
+            query = query.where(Host.state == state)
+        if cluster is not None:
+            query = query.where(Host.cluster_id == cluster_id_of(s, cluster))
+        if name is not None:
+            query = query.where(Host.name == name)
+        rows, nxt = page(s, query, Host.id, limit, after)
+        return Page[HostOut](items=[HostOut.model_validate(r) for r in rows], next=nxt)
+    return ctx.db.call(q)
+
+
+def _placeholder_name(url: str) -> str:
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", netloc).strip("-") or "host"
+
+
+@router.post("", status_code=202, response_model=TaskOut, responses=ACCEPTED)
+async def add_host(ctx: Ctx, body: HostIn, response: Response) -> Any:
+    url = body.url.rstrip("/")
+    host_id = new_id()
+    name = body.name or _placeholder_name(url)
+
+    def create(s: Session) -> None:
+        cluster = find_cluster(s, body.cluster) if body.cluster else default_cluster(s)
+        if s.scalar(select(Host.id).where(Host.agent_url == url)):
+            raise Conflict(f"a host with agent URL {url} exists", field="url")
+        if s.scalar(select(Host.id).where(Host.name == name)):
+            raise Conflict(f"host {name!r} exists", field="name")
+        s.add(Host(id=host_id, name=name, cluster_id=cluster.id, agent_url=url, agent_token=body.token,
+                   state=HostState.INSTALLING.value, reserved_memory_mib=body.reserved_memory_mib,
+                   cpu_flags=[], bridges=[], info={}))
+
+    await ctx.db.run(create)
+
+    async def work(task: TaskContext) -> dict[str, Any]:
+        return await hostops.activate(ctx, task, host_id, adding=True, rename=body.name is None)
+
+    task = await ctx.tasks.submit("host_add", work, object_type="host", object_id=host_id,
+                                  message=f"adding host {name}")
+    response.headers["Location"] = f"/api/v1/tasks/{task['id']}"
+    return task
+
+
+@router.get("/{host}", response_model=HostDetail)
+def show_host(ctx: Ctx, host: str) -> HostDetail:
+    return ctx.db.call(lambda s: _detail(s, find_host(s, host)))
+
+
+@router.post("/{host}/maintenance", response_model=HostDetail)
+def maintenance(ctx: Ctx, host: str) -> HostDetail:
+    """No new VM is placed on a host in maintenance. Running VMs must be stopped first (no migration yet)."""
+    def q(s: Session) -> HostDetail:
+        h = find_host(s, host)
+        n, _ = _running(s, h.id)
+        if n:
+            raise Conflict(f"host {h.name} runs {n} VM(s); stop them first")
+        if h.state != HostState.MAINTENANCE.value:
+            h.state, h.state_reason = HostState.MAINTENANCE.value, "set by the operator"
+            record(s, "host_maintenance", f"host {h.name} is in maintenance", object_type="host",
+                   object_id=h.id)
+        s.flush()
+        return _detail(s, h)
+    out = ctx.db.call(q)
+    ctx.monitor.set_host_state(out.id, out.state)
+    return out
+
+
+@router.post("/{host}/activate", status_code=202, response_model=TaskOut, responses=ACCEPTED)
+async def activate(ctx: Ctx, host: str, response: Response) -> Any:
+    """Re-read the host's capabilities and hardware check; leaves maintenance."""
+    def q(s: Session) -> tuple[str, str]:
+        h = find_host(s, host)
+        if h.state == HostState.MAINTENANCE.value:
+            h.state = HostState.INSTALLING.value
+        return h.id, h.name
+    host_id, name = await ctx.db.run(q)
+
+    async def work(task: TaskContext) -> dict[str, Any]:
+        return await hostops.activate(ctx, task, host_id, adding=False)
+
+    task = await ctx.tasks.submit("host_activate", work, object_type="host", object_id=host_id,
+                                  message=f"activating host {name}")
+    response.headers["Location"] = f"/api/v1/tasks/{task['id']}"
+    return task
+
+
+@router.delete("/{host}", status_code=204, response_class=Response)
+async def remove_host(ctx: Ctx, host: str) -> Response:
+    """Forget a host. Refused while Corral VMs run on it; external VMs found there are forgotten with it."""
+    def q(s: Session) -> str:
+        h = find_host(s, host)
+        if s.scalar(select(exists().where(Vm.host_id == h.id, Vm.external.is_(False)))):
+            raise Conflict(f"host {h.name} has VMs; stop or move them first")
+        s.execute(delete(Vm).where(Vm.external.is_(True), or_(Vm.host_id == h.id, Vm.last_host_id == h.id)))
+        s.execute(update(Vm).where(Vm.last_host_id == h.id).values(last_host_id=None))
+        s.execute(update(Vm).where(Vm.host_id == h.id).values(host_id=None))
+        record(s, "host_removed", f"host {h.name} removed", object_type="host", object_id=h.id)
+        s.delete(h)
+        return h.id
+    host_id = await ctx.db.run(q)
+    await ctx.monitor.unwatch(host_id)
+    return Response(status_code=204)

@@ -1,0 +1,180 @@
+"""What the API returns. Models, not dicts, so the OpenAPI document describes every answer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+T = TypeVar("T")
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next: str | int | None = Field(None, description="pass as `after` for the next page; null on the last")
+
+
+class Error(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ClusterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    description: str = Field("", max_length=4096)
+    flavor_policy: Literal["any", "kvm", "xen"] = "any"
+
+
+class ClusterPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str | None = Field(None, max_length=4096)
+    flavor_policy: Literal["any", "kvm", "xen"] | None = None
+
+
+class ClusterOut(Out):
+    id: str
+    name: str
+    description: str
+    flavor_policy: str
+    created_at: datetime
+
+
+class HostIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="the agent's base URL")
+    token: str | None = Field(None, max_length=512, description="the agent's bearer token (development)")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,255}$", description="default: agent hostname")
+    cluster: str | None = Field(None, description="cluster id or name; default: the 'default' cluster")
+    reserved_memory_mib: int = Field(256, ge=0)
+
+
+class HostOut(Out):
+    id: str
+    name: str
+    cluster_id: str
+    agent_url: str
+    url: str = Field("", description="same as agent_url")
+
+    @model_validator(mode="after")
+    def _url(self) -> Self:
+        self.url = self.agent_url
+        return self
+    state: str
+    state_reason: str
+    hypervisor: str | None
+    flavor: str | None
+    accel: str | None
+    emulated: bool
+    cpu_count: int
+    cpu_model: str | None
+    memory_mib: int
+    free_memory_mib: int | None
+    reserved_memory_mib: int
+    bridges: list[str]
+    last_seen_at: datetime | None
+    created_at: datetime
+
+
+class HostDetail(HostOut):
+    cpu_flags: list[str]
+    info: dict[str, Any]
+    running_vms: int = 0
+    committed_memory_mib: int = 0
+
+
+class VmOut(Out):
+    id: str
+    name: str
+    cluster_id: str
+    external: bool
+    state: str
+    state_reason: str
+    host_id: str | None
+    last_host_id: str | None
+    host_name: str | None = None
+    memory_mib: int
+    vcpus: int
+    created_at: datetime
+    state_changed_at: datetime
+
+
+class HostRef(BaseModel):
+    id: str
+    name: str
+    state: str
+
+
+class VmDetail(VmOut):
+    spec: dict[str, Any] | None
+    placement: dict[str, Any] | None
+    host: HostRef | None = None
+    devices: list[dict[str, Any]] | None = Field(None, description="live devices from the agent")
+    devices_source: Literal["live", "spec"] = "spec"
+    live: dict[str, Any] | None = Field(None, description="the agent's VmInfo without devices")
+
+
+class EventOut(Out):
+    id: int
+    time: datetime
+    severity: str
+    type: str
+    object_type: str | None
+    object_id: str | None
+    message: str
+    detail: dict[str, Any] | None
+    object_name: str | None = None
+
+
+class TaskOut(Out):
+    id: str
+    kind: str
+    state: str
+    object_type: str | None
+    object_id: str | None
+    message: str
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class ShutdownIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: int = Field(60, ge=0, le=3600)
+    force: bool = False
+
+
+class StartIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str | None = Field(None, description="run on this host (id or name); default: the scheduler's choice")
+
+
+class StopIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: int | None = Field(None, ge=0, le=3600, description="shut down first and destroy after this many "
+                                "seconds; without it the VM is destroyed at once")
+
+
+class PlanOut(BaseModel):
+    host_id: str
+    host: str
+    flavor: str | None = None
+    guest_type: str | None = None
+    ok: bool
+    decisions: list[dict[str, Any]]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Error}, 404: {"model": Error}, 409: {"model": Error}, 422: {"model": Error},
+}
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"model": TaskOut, "description": "a task to poll at /api/v1/tasks/{id}"},
+}

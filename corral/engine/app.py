@@ -1,0 +1,92 @@
+"""The engine process: FastAPI app with the REST API; monitoring and tasks live in its lifespan.
+
+``create_app`` migrates the database first (so a fresh SQLite file or PostgreSQL database just works),
+fails tasks a previous run left unfinished, and starts the monitor when the app starts; ``run_engine`` is
+what ``corral engine serve`` and ``corral all-in-one`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from corral.engine.agent_client import AgentClient
+from corral.engine.api import api_router
+from corral.engine.auth import TokenChecker
+from corral.engine.context import EngineContext
+from corral.engine.db.session import Database
+from corral.engine.errors import install_handlers
+from corral.engine.monitor import Monitor, MonitorSettings
+from corral.engine.scheduler import Scheduler
+from corral.engine.tasks import TaskRunner
+
+log = logging.getLogger(__name__)
+
+API_TITLE = "Corral engine API"
+
+
+def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: bool = True,
+               start_monitor: bool = True, agent_transport: httpx.AsyncBaseTransport | None = None,
+               agent_verify: bool | str = True) -> FastAPI:
+    """Build the engine app on the database at ``db_url`` (``sqlite:///PATH`` or ``postgresql+psycopg://``)."""
+    db = Database(db_url)
+    db.migrate()
+    tasks = TaskRunner(db)
+    orphans = tasks.fail_orphans()
+    if orphans:
+        log.warning("%d task(s) of a previous run were interrupted", orphans)
+    holder: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        agents = AgentClient(transport=agent_transport, verify=agent_verify)
+        mon = Monitor(db, agents, tasks.busy_vms, monitor)
+        ctx = EngineContext(db=db, agents=agents, tasks=tasks, monitor=mon, scheduler=Scheduler(agents.plan),
+                            tokens=TokenChecker(db), auth=auth)
+        app.state.corral = ctx
+        holder["ctx"] = ctx
+        if start_monitor:
+            await mon.start()
+        try:
+            yield
+        finally:
+            await mon.stop()
+            await tasks.cancel_all()
+            await agents.aclose()
+            db.dispose()
+
+    app = FastAPI(title=API_TITLE, version="1", lifespan=lifespan, openapi_url="/api/v1/openapi.json",
+                  docs_url="/api/v1/docs", redoc_url=None)
+    install_handlers(app)
+    app.include_router(api_router())
+
+    @app.get("/api/health", tags=["health"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.state.db = db
+    return app
+
+
+def serve(db_url: str, listen: str, **kwargs: Any) -> None:
+    """``listen`` is ``HOST:PORT`` (``[::1]:8700`` for IPv6)."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--listen wants HOST:PORT, not {listen!r}")
+    run_engine(db_url, host.strip("[]"), int(port), **kwargs)
+
+
+def run_engine(db_url: str, host: str, port: int, data_dir: Path | None = None, **kwargs: Any) -> None:
+    """Run the engine in the foreground until interrupted. ``data_dir`` holds engine files (created)."""
+    import uvicorn
+
+    if data_dir is not None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(db_url, **kwargs)
+    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on")

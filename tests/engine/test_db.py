@@ -1,0 +1,59 @@
+"""Migrations match the models on both databases; URLs; time-ordered ids; tokens."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from corral.engine.auth import TokenChecker, create_token
+from corral.engine.db.migrate import current_revision, head_revision
+from corral.engine.db.models import Base
+from corral.engine.db.session import Database, DatabaseUrlError, normalize_url
+from corral.engine.ids import new_id
+
+
+def test_migrations_match_models_and_are_idempotent(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        db.migrate()
+        db.migrate()
+        assert current_revision(db.engine) == head_revision(db.engine)
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        assert diff == []
+    finally:
+        db.dispose()
+
+
+def test_tokens_are_stored_hashed(db_url: str) -> None:
+    token = create_token(db_url, "ci")
+    db = Database(db_url)
+    try:
+        from sqlalchemy import text
+
+        stored = db.call(lambda s: [r[0] for r in s.execute(text("SELECT token_hash FROM api_tokens"))])
+        assert token not in stored and len(stored) == 1
+        checker = TokenChecker(db)
+        assert checker.check(token) and checker.check(token) and not checker.check(token + "x")
+    finally:
+        db.dispose()
+
+
+def test_normalize_url() -> None:
+    assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalize_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert normalize_url("/tmp/y.db") == "sqlite:////tmp/y.db"
+    with pytest.raises(DatabaseUrlError):
+        normalize_url("mysql://x/y")
+
+
+def test_ids_are_time_ordered_uuids() -> None:
+    import time
+    import uuid
+
+    ids = []
+    for _ in range(5):
+        ids.append(new_id())
+        time.sleep(0.002)
+    assert ids == sorted(ids) and all(uuid.UUID(i).version == 7 for i in ids)
