@@ -15,6 +15,7 @@ app.add_typer(agent_cli.app, name="agent")
 resources.register(app)
 app.add_typer(engine_cli.app, name="engine")
 app.command("all-in-one")(allinone.all_in_one)
+app.command("simulate")(simulate_cli.simulate)
 
 
 def main() -> None:

@@ -1,0 +1,836 @@
+"""Simulated hosts and VMs: what the agent's ``VmManager`` and ``Agent`` answer, without libvirt.
+
+Each host mirrors the real agent on a non-emulated Xen dom0 or KVM host (``corral.agent.host``,
+``corral.agent.vms``): the same capability document, hardware check, VM documents, state names, errors and
+lifecycle events (what the agent publishes from libvirt's callbacks). What is not reproduced is listed in
+the package docstring (``corral.simulate``).
+
+Memory: a VM is one ``__slots__`` object (~0.5 KB with its id, name and registry entries: 9-10 MiB per 1,000
+hosts x 20 VMs). A generated VM has no spec object: its spec JSON is rendered from a template
+(``corral.simulate.templates``) when first asked for and then kept as text (~1 KB; ``cache_specs=False``
+renders it every time instead, for twice the CPU of a ``GET /v1/vms``). Stats are a function of time (CPU
+time grows while the VM runs, the balloon and RSS move in windows), so nothing runs per VM in the background;
+JSON is built only when asked, by string assembly for the hot ``GET /v1/vms`` (~6 us per VM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import random
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from corral.agent.errors import Conflict, Invalid, LibvirtFailed, NotFound, Refused, Unsupported
+from corral.agent.events import EventBus
+from corral.agent.vms import LIBVIRT_STATES, state_name
+from corral.domain import config as cfg
+from corral.domain.flavors.base import Outcome
+from corral.domain.read import match_devices
+from corral.domain.render import render_resolution
+from corral.domain.resolve import RefusedError, Resolution, mac_for, resolve
+from corral.domain.spec import (
+    DiskDevice,
+    DiskSpec,
+    GuestType,
+    LifecycleAction,
+    LinkState,
+    NicSpec,
+    SpecError,
+    VmSpec,
+)
+from corral.simulate.templates import (
+    PROFILES,
+    TEMPLATE_WEIGHTS,
+    TEMPLATES,
+    XEN_CONSOLE_DIR,
+    HostProfile,
+    compact,
+    render_options,
+)
+
+# libvirt's domain states and the reasons the simulation uses (values of libvirt's constants)
+NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED = range(7)
+RUNNING_BOOTED, RUNNING_UNPAUSED = 1, 5
+PAUSED_USER, PAUSED_IOERROR = 1, 5
+SHUTOFF_UNKNOWN, SHUTOFF_SHUTDOWN, SHUTOFF_DESTROYED, SHUTOFF_CRASHED = 0, 1, 2, 3
+SHUTDOWN_USER = 1
+# lifecycle event details (libvirt's VIR_DOMAIN_EVENT_*_*)
+STOPPED_SHUTDOWN, STOPPED_DESTROYED, STOPPED_CRASHED = 0, 1, 2
+SUSPENDED_PAUSED, SUSPENDED_IOERROR = 0, 2
+VIR_ERR_INTERNAL_ERROR = 1
+
+# whether generated VMs keep their spec JSON once rendered (~1 KB each: 50 MB for 50,000 VMs, for half the CPU
+# time of a ``GET /v1/vms``); one switch for the process, set by the Simulator from its settings
+CACHE_SPECS = [True]
+
+
+@dataclass
+class SimulatorSettings:
+    hosts: int = 10
+    vms_per_host: int = 20
+    seed: int = 0
+    xen_ratio: float = 0.5
+    token: str = ""
+    event_rate: float = 1.0  # random pauses and crashes per second, over the whole simulator
+    running_ratio: float = 0.85  # generated VMs that run at start
+    crash_share: float = 0.1  # of random disturbances, the share that crashes a VM (the rest pause it)
+    resume_after: tuple[float, float] = (2.0, 30.0)  # a randomly paused VM resumes after this many seconds
+    shutdown_seconds: tuple[float, float] = (0.05, 0.5)  # how long a guest takes to shut down
+    cache_specs: bool = True  # keep each generated VM's spec JSON once rendered (faster lists, ~1 KB per VM)
+
+
+def derive_token(seed: int) -> str:
+    return hashlib.sha256(f"corral-simulate-token:{seed}".encode()).hexdigest()[:32]
+
+
+class SimVm:
+    """One domain. ``tmpl`` >= 0: a generated VM whose spec is that template (``spec_json`` caches it once
+    rendered, unless ``SimulatorSettings.cache_specs`` is off); -1: its spec changed, ``spec_json`` holds it."""
+
+    __slots__ = ("cpu_ns", "domain_id", "fault", "gt", "max_mem", "max_vcpus", "mem", "name", "reason",
+                 "resume_timer", "run_since", "shutdown_timer", "spec_json", "state", "tmpl", "util", "uuid",
+                 "vcpus")
+
+    def __init__(self, uuid: str, name: str, tmpl: int, spec_json: str | None, gt: str, mem: int, max_mem: int,
+                 vcpus: int, max_vcpus: int, util: int) -> None:
+        self.uuid = uuid
+        self.name = name
+        self.tmpl = tmpl
+        self.spec_json = spec_json
+        self.gt = gt  # the guest type the flavor resolved (the agent's ``Vm.guest_type``)
+        self.mem = mem
+        self.max_mem = max_mem
+        self.vcpus = vcpus
+        self.max_vcpus = max_vcpus
+        self.util = util  # percent of its vCPUs the guest keeps busy
+        self.state = SHUTOFF
+        self.reason = SHUTOFF_UNKNOWN
+        self.domain_id: int | None = None
+        self.cpu_ns = 0
+        self.run_since = 0.0  # monotonic time since which CPU time accrues; 0: none
+        self.fault: str | None = None
+        self.resume_timer: asyncio.TimerHandle | None = None
+        self.shutdown_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state not in (SHUTOFF, NOSTATE)
+
+    @property
+    def spec_text(self) -> str:
+        """The spec as JSON; a generated VM's is rendered from its template the first time it is asked for."""
+        if self.spec_json is not None:
+            return self.spec_json
+        text = TEMPLATES[self.tmpl].render(self.uuid, self.name, self.mem, self.vcpus)
+        if CACHE_SPECS[0]:
+            self.spec_json = text
+        return text
+
+    def spec(self) -> VmSpec:
+        return VmSpec.model_validate_json(self.spec_text)
+
+    def cpu_time(self, now: float) -> int:
+        if not self.run_since:
+            return self.cpu_ns
+        return self.cpu_ns + int((now - self.run_since) * self.vcpus * self.util * 10_000_000)
+
+    def accrue(self, now: float) -> None:
+        self.cpu_ns = self.cpu_time(now)
+        self.run_since = 0.0
+
+
+_STATS_FORMATS: dict[tuple[bool, bool, int], str] = {}
+
+
+def _stats_format(kvm: bool, active: bool, vcpus: int) -> str:
+    """The stats object's inside with numbered holes, per (flavor, active, vCPUs): built once, then formatted."""
+    key = (kvm, active, vcpus)
+    fmt = _STATS_FORMATS.get(key)
+    if fmt is None:
+        names = ["balloon_current", "balloon_maximum", "vcpu_current", "vcpu_maximum"]
+        if active:
+            names = ["cpu_time", *(["cpu_user", "cpu_system"] if kvm else []), "balloon_current", "balloon_maximum",
+                     *(["balloon_rss"] if kvm else []), "vcpu_current", "vcpu_maximum"]
+            for i in range(vcpus):
+                names += [f"vcpu_{i}_state", f"vcpu_{i}_time", *([f"vcpu_{i}_wait"] if kvm else [])]
+        fmt = _STATS_FORMATS[key] = ",".join(f'"{n}":{{{j}}}' for j, n in enumerate(names))
+    return fmt
+
+
+class SimHost:
+    """One simulated agent: its host document, its domains, its event log."""
+
+    __slots__ = ("_locks", "boot", "bus", "cpus", "hostname", "memory_mib", "n", "names", "next_domid", "options",
+                 "profile", "sim", "vms")
+
+    def __init__(self, sim: Simulator, n: int, profile: HostProfile, cpus: int, memory_mib: int) -> None:
+        self.sim = sim
+        self.n = n
+        self.profile = profile
+        self.hostname = f"sim-{profile.flavor.name}-{n:04d}"
+        self.cpus = cpus
+        self.memory_mib = memory_mib
+        self.options = render_options(profile.flavor, cpus)
+        self.bus = EventBus()
+        self.vms: dict[str, SimVm] = {}
+        self.names: dict[str, str] = {}
+        self.next_domid = 1
+        self.boot = time.time() - 86400 * 30
+        self._locks: dict[str, list[Any]] = {}
+
+    # ---- registry ---------------------------------------------------------------------------------------
+
+    @property
+    def flavor_name(self) -> str:
+        return self.profile.flavor.name
+
+    @property
+    def busy(self) -> bool:
+        """An operation holds (or waits for) a VM's lock on this host."""
+        return bool(self._locks)
+
+    def add(self, vm: SimVm) -> None:
+        self.vms[vm.uuid] = vm
+        self.names[vm.name] = vm.uuid
+
+    def lookup(self, vm_id: str) -> SimVm:
+        vm = self.vms.get(vm_id)
+        if vm is None:
+            try:
+                vm = self.vms.get(str(uuidlib.UUID(vm_id)))
+            except ValueError:
+                vm = None
+        if vm is None:
+            raise NotFound(f"no VM {vm_id} on this host")
+        return vm
+
+    @asynccontextmanager
+    async def locked(self, vm_id: str) -> AsyncIterator[None]:
+        """The agent's per-VM lock: an operation waits while another (e.g. a shutdown) runs on the VM."""
+        entry = self._locks.setdefault(vm_id, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                self._locks.pop(vm_id, None)
+
+    def start_domain(self, vm: SimVm, now: float | None = None) -> None:
+        vm.state, vm.reason = RUNNING, RUNNING_BOOTED
+        vm.domain_id = self.next_domid
+        self.next_domid += 1
+        vm.cpu_ns = 0
+        vm.run_since = now if now is not None else time.monotonic()
+        vm.fault = None
+
+    def stop_domain(self, vm: SimVm, reason: int) -> None:
+        vm.state, vm.reason = SHUTOFF, reason
+        vm.domain_id = None
+        vm.cpu_ns = 0
+        vm.run_since = 0.0
+        for attr in ("resume_timer", "shutdown_timer"):
+            timer = getattr(vm, attr)
+            if timer is not None:
+                timer.cancel()
+                setattr(vm, attr, None)
+
+    # ---- events (what the agent publishes from libvirt's lifecycle callbacks) ----------------------------
+
+    def label(self, vm: SimVm) -> str:
+        name = state_name(vm.state, vm.reason)
+        if vm.fault and name == "down":
+            return vm.fault
+        return name
+
+    def lifecycle(self, vm: SimVm, event: str, detail: int, label: str | None = None,
+                  external: bool | None = False) -> None:
+        self.bus.publish("lifecycle", vm.uuid, vm.name, label or self.label(vm), event=event, detail=detail,
+                         external=external)
+
+    # ---- documents --------------------------------------------------------------------------------------
+
+    def balloon_kib(self, vm: SimVm, now: float) -> int:
+        """The balloon's current size: the target, now and then (per 30 s window) a little below it."""
+        target = vm.mem * 1024
+        if vm.state == SHUTOFF or vm.state == NOSTATE:
+            return target
+        wobble = hash((vm.uuid, int(now // 30))) & 0xFFFF
+        return target - (wobble % 8 + 1) * 32768 if wobble % 10 == 0 and target > 524288 else target
+
+    def stats_text(self, vm: SimVm, now: float) -> tuple[str, int]:
+        """``getAllDomainStats`` (state, cpu, balloon, vcpu) with the agent's key names (dots as underscores),
+        as the inside of a JSON object, and the balloon's current KiB. Xen (libxl) reports no cpu.user/system,
+        balloon.rss or vcpu.N.wait. The hot path of ``GET /v1/vms``: kept to plain arithmetic and one format."""
+        kvm, vcpus = not self.profile.xen, vm.vcpus
+        active = vm.state != SHUTOFF and vm.state != NOSTATE
+        fmt = _STATS_FORMATS.get((kvm, active, vcpus)) or _stats_format(kvm, active, vcpus)
+        target = vm.mem * 1024
+        if not active:
+            return fmt.format(target, vm.max_mem * 1024, vcpus, vm.max_vcpus), target
+        cpu = vm.cpu_ns + int((now - vm.run_since) * vcpus * vm.util * 10_000_000) if vm.run_since else vm.cpu_ns
+        per_vcpu = cpu // vcpus
+        current = self.balloon_kib(vm, now)
+        if kvm:
+            rss = target * (40 + (hash((vm.uuid, int(now // 10))) & 0xFFFF) % 50) // 100
+            values = [cpu, cpu * 7 // 10 // 10_000_000 * 10_000_000, cpu // 5 // 10_000_000 * 10_000_000, current,
+                      vm.max_mem * 1024, rss, vcpus, vm.max_vcpus]
+            for i in range(vcpus):
+                values += (1, per_vcpu + i * 1_000_003, per_vcpu // 50)
+        else:
+            values = [cpu, current, vm.max_mem * 1024, vcpus, vm.max_vcpus]
+            for i in range(vcpus):
+                values += (1, per_vcpu + i * 1_000_003)
+        return fmt.format(*values), current
+
+    def stats(self, vm: SimVm, now: float) -> dict[str, int]:
+        result: dict[str, int] = json.loads("{" + self.stats_text(vm, now)[0] + "}")
+        return result
+
+    def info_json(self, vm: SimVm, now: float | None = None) -> str:
+        """``VmManager.info(..., devices=False)`` as compact JSON text."""
+        stats, balloon = self.stats_text(vm, now if now is not None else time.monotonic())
+        state = state_name(vm.state, vm.reason)
+        fault = "null"
+        if vm.fault is not None:
+            fault = compact(vm.fault)
+            state = vm.fault if state == "down" else state
+        return (f'{{"id":"{vm.uuid}","name":"{vm.name}","state":"{state}",'
+                f'"libvirt_state":"{LIBVIRT_STATES.get(vm.state, "unknown")}","reason":{vm.reason},'
+                f'"external":false,"domain_id":{"null" if vm.domain_id is None else vm.domain_id},'
+                f'"memory_mib":{balloon // 1024 or vm.mem},"vcpus":{vm.vcpus},"stats":{{{stats}}},'
+                f'"spec":{vm.spec_text},"guest_type":"{vm.gt}","fault":{fault}}}')
+
+    def list_json(self) -> bytes:
+        now = time.monotonic()
+        return ('{"items":[' + ",".join(self.info_json(vm, now) for vm in self.vms.values()) + "]}").encode()
+
+    def detail_json(self, vm: SimVm, **extra: Any) -> str:
+        """``VmManager.info(vm, dom)``: with the devices read back from the live definition."""
+        text = self.info_json(vm)[:-1] + ',"devices":' + compact(self.devices(vm))
+        for key, value in extra.items():
+            text += f',"{key}":{compact(value)}'
+        return text + "}"
+
+    def devices(self, vm: SimVm) -> list[dict[str, Any]]:
+        """What ``read_domain`` finds in the domain XML libvirt would show: the rendered devices plus what
+        libvirt adds (the serial console's ``<console>`` twin, controllers, inputs, live names and ports)."""
+        spec = vm.spec()
+        res = resolve(spec, self.profile.flavor, GuestType(vm.gt), self.options)
+        expected = res.domain.devices if res.domain is not None else []
+        live = [dataclasses.replace(d) for d in expected]
+        active, kvm = vm.active, not self.profile.xen
+        domid = vm.domain_id or 0
+        extra: list[cfg.Device] = []
+        nic_index = 0
+        for dev in live:
+            if isinstance(dev, cfg.Interface):
+                if active:
+                    dev.target_dev = f"vnet{domid * 4 + nic_index}" if kvm else f"vif{domid}.{nic_index}"
+                nic_index += 1
+            elif isinstance(dev, cfg.Graphics) and active:
+                dev.port = 5900 + domid
+            elif isinstance(dev, cfg.CharDevice) and dev.type == "pty":
+                if active:
+                    dev.tty = dev.source_path = f"/dev/pts/{domid % 250 + 1}"
+                if dev.element == "serial" and not extra:
+                    extra.append(cfg.CharDevice(element="console", type="pty", target_type="serial",
+                                                target_port=0, alias=dev.alias, tty=dev.tty,
+                                                source_path=dev.source_path))
+        if vm.gt == GuestType.HVM.value:
+            if any(isinstance(d, cfg.Disk) and d.target_bus == "ide" for d in live):
+                extra.append(cfg.Controller(type="ide", index=0, alias="ide" if active and kvm else None))
+            if spec.graphics is not None:
+                extra += [cfg.OtherDevice(element="input", type="mouse", alias="input0" if active and kvm else None),
+                          cfg.OtherDevice(element="input", type="keyboard",
+                                          alias="input1" if active and kvm else None)]
+        if kvm:
+            extra += [cfg.Controller(type="usb", model="piix3-uhci", alias="usb" if active else None),
+                      cfg.Controller(type="pci", model="pci-root", alias="pci.0" if active else None)]
+        else:
+            extra.append(cfg.Controller(type="xenbus", index=0))
+        links = {n.id: n.link.value for n in spec.nics}
+        out = []
+        for found in match_devices(live + extra, expected):
+            data = found.as_dict()
+            if data["kind"] == "nic" and found.device_id in links and self.profile.xen:
+                data["link"] = links[found.device_id]
+            out.append(data)
+        return out
+
+    def host(self) -> dict[str, Any]:
+        """``capabilities()`` of a real Xen dom0 or KVM host (not emulated)."""
+        p = self.profile
+        bridges = list(p.bridges)
+        return {
+            "hostname": self.hostname,
+            "hypervisor": p.hypervisor,
+            "emulated": False,
+            "flavor": p.flavor.name,
+            "accel": p.accel,
+            "detection": self.detection(),
+            "libvirt_version": p.libvirt_version,
+            "hypervisor_version": p.hypervisor_version,
+            "uri": p.uri,
+            "cpu": {"arch": "x86_64", "model": p.cpu_model, "vendor": p.cpu_vendor, "flags": list(p.cpu_flags),
+                    "count": self.cpus},
+            "memory_mib": self.memory_mib,
+            "free_memory_mib": self.free_memory_mib(),
+            "numa_cells": [{"id": c, "memory_mib": self.memory_mib // 2,
+                            "cpus": list(range(c * self.cpus // 2, (c + 1) * self.cpus // 2))} for c in (0, 1)],
+            "bridges": bridges,
+            "capabilities": p.capabilities,
+            "hardware_check": self.hardware_check(bridges),
+            "tools": {"ip": True, "xenstore-read": p.xen, "qemu-img": True},
+        }
+
+    def detection(self) -> list[dict[str, str]]:
+        p = self.profile
+        evidence = [{"source": "libvirt getType()", "value": p.driver}]
+        if p.xen:
+            evidence += [{"source": "/proc/xen/capabilities", "value": "control_d"},
+                         {"source": "/sys/hypervisor/type", "value": "xen"}]
+        else:
+            evidence.append({"source": "/dev/kvm", "value": "usable"})
+        return evidence
+
+    def hardware_check(self, bridges: list[str]) -> dict[str, Any]:
+        p = self.profile
+
+        def check(name: str, detail: str) -> dict[str, Any]:
+            return {"name": name, "ok": True, "detail": detail}
+
+        if p.xen:
+            items = [check("xen dom0", "/proc/xen/capabilities holds control_d"),
+                     check("hypervisor", "/sys/hypervisor/type = 'xen'"),
+                     check("libxl driver", f"libvirt answers on {p.uri} (Xen {p.hypervisor_version})"),
+                     check("xenstored", "running"), check("xenconsoled", "running"),
+                     check("no /dev/kvm needed", "a Xen dom0 runs guests through Xen, not KVM")]
+        else:
+            virt = sorted(set(p.cpu_flags) & {"vmx", "svm"})
+            items = [check("/dev/kvm", "present and usable"),
+                     check("cpu virtualization", f"cpu flags: {', '.join(virt) or 'no vmx/svm'}"),
+                     check("qemu driver", f"libvirt answers on {p.uri}")]
+        items.append(check("bridge", f"bridges: {', '.join(bridges)}"))
+        return {"ok": True, "items": items}
+
+    def free_memory_mib(self) -> int:
+        used = sum(vm.mem for vm in self.vms.values() if vm.active)
+        return max(0, self.memory_mib - self.profile.dom0_mib - used)
+
+    def host_stats(self) -> dict[str, Any]:
+        running = [vm for vm in self.vms.values() if vm.state in (RUNNING, BLOCKED, PAUSED, SHUTDOWN)]
+        now = time.monotonic()
+        cpu: dict[str, Any] = {"count": self.cpus}
+        if not self.profile.xen:  # libxl has no node CPU stats: the agent reports the count alone there
+            total = int((time.time() - self.boot) * 1e9) * self.cpus
+            busy = sum(vm.cpu_time(now) for vm in running)
+            kernel, iowait = total // 40, total // 200
+            user = min(busy + total // 50, total - kernel - iowait)
+            cpu.update(kernel_ns=kernel, user_ns=user, idle_ns=total - kernel - iowait - user, iowait_ns=iowait)
+        memory = sum(self.balloon_kib(vm, now) // 1024 or vm.mem for vm in running)
+        vcpus = sum(vm.vcpus for vm in running)
+        return {"cpu": cpu, "memory": {"total_mib": self.memory_mib, "free_mib": self.free_memory_mib()},
+                "vms": {"total": len(self.vms), "running": len(running), "memory_mib": memory, "vcpus": vcpus}}
+
+    # ---- define / undefine ------------------------------------------------------------------------------
+
+    def plan(self, spec: VmSpec) -> dict[str, Any]:
+        res = resolve(spec, self.profile.flavor, None, self.options)
+        return {"flavor": self.profile.flavor.name, "guest_type": res.guest_type.value, "ok": not res.refused,
+                "decisions": [d.as_dict() for d in res.decisions]}
+
+    def _render(self, spec: VmSpec, guest_type: GuestType | None = None) -> Resolution:
+        try:
+            return render_resolution(spec, self.profile.flavor, guest_type, self.options)[1]
+        except RefusedError as exc:
+            raise Refused(str(exc), field=exc.field, decisions=[d.as_dict() for d in exc.decisions]) from None
+
+    async def create(self, spec: VmSpec, start: bool = False) -> str:
+        for key, value, known in (("id", spec.id, spec.id in self.vms), ("name", spec.name, spec.name in self.names)):
+            if known:
+                raise Conflict(f"a domain with {key} {value!r} already exists on this host", field=key)
+        if not all(n.mac for n in spec.nics):
+            nics = [n if n.mac else n.model_copy(update={"mac": mac_for(n.id, self.profile.flavor.mac_prefix)})
+                    for n in spec.nics]
+            spec = spec.model_copy(update={"nics": nics})
+        res = self._render(spec)
+        vm = SimVm(spec.id, spec.name, -1, compact(spec.model_dump(mode="json")), res.guest_type.value,
+                   spec.memory_mib, spec.effective_max_memory_mib, spec.vcpus, spec.effective_max_vcpus,
+                   self.sim.rng.randint(2, 60))
+        self.add(vm)
+        self.lifecycle(vm, "defined", 0)
+        if start:
+            return await self.start(vm.uuid)
+        return self.detail_json(vm)
+
+    async def undefine(self, vm_id: str) -> None:
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm = self.lookup(vm_id)
+            if vm.active:
+                raise Conflict(f"VM {vm.name} is running; stop it before deleting it")
+            self.vms.pop(vm.uuid, None)
+            self.names.pop(vm.name, None)
+            self.lifecycle(vm, "undefined", 0, label="deleted", external=None)
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+
+    async def start(self, vm_id: str) -> str:
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm = self.lookup(vm_id)
+            if vm.active:
+                raise Conflict(f"VM {vm.name} is already running")
+            if self.profile.xen and vm.mem > self.free_memory_mib():
+                # libxl refuses to build a domain Xen has no memory for (KVM would overcommit)
+                raise LibvirtFailed(f"start {vm.name}: internal error: libxenlight failed to create new domain "
+                                    f"'{vm.name}'", libvirt_code=VIR_ERR_INTERNAL_ERROR)
+            self.start_domain(vm)
+            self.lifecycle(vm, "started", 0)
+            return self.detail_json(vm)
+
+    async def shutdown(self, vm_id: str, timeout: float = 60.0, force: bool = False) -> str:
+        """Ask the guest to stop; it does after a moment (not while paused). ``force``: destroy at the timeout."""
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm = self.lookup(vm_id)
+            if not vm.active:
+                raise Conflict(f"VM {vm.name} is not running")
+            if vm.state != PAUSED and vm.shutdown_timer is None:
+                delay = self.sim.rng.uniform(*self.sim.settings.shutdown_seconds)
+                vm.shutdown_timer = asyncio.get_running_loop().call_later(delay, self.guest_shut_down, vm)
+            deadline = time.monotonic() + timeout
+            while vm.active and (left := deadline - time.monotonic()) > 0:
+                await asyncio.sleep(min(0.1, left))
+            how = "shutdown"
+            if vm.active:
+                if not force:
+                    return self.detail_json(vm, stopped_by=None)
+                # Xen refuses VIR_DOMAIN_DESTROY_GRACEFUL ("unsupported flags"); QEMU accepts it
+                how = "destroy" if self.profile.xen else "destroy-graceful"
+                self.stop_domain(vm, SHUTOFF_DESTROYED)
+                self.lifecycle(vm, "stopped", STOPPED_DESTROYED)
+            return self.detail_json(vm, stopped_by=how)
+
+    def guest_shut_down(self, vm: SimVm) -> None:
+        vm.shutdown_timer = None
+        if self.vms.get(vm.uuid) is not vm or not vm.active:
+            return
+        if vm.state == PAUSED:
+            return
+        vm.state, vm.reason = SHUTDOWN, SHUTDOWN_USER
+        self.lifecycle(vm, "shutdown", 0)
+        self.stop_domain(vm, SHUTOFF_SHUTDOWN)
+        self.lifecycle(vm, "stopped", STOPPED_SHUTDOWN)
+
+    async def destroy(self, vm_id: str) -> str:
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm = self.lookup(vm_id)
+            if not vm.active:
+                raise Conflict(f"VM {vm.name} is not running")
+            self.stop_domain(vm, SHUTOFF_DESTROYED)
+            self.lifecycle(vm, "stopped", STOPPED_DESTROYED)
+            return self.detail_json(vm)
+
+    async def simple(self, vm_id: str, action: str) -> str:
+        """reboot, pause, resume: the state libvirt needs, else 409 naming the state it is in."""
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm = self.lookup(vm_id)
+            need = (PAUSED,) if action == "resume" else (RUNNING, BLOCKED)
+            if vm.state not in need:
+                raise Conflict(f"cannot {action} VM {vm.name}: it is {LIBVIRT_STATES.get(vm.state, 'unknown')}")
+            if action == "pause":
+                self.pause_domain(vm, PAUSED_USER)
+            elif action == "resume":
+                self.resume_domain(vm)
+            # reboot: the guest restarts inside the same domain; libvirt sends no lifecycle event
+            return self.detail_json(vm)
+
+    def pause_domain(self, vm: SimVm, reason: int) -> None:
+        vm.accrue(time.monotonic())
+        vm.state, vm.reason = PAUSED, reason
+        self.lifecycle(vm, "suspended", SUSPENDED_IOERROR if reason == PAUSED_IOERROR else SUSPENDED_PAUSED)
+
+    def resume_domain(self, vm: SimVm) -> None:
+        if vm.resume_timer is not None:
+            vm.resume_timer.cancel()
+            vm.resume_timer = None
+        vm.state, vm.reason = RUNNING, RUNNING_UNPAUSED
+        vm.run_since = time.monotonic()
+        self.lifecycle(vm, "resumed", 0)
+
+    def crash(self, vm: SimVm) -> None:
+        """The guest crashes; its ``on_crash`` decides whether libvirt starts it again."""
+        self.stop_domain(vm, SHUTOFF_CRASHED)
+        self.lifecycle(vm, "stopped", STOPPED_CRASHED, label="crashed")
+        on_crash = vm.spec().on_crash if vm.tmpl < 0 else LifecycleAction.DESTROY
+        if on_crash in (LifecycleAction.RESTART, LifecycleAction.RENAME_RESTART, LifecycleAction.COREDUMP_RESTART):
+            self.start_domain(vm)
+            self.lifecycle(vm, "started", 0)
+
+    # ---- devices, memory, vCPUs (the agent's checks and messages; the "live" side always succeeds) ------
+
+    def managed(self, vm_id: str) -> tuple[SimVm, VmSpec]:
+        vm = self.lookup(vm_id)
+        return vm, vm.spec()
+
+    def _check_flavor(self, vm: SimVm, spec: VmSpec, path_prefix: str) -> Resolution:
+        flavor = self.profile.flavor
+        res = resolve(spec, flavor, GuestType(vm.gt), self.options)
+        bad = [d for d in res.refused if d.path.startswith(path_prefix) or path_prefix == ""]
+        if res.refused:
+            bad = bad or res.refused
+            raise Refused(f"{flavor.title} refuses: " + "; ".join(f"{d.path}: {d.detail}" for d in bad),
+                          field=bad[0].path, decisions=[d.as_dict() for d in bad])
+        return res
+
+    def _persist(self, vm: SimVm, spec: VmSpec) -> None:
+        res = self._render(spec, GuestType(vm.gt))
+        vm.spec_json = compact(spec.model_dump(mode="json"))
+        vm.tmpl = -1
+        vm.gt = res.guest_type.value
+        vm.mem, vm.max_mem = spec.memory_mib, spec.effective_max_memory_mib
+        vm.vcpus, vm.max_vcpus = spec.vcpus, spec.effective_max_vcpus
+
+    @staticmethod
+    def _replace(spec: VmSpec, new_device: Any) -> VmSpec:
+        data = spec.model_copy(deep=True)
+        for attr in ("disks", "nics"):
+            items = getattr(data, attr)
+            for i, item in enumerate(items):
+                if item.id == new_device.id:
+                    items[i] = new_device
+        if data.graphics is not None and data.graphics.id == new_device.id:
+            data.graphics = new_device
+        return VmSpec.model_validate(data.model_dump())
+
+    async def update_device(self, vm_id: str, device_id: str, change: dict[str, Any]) -> str:
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm, spec = self.managed(vm_id)
+            device = spec.device(device_id)
+            if device is None:
+                raise NotFound(f"VM {vm.name} has no device {device_id}", field="device_id")
+            if len(change) != 1:
+                raise Invalid("give exactly one of media, link, password", field="body")
+            key, value = next(iter(change.items()))
+            if key == "media" and isinstance(device, DiskSpec) and device.device is DiskDevice.CDROM:
+                if value is not None and not isinstance(value, str):
+                    raise Invalid("media must be a path or null", field="media")
+                try:
+                    new_disk = DiskSpec.model_validate({**device.model_dump(), "source": value})
+                except Exception as exc:  # pydantic.ValidationError
+                    raise Invalid(f"media: {exc}", field="media") from None
+                new_spec = self._replace(spec, new_disk)
+                self._check_flavor(vm, new_spec, "disks")
+                self._persist(vm, new_spec)
+                self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="media", media=value)
+                return self.detail_json(vm)
+            if key == "link" and isinstance(device, NicSpec):
+                if value not in ("up", "down"):
+                    raise Invalid("link must be 'up' or 'down'", field="link")
+                new_spec = self._replace(spec, device.model_copy(update={"link": LinkState(value)}))
+                self._check_flavor(vm, new_spec, "nics")
+                self._persist(vm, new_spec)
+                self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="link", link=value)
+                return self.detail_json(vm)
+            if key == "password" and spec.graphics is not None and device.id == spec.graphics.id:
+                if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 8):
+                    raise Invalid("password must be 1-8 characters or null", field="password")
+                flavor = self.profile.flavor
+                rule = flavor.rule("graphics.password", GuestType(vm.gt))
+                if rule.outcome is not Outcome.NATIVE:
+                    raise Unsupported(f"{flavor.title} cannot set a VNC password: {rule.reason}", field="password")
+                new_spec = self._replace(spec, spec.graphics.model_copy(update={"password": value}))
+                self._check_flavor(vm, new_spec, "graphics")
+                self._persist(vm, new_spec)
+                self.bus.publish("device", vm.uuid, vm.name, device_id=spec.graphics.id, change="password")
+                return self.detail_json(vm)
+            raise Invalid(f"'{key}' cannot be changed on device {device_id} ({type(device).__name__})", field=key)
+
+    async def hotplug(self, vm_id: str, kind: str, data: dict[str, Any]) -> str:
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm, spec = self.managed(vm_id)
+            try:
+                device: DiskSpec | NicSpec = (DiskSpec if kind == "disk" else NicSpec).model_validate(data)
+            except Exception as exc:
+                raise SpecError.from_validation(exc, kind) from None  # type: ignore[arg-type]
+            if spec.device(device.id) is not None:
+                raise Conflict(f"VM {vm.name} already has a device {device.id}", field=f"{kind}.id")
+            if isinstance(device, NicSpec) and device.mac is None:
+                device = device.model_copy(update={"mac": mac_for(device.id, self.profile.flavor.mac_prefix)})
+            update = {"disks": [*spec.disks, device]} if kind == "disk" else {"nics": [*spec.nics, device]}
+            new_spec = VmSpec.model_validate({**spec.model_dump(), **{k: [d.model_dump() for d in v]
+                                                                       for k, v in update.items()}})
+            self._check_flavor(vm, new_spec, "disks" if kind == "disk" else "nics")
+            self._persist(vm, new_spec)
+            self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="attached", kind=kind)
+            return self.detail_json(vm)
+
+    async def unplug(self, vm_id: str, device_id: str) -> str:
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm, spec = self.managed(vm_id)
+            device = spec.device(device_id)
+            if not isinstance(device, DiskSpec | NicSpec):
+                raise NotFound(f"VM {vm.name} has no disk or NIC {device_id}", field="device_id")
+            new_spec = VmSpec.model_validate({
+                **spec.model_dump(),
+                "disks": [d.model_dump() for d in spec.disks if d.id != device_id],
+                "nics": [n.model_dump() for n in spec.nics if n.id != device_id]})
+            self._persist(vm, new_spec)
+            self.bus.publish("device", vm.uuid, vm.name, device_id=device_id, change="detached")
+            return self.detail_json(vm)
+
+    async def set_memory(self, vm_id: str, memory_mib: int) -> str:
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm, spec = self.managed(vm_id)
+            if not 1 <= memory_mib <= spec.effective_max_memory_mib:
+                raise Invalid(f"memory_mib must be between 1 and the VM's max ({spec.effective_max_memory_mib})",
+                              field="memory_mib")
+            new_spec = spec.model_copy(update={"memory_mib": memory_mib,
+                                               "max_memory_mib": spec.effective_max_memory_mib})
+            self._check_flavor(vm, new_spec, "")
+            self._persist(vm, new_spec)
+            self.bus.publish("device", vm.uuid, vm.name, change="memory", memory_mib=memory_mib)
+            return self.detail_json(vm)
+
+    async def set_vcpus(self, vm_id: str, vcpus: int) -> str:
+        vm = self.lookup(vm_id)
+        async with self.locked(vm.uuid):
+            vm, spec = self.managed(vm_id)
+            if not 1 <= vcpus <= spec.effective_max_vcpus:
+                raise Invalid(f"vcpus must be between 1 and the VM's max_vcpus ({spec.effective_max_vcpus})",
+                              field="vcpus")
+            new_spec = spec.model_copy(update={"vcpus": vcpus, "max_vcpus": spec.effective_max_vcpus})
+            self._check_flavor(vm, new_spec, "")
+            if vm.active:
+                vm.accrue(time.monotonic())
+                if vm.state != PAUSED:
+                    vm.run_since = time.monotonic()
+            self._persist(vm, new_spec)
+            self.bus.publish("device", vm.uuid, vm.name, change="vcpus", vcpus=vcpus)
+            return self.detail_json(vm)
+
+    def console_log(self, vm_id: str, tail: int) -> dict[str, Any]:
+        vm = self.lookup(vm_id)
+        if self.profile.xen:
+            path: str | None = f"{XEN_CONSOLE_DIR}/guest-{vm.name}.log"
+        else:
+            path = next((d.get("log") for d in self.devices(vm) if d.get("kind") == "serial" and d.get("log")),
+                        None)
+        if path is None:
+            return {"path": None, "log": ""}
+        if not vm.active:
+            return {"path": path, "log": ""}
+        text = (f"[    0.000000] Linux version 6.1.0-sim (corral simulate) #1 SMP\n"
+                f"[    1.204511] Run /sbin/init as init process\n\n{vm.name} login: ").encode()
+        return {"path": path, "log": text[-tail:].decode(errors="replace")}
+
+
+class Simulator:
+    """N hosts, their VMs, and the random disturbances (pauses that resume later, rare crashes)."""
+
+    def __init__(self, settings: SimulatorSettings) -> None:
+        self.settings = settings
+        CACHE_SPECS[0] = settings.cache_specs
+        self.token = settings.token or derive_token(settings.seed)
+        self.rng = random.Random(f"corral-simulate:{settings.seed}:events")
+        self.hosts: list[SimHost] = [self._make_host(n) for n in range(1, settings.hosts + 1)]
+
+    def host(self, n: int) -> SimHost | None:
+        return self.hosts[n - 1] if 1 <= n <= len(self.hosts) else None
+
+    def is_xen(self, n: int) -> bool:
+        """Xen hosts spread evenly: exactly round-down(n * ratio) of the first n hosts are Xen."""
+        ratio = min(1.0, max(0.0, self.settings.xen_ratio))
+        return int(n * ratio + 1e-9) != int((n - 1) * ratio + 1e-9)
+
+    def _make_host(self, n: int) -> SimHost:
+        rng = random.Random(f"corral-simulate:{self.settings.seed}:host:{n}")
+        profile = PROFILES[("xen" if self.is_xen(n) else "kvm", rng.choice(("intel", "amd")))]
+        host = SimHost(self, n, profile, rng.choice((32, 48, 64, 96)),
+                       rng.choice((256, 384, 512, 768)) * 1024)
+        indexes, weights = TEMPLATE_WEIGHTS[profile.flavor.name]
+        now = time.monotonic()
+        width = len(str(self.settings.vms_per_host))
+        for m in range(1, self.settings.vms_per_host + 1):
+            vm_id = str(uuidlib.UUID(int=rng.getrandbits(128), version=4))
+            tmpl = TEMPLATES[rng.choices(indexes, weights)[0]]
+            mem = rng.choice((512, 1024, 2048, 2048, 4096, 8192))
+            vcpus = rng.choice((1, 2, 2, 4))
+            vm = SimVm(vm_id, f"sim{n}-vm{m:0{width}d}", tmpl.index, None, tmpl.guest_type, mem, mem, vcpus,
+                       vcpus, rng.randint(2, 60))
+            if rng.random() < self.settings.running_ratio and host.free_memory_mib() >= mem:
+                host.start_domain(vm, now - rng.uniform(600, 30 * 86400))
+            elif rng.random() < 0.5:
+                vm.reason = SHUTOFF_SHUTDOWN
+            host.add(vm)
+        # what the agent publishes once it has read its domains back (``VmManager.recover``)
+        running = sum(1 for vm in host.vms.values() if vm.active)
+        host.bus.publish("agent", None, None, "recovered", managed=len(host.vms), external=0, running=running)
+        return host
+
+    def vm_count(self) -> int:
+        return sum(len(h.vms) for h in self.hosts)
+
+    # ---- random disturbances ------------------------------------------------------------------------------
+
+    def disturb(self) -> bool:
+        """One random change on a random running VM: a pause (resumed a little later) or, rarely, a crash."""
+        if not self.hosts:
+            return False
+        for _ in range(8):
+            host = self.rng.choice(self.hosts)
+            if not host.vms or host.busy:
+                continue
+            vm = list(host.vms.values())[self.rng.randrange(len(host.vms))]
+            if vm.state != RUNNING or vm.shutdown_timer is not None:
+                continue
+            if self.rng.random() < self.settings.crash_share:
+                host.crash(vm)
+            else:
+                host.pause_domain(vm, PAUSED_IOERROR)
+                delay = self.rng.uniform(*self.settings.resume_after)
+                vm.resume_timer = asyncio.get_running_loop().call_later(delay, self._resume, host, vm)
+            return True
+        return False
+
+    @staticmethod
+    def _resume(host: SimHost, vm: SimVm) -> None:
+        vm.resume_timer = None
+        if host.vms.get(vm.uuid) is vm and vm.state == PAUSED:
+            host.resume_domain(vm)
+
+    async def run_disturbances(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """Poisson arrivals at ``event_rate`` per second until cancelled."""
+        rate = self.settings.event_rate
+        if rate <= 0:
+            return
+        due = clock() + self.rng.expovariate(rate)
+        while True:
+            now = clock()
+            while due <= now:
+                self.disturb()
+                due += self.rng.expovariate(rate)
+            await asyncio.sleep(min(1.0, max(0.01, due - clock())))
+
+    def urls(self, base: str) -> Iterator[str]:
+        for host in self.hosts:
+            yield f"{base}/hosts/{host.n}"
+
+
+__all__ = ["SimHost", "SimVm", "Simulator", "SimulatorSettings", "derive_token"]
