@@ -7,6 +7,7 @@ import typer
 from corral.cli import agent as agent_cli
 from corral.cli import allinone, resources
 from corral.cli import engine as engine_cli
+from corral.cli import simulate as simulate_cli
 from corral.cli import xml as xml_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Corral: Xen and KVM hosts through libvirt.")
