@@ -51,11 +51,54 @@ class _BearerAuth:
         await self.app(scope, receive, send)
 
 
-def create_app(agent: Agent, token: str | None = None) -> FastAPI:
+# Where ``corral agent serve`` (``TlsPeerH11Protocol``) puts the verified TLS client certificate of the
+# connection: uvicorn copies its app state into every request's ``scope["state"]``.
+PEER_CERT = "corral_tls_peer_cert"
+ENGINE_CN = "corral-engine"
+
+
+def _peer_cn(cert: dict[str, Any]) -> str:
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return ""
+
+
+class _ClientCertAuth:
+    """Mutual TLS: every path but ``/v1/health`` needs a client certificate signed by the engine's CA.
+
+    The TLS layer runs with ``CERT_OPTIONAL``: a certificate that is presented is verified during the handshake
+    (another CA, an expired certificate or one not meant for clients -- no *clientAuth* -- fail there), and a
+    connection without one is let through so that ``/v1/health`` answers; this middleware refuses such a
+    connection everywhere else. A bearer token, when the agent also has one, is accepted instead."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/v1/health":
+            cert = (scope.get("state") or {}).get(PEER_CERT)
+            if not cert or _peer_cn(cert) != ENGINE_CN:
+                header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+                given = header[7:] if header[:7].lower() == b"bearer " else b""
+                if self.token is None or not hmac.compare_digest(given, self.token):
+                    message = ("a client certificate issued by the engine's CA is required" if not cert
+                               else f"client certificate {_peer_cn(cert)!r} is not the engine's")
+                    await _error(401, "unauthorized", message)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = False) -> FastAPI:
+    """``client_certs``: the server runs mutual TLS (``corral agent serve --tls-*``); else ``token`` guards."""
     app = FastAPI(title="Corral agent", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/v1/openapi.json")
 
-    if token is not None:
+    if client_certs:
+        app.add_middleware(_ClientCertAuth, token=token)
+    elif token is not None:
         app.add_middleware(_BearerAuth, token=token)
 
     @app.exception_handler(AgentError)

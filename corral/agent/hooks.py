@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class HookResult:
     xml: str
     warnings: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
+    changed: bool = False  # a hook rewrote the XML
 
 
 class Hooks:
@@ -44,13 +46,17 @@ class Hooks:
             return []
         return sorted(p for p in folder.iterdir() if p.is_file() and os.access(p, os.X_OK))
 
-    def run(self, point: str, xml: str, vm_id: str, vm_name: str) -> HookResult:
+    def run(self, point: str, xml: str | Callable[[], str], vm_id: str, vm_name: str) -> HookResult:
+        """``xml`` may be a function that fetches it: called only when a hook is installed at ``point``
+        (the agent's hot paths then skip a libvirt XMLDesc call per hook point)."""
         if point not in HOOK_POINTS:
             raise ValueError(f"unknown hook point {point}")
         scripts = self.scripts(point)
-        result = HookResult(xml=xml)
         if not scripts:
-            return result
+            return HookResult(xml=xml if isinstance(xml, str) else "")
+        if not isinstance(xml, str):
+            xml = xml()
+        result = HookResult(xml=xml)
         with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="corral-hook-", delete=False) as tmp:
             tmp.write(xml)
             path = Path(tmp.name)
@@ -75,6 +81,7 @@ class Hooks:
                     raise HookFailed(f"hook {point}/{script.name} failed (exit {proc.returncode}): {output}",
                                      hook=script.name, exit_status=proc.returncode)
             result.xml = path.read_text()
+            result.changed = result.xml != xml
             return result
         finally:
             path.unlink(missing_ok=True)

@@ -80,15 +80,18 @@ class HostProbe:
         return False
 
 
-def detect(conn: libvirt.virConnect, probe: HostProbe, emulate: str | None = None) -> Detection:
+def detect(conn: libvirt.virConnect, probe: HostProbe, emulate: str | None = None,
+           accel: str = "auto") -> Detection:
+    """What hypervisor this is. ``accel='tcg'`` is the operator saying KVM must not be used here (e.g. a
+    nested host where /dev/kvm opens but guests do not run)."""
     driver = conn.getType()
     evidence = [{"source": "libvirt getType()", "value": driver}]
     if emulate:
         if driver != "TEST":
             raise ValueError(f"--emulate is only for libvirt's test driver, not {driver}")
         evidence.append({"source": "--emulate", "value": emulate})
-        accel = "kvm" if emulate == "kvm" else None
-        return Detection(emulate, get_flavor("xen" if emulate == "xen" else "kvm"), accel, True, evidence)
+        return Detection(emulate, get_flavor("xen" if emulate == "xen" else "kvm"),
+                         "kvm" if emulate == "kvm" else None, True, evidence)
     if driver == "Xen":
         caps = probe.read("/proc/xen/capabilities")
         hv_type = probe.read("/sys/hypervisor/type")
@@ -96,8 +99,16 @@ def detect(conn: libvirt.virConnect, probe: HostProbe, emulate: str | None = Non
                      {"source": "/sys/hypervisor/type", "value": hv_type if hv_type is not None else "(absent)"}]
         return Detection("xen", get_flavor("xen"), None, False, evidence)
     if driver == "QEMU":
-        kvm = probe.kvm_usable()
-        evidence.append({"source": "/dev/kvm", "value": "usable" if kvm else "absent or not accessible"})
+        present = probe.kvm_usable()
+        # /dev/kvm can exist and open while KVM still cannot run guests (nested setups): libvirt's own
+        # capabilities say whether it offers kvm domains.
+        offered = b"domain type='kvm'" in conn.getCapabilities().encode()
+        kvm = present and offered and accel != "tcg"
+        if accel != "auto":
+            evidence.append({"source": "agent setting accel", "value": accel})
+        evidence.append({"source": "/dev/kvm", "value": "usable" if present else "absent or not accessible"})
+        evidence.append({"source": "libvirt capabilities", "value": "kvm domains offered" if offered
+                         else "no kvm domains offered (TCG only)"})
         return Detection("kvm" if kvm else "qemu", get_flavor("kvm", accel="kvm" if kvm else "tcg"),
                          "kvm" if kvm else "tcg", False, evidence)
     if driver == "TEST":
@@ -128,13 +139,13 @@ def hardware_check(det: Detection, conn: libvirt.virConnect, probe: HostProbe, b
             items.append(_check(daemon, running, "running" if running else "not running"))
         items.append(_check("no /dev/kvm needed", True, "a Xen dom0 runs guests through Xen, not KVM"))
     else:
-        kvm = probe.kvm_usable()
+        kvm = det.accel == "kvm"
         flags = probe.cpu_flags()
         virt = sorted(flags & {"vmx", "svm"})
         if kvm:
             items.append(_check("/dev/kvm", True, "present and usable"))
         elif allow_tcg:
-            items.append(_check("/dev/kvm", True, "absent; TCG allowed by the agent's configuration (slow)"))
+            items.append(_check("/dev/kvm", True, "not used; TCG allowed by the agent's configuration (slow)"))
         else:
             items.append(_check("/dev/kvm", False, "no /dev/kvm on a KVM host"))
         items.append(_check("cpu virtualization", bool(virt) or allow_tcg,

@@ -11,7 +11,7 @@ from typing import Any
 
 import libvirt
 
-from corral.agent.connection import Connection
+from corral.agent.connection import Connection, Unavailable
 from corral.agent.events import EventBus
 from corral.agent.hooks import Hooks
 from corral.agent.host import Detection, HostProbe, capabilities, detect
@@ -61,6 +61,7 @@ class Settings:
     hooks_dir: Path | None = None
     emulate: str | None = None
     allow_tcg: bool = False
+    accel: str = "auto"
     bridges: list[str] = field(default_factory=list)
     hook_timeout: float = 30.0
     xen_console_dir: Path = Path("/var/log/xen/console")
@@ -115,7 +116,9 @@ class Agent:
         conn = self.connection.conn
         if self.settings.emulate and self.settings.emulate not in ("xen", "kvm"):
             raise ValueError(f"--emulate: expected xen or kvm, got {self.settings.emulate!r}")
-        self.detection = detect(conn, self.probe, self.settings.emulate)
+        if self.settings.accel not in ("auto", "kvm", "tcg"):
+            raise ValueError(f"accel: expected auto, kvm or tcg, got {self.settings.accel!r}")
+        self.detection = detect(conn, self.probe, self.settings.emulate, self.settings.accel)
         if self.settings.libvirt.startswith("test:"):
             self._load_test_state(conn)
         self.vms = VmManager(lambda: self.connection.conn, self.detection, self.bus,
@@ -136,6 +139,18 @@ class Agent:
                 self._save_test_state(self.connection.conn)
             except Exception as exc:  # never block shutdown
                 log.warning("could not save the test driver's domains: %s", exc)
+        # a stopped agent hears no more events: libvirt keeps a closed connection alive (and its callbacks
+        # called) while any of its domain objects lives, and the handlers would then find no connection
+        try:
+            conn = self.connection.conn
+        except Unavailable:
+            conn = None
+        for callback in self._callbacks if conn is not None else []:
+            try:
+                conn.domainEventDeregisterAny(callback)
+            except libvirt.libvirtError:
+                pass
+        self._callbacks = []
         self.connection.close()
 
     # libvirt's test driver keeps domains in memory only; an emulated host keeps them in its state dir so
@@ -166,8 +181,10 @@ class Agent:
                 log.warning("could not restore an emulated domain: %s", exc)
 
     def _on_connect(self, conn: libvirt.virConnect) -> None:
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._device_removed, None)
+        self._callbacks = [
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None),
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._device_removed,
+                                        None)]
         if self.vms is not None:  # a reconnect: libvirtd may have changed while we were away
             try:
                 self.vms.recover()
@@ -181,7 +198,10 @@ class Agent:
         except libvirt.libvirtError:
             return
         kind = _LIFECYCLE.get(event, str(event))
-        vm = self.vms.known(uuid) if self.vms is not None and kind != "undefined" else None
+        try:
+            vm = self.vms.known(uuid) if self.vms is not None and kind != "undefined" else None
+        except Unavailable:  # an event still queued while the connection went away: report it all the same
+            vm = None
         if kind == "crashed" or (kind == "stopped" and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
             label = "crashed"
         elif kind == "undefined":
@@ -199,7 +219,7 @@ class Agent:
     def host(self) -> dict[str, Any]:
         assert self.detection is not None
         return capabilities(self.connection.conn, self.detection, self.probe, self.settings.bridges,
-                            self.settings.allow_tcg)
+                            self.settings.allow_tcg or self.settings.accel == "tcg")
 
     def host_stats(self) -> dict[str, Any]:
         conn = self.connection.conn

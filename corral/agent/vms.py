@@ -104,6 +104,7 @@ class VmManager:
         self.vms: dict[str, Vm] = {}
         self._lock = threading.RLock()
         self._vm_locks: dict[str, threading.Lock] = {}
+        self._host_cpus: tuple[float, int | None] = (-1e9, None)  # (when read, CPU count)
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -112,12 +113,15 @@ class VmManager:
     # ---- options and registry -------------------------------------------------------------------------
 
     def options(self) -> RenderOptions:
-        try:
-            cpus = self.conn.getInfo()[2]
-        except libvirt.libvirtError:
-            cpus = None
+        cpus = self._host_cpus[1]
+        if time.monotonic() - self._host_cpus[0] > 60:  # one getInfo a minute, not one per render
+            try:
+                cpus = self.conn.getInfo()[2]
+                self._host_cpus = (time.monotonic(), cpus)
+            except libvirt.libvirtError:
+                cpus = None
         console_dir = None
-        if self.flavor.name == "kvm" and not self.det.emulated:
+        if not self.det.emulated:
             console_dir = str(self.state_dir / "consoles")
         return RenderOptions(host_cpus=cpus, console_log_dir=console_dir,
                              channel_dir=str(self.state_dir / "channels"))
@@ -242,6 +246,11 @@ class VmManager:
             return read_domain(xml, None, self.flavor.name, vm.guest_type)[1]
         return match_devices(cfg.Domain.from_xml(xml).devices, self._expected_devices(vm))
 
+    def _seed_devices(self, vm: Vm, res: Any) -> None:
+        """The resolution just rendered is the one ``_expected_devices`` would compute again."""
+        if res.domain is not None:
+            vm._derived["devices"] = (vm.spec, vm.guest_type, res.domain.devices)
+
     def _expected_devices(self, vm: Vm) -> list[cfg.Device]:
         """The devices the spec renders to, which live devices are matched against: resolved once per spec
         (``read_domain`` resolved the spec and re-validated the metadata's copy of it on every read)."""
@@ -260,10 +269,12 @@ class VmManager:
             raise from_libvirt(exc, "list VMs") from None
         out = []
         seen = set()
+        with self._lock:
+            cached = dict(self.vms)  # one lock for the cycle, not one per VM
         for dom, stats in records:
             uuid = dom.UUIDString()
             seen.add(uuid)
-            vm = self.known(uuid)
+            vm = cached.get(uuid) or self.known(uuid)
             if vm is None:
                 continue
             out.append(self.info(vm, dom, stats, devices=False))
@@ -297,6 +308,7 @@ class VmManager:
         xml, res = self._render(spec)
         xml = self.hooks.run("before_vm_define", xml, spec.id, spec.name).xml
         vm = Vm(spec.id, spec.name, spec, res.guest_type, links={n.id: n.link.value for n in spec.nics})
+        self._seed_devices(vm, res)
         with self._lock:  # known before libvirt's 'defined' event: its handler need not read the domain back
             self.vms[vm.uuid] = vm
         try:
@@ -328,13 +340,14 @@ class VmManager:
             raise from_libvirt(exc, "save the new definition") from None
         vm.spec = spec
         vm.guest_type = res.guest_type
+        self._seed_devices(vm, res)
 
     def undefine(self, uuid: str) -> None:
         with self.vm_lock(uuid):
             vm, dom = self.lookup(uuid)
             if dom.isActive():
                 raise Conflict(f"VM {vm.name} is running; stop it before deleting it")
-            self.hooks.run("before_vm_undefine", dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), vm.uuid, vm.name)
+            self.hooks.run("before_vm_undefine", lambda: dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), vm.uuid, vm.name)
             try:
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
             except libvirt.libvirtError:
@@ -353,12 +366,12 @@ class VmManager:
             if dom.isActive():
                 raise Conflict(f"VM {vm.name} is already running")
             # SECURE: a hook's rewrite is defined as is; without the VNC password in it, the password would be lost
-            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
-            hooked = self.hooks.run("before_vm_start", xml, vm.uuid, vm.name)
+            flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+            hooked = self.hooks.run("before_vm_start", lambda: dom.XMLDesc(flags), vm.uuid, vm.name)
             try:
-                if hooked.xml != xml:
+                if hooked.changed:
                     dom = self.conn.defineXML(hooked.xml)
-                if vm.spec is not None and self.flavor.name == "kvm" and not self.det.emulated:
+                if vm.spec is not None and not self.det.emulated:
                     (self.state_dir / "consoles").mkdir(parents=True, exist_ok=True)
                 if vm.spec is not None and vm.spec.guest_agent is not None:
                     (self.state_dir / "channels").mkdir(parents=True, exist_ok=True)
@@ -367,7 +380,7 @@ class VmManager:
                 raise from_libvirt(exc, f"start {vm.name}") from None
             vm.fault = None
             self._reapply_links(vm, dom)
-            after = self.hooks.run("after_vm_start", dom.XMLDesc(0), vm.uuid, vm.name)
+            after = self.hooks.run("after_vm_start", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
             info = self.info(vm, dom)
             if hooked.warnings or after.warnings:
                 info["warnings"] = hooked.warnings + after.warnings
@@ -403,7 +416,7 @@ class VmManager:
             vm, dom = self.lookup(uuid)
             if not dom.isActive():
                 raise Conflict(f"VM {vm.name} is not running")
-            self.hooks.run("before_vm_shutdown", dom.XMLDesc(0), vm.uuid, vm.name)
+            self.hooks.run("before_vm_shutdown", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
             try:
                 dom.shutdown()
             except libvirt.libvirtError as exc:
@@ -419,7 +432,7 @@ class VmManager:
                     info["stopped_by"] = None
                     return info
                 how = self._destroy_after_timeout(vm, dom)
-            self.hooks.run("after_vm_shutdown", dom.XMLDesc(0), vm.uuid, vm.name)
+            self.hooks.run("after_vm_shutdown", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
             info = self.info(vm, dom)
             info["stopped_by"] = how
             return info
@@ -431,7 +444,7 @@ class VmManager:
             return False
 
     def _destroy_after_timeout(self, vm: Vm, dom: libvirt.virDomain) -> str:
-        self.hooks.run("before_vm_destroy", dom.XMLDesc(0), vm.uuid, vm.name)
+        self.hooks.run("before_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
         try:
             dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
             how = "destroy-graceful"
@@ -445,7 +458,7 @@ class VmManager:
                 how = "destroy"
             except libvirt.libvirtError as exc:
                 raise from_libvirt(exc, f"destroy {vm.name}") from None
-        self.hooks.run("after_vm_destroy", dom.XMLDesc(0), vm.uuid, vm.name)
+        self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
         return how
 
     def destroy(self, uuid: str) -> dict[str, Any]:
@@ -453,12 +466,12 @@ class VmManager:
             vm, dom = self.lookup(uuid)
             if not dom.isActive():
                 raise Conflict(f"VM {vm.name} is not running")
-            self.hooks.run("before_vm_destroy", dom.XMLDesc(0), vm.uuid, vm.name)
+            self.hooks.run("before_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
             try:
                 dom.destroy()
             except libvirt.libvirtError as exc:
                 raise from_libvirt(exc, f"destroy {vm.name}") from None
-            self.hooks.run("after_vm_destroy", dom.XMLDesc(0), vm.uuid, vm.name)
+            self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
             return self.info(vm, dom)
 
     def _simple(self, uuid: str, action: str) -> dict[str, Any]:
@@ -542,15 +555,35 @@ class VmManager:
         new_spec = self._replace(spec, new_disk)
         res = self._check_flavor(vm, new_spec, "disks")
         if dom.isActive():
-            elem = self._rendered(res, disk.id)
-            xml = etree.tostring(elem.to_element(), encoding="unicode")
-            try:
-                dom.updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-            except libvirt.libvirtError as exc:
-                raise from_libvirt(exc, "change the CD-ROM media") from None
+            if self.flavor.rule("cdrom.device", res.guest_type).value == "disk":
+                self._replug_media(vm, dom, res, disk.id, media)
+            else:
+                elem = self._rendered(res, disk.id)
+                xml = etree.tostring(elem.to_element(), encoding="unicode")
+                try:
+                    dom.updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                except libvirt.libvirtError as exc:
+                    raise from_libvirt(exc, "change the CD-ROM media") from None
         self._persist(vm, new_spec)
         self.bus.publish("device", vm.uuid, vm.name, device_id=disk.id, change="media", media=media)
         return self.info(vm, dom)
+
+    def _replug_media(self, vm: Vm, dom: libvirt.virDomain, res: Any, disk_id: str, media: str | None) -> None:
+        """Where the CD-ROM is a read-only disk (Xen PV), a media change is an unplug and a plug."""
+        old = next((d for d in self.live_devices(vm, dom) if d.device_id == disk_id), None)
+        if old is not None:
+            try:
+                dom.detachDeviceFlags(etree.tostring(old.config.to_element(), encoding="unicode"),
+                                      libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                raise from_libvirt(exc, "eject the media (unplug its read-only disk)") from None
+        if media is None:
+            return
+        new = etree.tostring(self._rendered(res, disk_id).to_element(), encoding="unicode")
+        try:
+            dom.attachDeviceFlags(new, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, "insert the media (plug its read-only disk)") from None
 
     def _change_link(self, vm: Vm, dom: libvirt.virDomain, spec: VmSpec, nic: NicSpec, link: Any) -> dict[str, Any]:
         if link not in ("up", "down"):
@@ -691,13 +724,12 @@ class VmManager:
     def console_log(self, uuid: str, tail: int) -> dict[str, Any]:
         vm, dom = self.lookup(uuid)
         path: Path | None = None
-        if self.flavor.name == "xen":
+        for dev in cfg.Domain.from_xml(dom.XMLDesc(0)).devices:
+            if isinstance(dev, cfg.CharDevice) and (dev.log_file or (dev.type == "file" and dev.source_path)):
+                path = Path(dev.log_file or dev.source_path or "")
+                break
+        if path is None and self.flavor.name == "xen":
             path = self.xen_console_dir / f"guest-{vm.name}.log"
-        else:
-            for dev in cfg.Domain.from_xml(dom.XMLDesc(0)).devices:
-                if isinstance(dev, cfg.CharDevice) and dev.log_file:
-                    path = Path(dev.log_file)
-                    break
         if path is None:
             return {"path": None, "log": ""}
         try:

@@ -181,7 +181,7 @@ class Interface(Device):
         target = elem.find("target")
         nic.target_dev = target.get("dev") if target is not None else None
         known = {"mac", "source", "model", "link", "filterref", "target", "alias", "address", "script",
-                 "driver", "ip", "backenddomain"}
+                 "driver", "backenddomain"}  # not <ip>: a VmSpec has no addresses, the importer must say so
         nic.unknown += [c.tag for c in elem if isinstance(c.tag, str) and c.tag not in known]
         return nic
 
@@ -237,6 +237,8 @@ class CharDevice(Device):
         elem = etree.Element(self.element, type=self.type)
         if self.type == "unix":
             _sub(elem, "source", mode="bind", path=self.source_path)
+        elif self.type == "file" and self.source_path:
+            _sub(elem, "source", path=self.source_path)
         if self.log_file:
             _sub(elem, "log", file=self.log_file, append="off")
         port = str(self.target_port) if self.target_port is not None else None

@@ -126,21 +126,23 @@ def match_devices(live: list[cfg.Device], expected: list[cfg.Device]) -> list[Li
         exp = by_alias.get(item.config.alias) if item.config.alias else None
         if exp is not None and any(e is exp for e in pending):
             take(item, exp, "alias")
-    for item in result:
-        if item.matched_by != "none":
-            continue
-        c = item.config
-        for exp in list(pending):
-            if isinstance(c, cfg.Interface) and isinstance(exp, cfg.Interface) and c.mac and c.mac == exp.mac:
-                take(item, exp, "mac")
-                break
-            if isinstance(c, cfg.Disk) and isinstance(exp, cfg.Disk):
-                if c.target_dev and c.target_dev == exp.target_dev:
-                    take(item, exp, "target")
+    # Every target dev before any source path: a disk whose target matches must not lose its identity to
+    # another disk sharing its source (the same ISO twice) that libvirt happened to list first.
+    for how in ("mac", "target", "source"):
+        for item in result:
+            if item.matched_by != "none":
+                continue
+            c = item.config
+            for exp in list(pending):
+                if how == "mac" and isinstance(c, cfg.Interface) and isinstance(exp, cfg.Interface) \
+                        and c.mac and c.mac == exp.mac:
+                    take(item, exp, how)
                     break
-                if c.source and c.source == exp.source:
-                    take(item, exp, "source")
-                    break
+                if isinstance(c, cfg.Disk) and isinstance(exp, cfg.Disk) and how != "mac":
+                    mine, theirs = (c.target_dev, exp.target_dev) if how == "target" else (c.source, exp.source)
+                    if mine and mine == theirs:
+                        take(item, exp, how)
+                        break
     for item in result:
         if item.matched_by != "none" or isinstance(item.config, cfg.Disk | cfg.Interface):
             continue

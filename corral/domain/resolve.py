@@ -219,20 +219,25 @@ class _Walker:
                 if rule.outcome is Outcome.REFUSED:
                     continue
                 bus = rule.value or disk.bus.value
+            device = disk.device.value
+            if disk.device is DiskDevice.CDROM:
+                device = self.decide(f"{path}.device", "cdrom.device", "cdrom").value or device
+            prefix = BUS_PREFIX[bus]
+            index = counters.get(prefix, 0)
+            counters[prefix] = index + 1  # taken even by a drive not rendered now: names stay stable
             if disk.source is None:
-                self.decide(f"{path}.source", "cdrom.empty", "empty")
+                empty = self.decide(f"{path}.source", "cdrom.empty", "empty")
+                if empty.outcome is Outcome.TRANSLATED:
+                    continue
             if disk.format is DiskFormat.QCOW2:
                 driver = self.decide(f"{path}.format", "disk.format.qcow2", "qcow2")
             else:
                 src = "block" if disk.source_type is DiskSource.BLOCK else "file"
                 driver = self.flavor.rule(f"disk.format.raw.{src}", self.gt)
-            prefix = BUS_PREFIX[bus]
-            index = counters.get(prefix, 0)
-            counters[prefix] = index + 1
             used[bus] = used.get(bus, 0) + 1
             needs_scsi |= bus == "scsi"
             out.append(cfg.Disk(
-                type="block" if disk.source_type is DiskSource.BLOCK else "file", device=disk.device.value,
+                type="block" if disk.source_type is DiskSource.BLOCK else "file", device=device,
                 source=disk.source, driver_name=driver.value, driver_type=disk.format.value,
                 target_dev=f"{prefix}{_letters(index)}", target_bus=bus, readonly=disk.readonly,
                 alias=alias_of(disk.id)))
@@ -311,7 +316,12 @@ class _Walker:
             log_file = None
             if log_rule.value == "xml" and self.options.console_log_dir:
                 log_file = f"{self.options.console_log_dir}/{self.spec.name}-{con.id}.log"
-            if target == "serial":
+            if target == "serial" and log_rule.value == "file":
+                path = f"{self.options.console_log_dir or '/var/log/corral'}/{self.spec.name}-{con.id}.log"
+                out.append(cfg.CharDevice(element="serial", type="file", source_path=path, target_port=serial_port,
+                                          alias=alias_of(con.id)))
+                serial_port += 1
+            elif target == "serial":
                 out.append(cfg.CharDevice(element="serial", target_port=serial_port, log_file=log_file,
                                           alias=alias_of(con.id)))
                 serial_port += 1

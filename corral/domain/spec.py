@@ -8,6 +8,7 @@ the engine can always say which live device is which spec device.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid as uuidlib
 from enum import StrEnum
@@ -17,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 SPEC_FORMAT_VERSION = 1
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-BRIDGE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,15}$")
-NET_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# \Z, not $: Python's $ also matches before a trailing newline ("vm1\n").
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
+BRIDGE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,15}\Z")
+NET_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+_NOT_IN_PATH = ("\x00", "\n", "\r")  # libvirt's schema takes a path as one line
 
 
 class GuestType(StrEnum):
@@ -115,6 +118,24 @@ class DeviceModelPolicy(StrEnum):
     RESTART = "restart"
 
 
+# What XML 1.0 can carry: libvirt (and lxml) refuse the rest, so the spec refuses it first.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+class FieldError(ValueError):
+    """A check across fields that names the field at fault (relative to the model raising it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def _xml_text(value: str | None) -> str | None:
+    if value is not None and (bad := _NOT_XML_CHAR.search(value)):
+        raise ValueError(f"character {bad.group()!r} cannot be stored in libvirt XML")
+    return value
+
+
 def new_id() -> str:
     return str(uuidlib.uuid4())
 
@@ -155,9 +176,9 @@ class CpuSpec(_Model):
     @model_validator(mode="after")
     def _model_matches_mode(self) -> Self:
         if self.mode is CpuMode.CUSTOM and not self.model:
-            raise ValueError("model is required when mode is 'custom'")
+            raise FieldError("model", "model is required when mode is 'custom'")
         if self.mode is not CpuMode.CUSTOM and self.model:
-            raise ValueError(f"model is only allowed with mode 'custom', not {self.mode.value!r}")
+            raise FieldError("model", f"model is only allowed with mode 'custom', not {self.mode.value!r}")
         return self
 
 
@@ -176,14 +197,14 @@ class DiskSpec(_Device):
             return None
         if value == "":
             raise ValueError("empty path; leave the source out for an empty CD-ROM")
-        if not value.startswith("/") or "\x00" in value or "\n" in value:
+        if not value.startswith("/") or value == "/" or any(c in value for c in _NOT_IN_PATH):
             raise ValueError(f"must be an absolute path: {value!r}")
-        return value
+        return _xml_text(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.source is None and self.device is not DiskDevice.CDROM:
-            raise ValueError(f"a {self.device.value} needs a source; only a CD-ROM may be empty")
+            raise FieldError("source", f"a {self.device.value} needs a source; only a CD-ROM may be empty")
         if self.device is DiskDevice.CDROM and not self.readonly:
             object.__setattr__(self, "readonly", True)
         return self
@@ -195,7 +216,7 @@ class NicSpec(_Device):
     source: str
     model: NicModel = NicModel.AUTO
     link: LinkState = LinkState.UP
-    filter: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    filter: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9._-]{0,63}$")
 
     @field_validator("mac")
     @classmethod
@@ -213,7 +234,7 @@ class NicSpec(_Device):
     def _source_name(self) -> Self:
         pattern = BRIDGE_RE if self.source_type is NicSource.BRIDGE else NET_NAME_RE
         if not pattern.match(self.source):
-            raise ValueError(f"invalid {self.source_type.value} name: {self.source!r}")
+            raise FieldError("source", f"invalid {self.source_type.value} name: {self.source!r}")
         return self
 
 
@@ -221,6 +242,20 @@ class GraphicsSpec(_Device):
     type: GraphicsType = GraphicsType.VNC
     listen: str = Field(default="127.0.0.1", pattern=r"^[0-9a-fA-F.:]{2,45}$")
     password: str | None = Field(default=None, min_length=1, max_length=8)
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"not an IP address: {value!r}") from None
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str | None) -> str | None:
+        return _xml_text(value)
 
 
 class ConsoleSpec(_Device):
@@ -284,16 +319,22 @@ class VmSpec(_Model):
     @field_validator("bootloader")
     @classmethod
     def _bootloader(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^(/[^\x00]*|[A-Za-z0-9._-]{1,64})$", value):
+        if value is not None and not re.match(r"^(/[^\x00\n\r]*|[A-Za-z0-9._-]{1,64})\Z", value):
             raise ValueError(f"must be an absolute path or a program name: {value!r}")
         return value
 
     @field_validator("kernel", "initrd")
     @classmethod
     def _paths(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith("/") or "\x00" in value):
+        if value is not None and (not value.startswith("/") or value == "/"
+                                  or any(c in value for c in _NOT_IN_PATH)):
             raise ValueError(f"must be an absolute path: {value!r}")
         return value
+
+    @field_validator("description", "cmdline", "kernel", "initrd", "bootloader")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return _xml_text(value)
 
     @field_validator("boot")
     @classmethod
@@ -305,26 +346,39 @@ class VmSpec(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.max_memory_mib is not None and self.max_memory_mib < self.memory_mib:
-            raise ValueError(f"max_memory_mib ({self.max_memory_mib}) is below memory_mib ({self.memory_mib})")
+            raise FieldError("max_memory_mib",
+                             f"max_memory_mib ({self.max_memory_mib}) is below memory_mib ({self.memory_mib})")
         for event in ("on_poweroff", "on_reboot"):
             if getattr(self, event).value.startswith("coredump"):
-                raise ValueError(f"{event}: coredump actions apply to on_crash only")
+                raise FieldError(event, "coredump actions apply to on_crash only")
         if self.max_vcpus is not None and self.max_vcpus < self.vcpus:
-            raise ValueError(f"max_vcpus ({self.max_vcpus}) is below vcpus ({self.vcpus})")
+            raise FieldError("max_vcpus", f"max_vcpus ({self.max_vcpus}) is below vcpus ({self.vcpus})")
         if self.initrd and not self.kernel:
-            raise ValueError("initrd needs a kernel")
+            raise FieldError("initrd", "initrd needs a kernel")
         if self.cmdline and not self.kernel:
-            raise ValueError("cmdline needs a kernel")
+            raise FieldError("cmdline", "cmdline needs a kernel")
         if self.kernel and self.bootloader:
-            raise ValueError("give a kernel or a bootloader, not both")
-        ids = [d.id for d in self.devices()]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"device ids must be unique, repeated: {', '.join(dupes)}")
-        macs = [n.mac for n in self.nics if n.mac]
-        if len(set(macs)) != len(macs):
-            raise ValueError("NIC MAC addresses must be unique")
+            raise FieldError("bootloader", "give a kernel or a bootloader, not both")
+        seen: set[str] = set()
+        for path, dev in self._device_paths():
+            if dev.id in seen:
+                raise FieldError(f"{path}.id", f"device ids must be unique, repeated: {dev.id}")
+            seen.add(dev.id)
+        macs: set[str] = set()
+        for i, nic in enumerate(self.nics):
+            if nic.mac and nic.mac in macs:
+                raise FieldError(f"nics.{i}.mac", f"NIC MAC addresses must be unique, repeated: {nic.mac}")
+            macs.add(nic.mac or "")
         return self
+
+    def _device_paths(self) -> list[tuple[str, _Device]]:
+        out: list[tuple[str, _Device]] = []
+        for group in ("disks", "nics", "consoles"):
+            out += [(f"{group}.{i}", d) for i, d in enumerate(getattr(self, group))]
+        for single in ("graphics", "guest_agent", "balloon"):
+            if getattr(self, single) is not None:
+                out.append((single, getattr(self, single)))
+        return out
 
     @property
     def effective_max_memory_mib(self) -> int:
@@ -360,7 +414,11 @@ class SpecError(ValueError):
     def from_validation(cls, exc: ValidationError, prefix: str = "") -> SpecError:
         errors = []
         for err in exc.errors():
-            path = ".".join(str(p) for p in err["loc"])
+            loc = [str(p) for p in err["loc"]]
+            cause = (err.get("ctx") or {}).get("error")
+            if isinstance(cause, FieldError):
+                loc.append(cause.field)
+            path = ".".join(loc)
             if prefix:
                 path = f"{prefix}.{path}" if path else prefix
             msg = str(err["msg"]).removeprefix("Value error, ")

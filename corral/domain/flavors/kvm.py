@@ -27,6 +27,7 @@ TABLE = {
     "cdrom.bus.ide": native("ide"),
     "cdrom.bus.sata": native("sata"),
     "cdrom.bus.scsi": native("scsi", "on a virtio-scsi controller"),
+    "cdrom.device": native("cdrom", "media changes live"),
     "cdrom.empty": native(None, "an empty drive, no <source>"),
     "floppy": native("fdc"),
     "disk.format.raw.file": native("qemu"),

@@ -42,7 +42,15 @@ TABLE = {
     "cdrom.bus.ide": _pv_hvm(translated("xen", "PV CD-ROM xvdX"), native("ide")),
     "cdrom.bus.sata": _pv_hvm(translated("xen", "PV CD-ROM xvdX"), translated("ide", "emulated IDE CD-ROM")),
     "cdrom.bus.scsi": _pv_hvm(translated("xen", "PV CD-ROM xvdX"), translated("ide", "emulated IDE CD-ROM")),
-    "cdrom.empty": native(None, "an empty drive, rendered without <source> (never file='') [L4, L5]"),
+    "cdrom.device": _pv_hvm(
+        translated("disk", "libxl gives PV guests no removable media: media change and CD-ROM unplug are refused "
+                           "(measured); the CD-ROM is a read-only PV disk, unplugged and plugged again when the "
+                           "media changes"),
+        native("cdrom", "emulated IDE CD-ROM; media changes live")),
+    "cdrom.empty": _pv_hvm(
+        translated(None, "no drive while there is no media (a PV disk needs a source); it is plugged in when "
+                         "media is inserted, under the same name"),
+        native(None, "an empty drive, rendered without <source> (never file='') [L4, L5]")),
     "floppy": refused(_FLOPPY),
     "disk.format.raw.file": native("qemu", "<driver name='qemu' type='raw'/> (qdisk backend)"),
     "disk.format.raw.block": native("phy", "<driver name='phy' type='raw'/> (blkback)"),
@@ -70,8 +78,11 @@ TABLE = {
     "console.serial": _pv_hvm(translated("xen", "PV guests have no UART; the Xen PV console hvc0 instead"),
                               native("serial", "emulated UART ttyS0")),
     "console.pv": native("xen", "Xen PV console hvc0"),
-    "console.log": translated("xenconsoled", "libxl has no <log> on consoles; xenconsoled logs "
-                                             "/var/log/xen/console/guest-NAME.log"),
+    "console.log": _pv_hvm(
+        translated("xenconsoled", "libxl has no <log> on consoles; xenconsoled logs "
+                                  "/var/log/xen/console/guest-NAME.log"),
+        translated("file", "xenconsoled never sees an HVM serial port (measured); the serial port writes to a "
+                           "file the agent reads, and the PV console stays interactive")),
     "guest_agent": translated("xen", "libxl has no virtio-serial (start fails: 'channel target type not "
                                      "supported') [D2]; a Xen channel on a unix socket instead"),
     "balloon": translated("xen", "Xen's own balloon (model='xen') [D3]"),
