@@ -30,6 +30,11 @@ _LIFECYCLE = {
     libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
     libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
 }
+# The state an event leaves the domain in, from the event itself: the handler runs after the fact, and the
+# domain's state() by then may be a later one (a 'suspended' event read back as 'up' after a quick resume).
+# Only 'defined' (of a stopped or of a running domain) asks libvirt.
+_EVENT_STATE = {"started": "up", "suspended": "paused", "resumed": "up", "stopped": "down",
+                "shutdown": "shutting_down", "pmsuspended": "paused"}
 
 
 _TOML_KINDS = {"str": "a string", "str | None": "a string", "Path": "a path (string)", "Path | None": "a path (string)",
@@ -192,12 +197,17 @@ class Agent:
                 log.warning("recovery after reconnect failed: %s", exc)
 
     def _lifecycle(self, _conn: Any, dom: libvirt.virDomain, event: int, detail: int, _opaque: Any) -> None:
+        kind = _LIFECYCLE.get(event, str(event))
+        kind_state: str | None
+        if kind == "defined" and detail == libvirt.VIR_DOMAIN_EVENT_DEFINED_ADDED:
+            kind_state = "down"  # a new definition is inactive
+        else:
+            kind_state = _EVENT_STATE.get(kind)
         try:
             uuid, name = dom.UUIDString(), dom.name()
-            state, reason = dom.state() if event != libvirt.VIR_DOMAIN_EVENT_UNDEFINED else (0, 0)
+            state, reason = dom.state() if kind_state is None and kind != "undefined" else (0, 0)
         except libvirt.libvirtError:
             return
-        kind = _LIFECYCLE.get(event, str(event))
         try:
             vm = self.vms.known(uuid) if self.vms is not None and kind != "undefined" else None
         except Unavailable:  # an event still queued while the connection went away: report it all the same
@@ -207,7 +217,7 @@ class Agent:
         elif kind == "undefined":
             label = "deleted"
         else:
-            label = state_name(state, reason)
+            label = kind_state or state_name(state, reason)
             if vm is not None and vm.fault and label == "down":
                 label = vm.fault
         self.bus.publish("lifecycle", uuid, name, label, event=kind, detail=detail,

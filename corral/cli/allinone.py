@@ -58,6 +58,17 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: floa
     fail(f"{what} did not answer at {url} within {timeout:g} s", code=1)
 
 
+def _wait_host_added(api: httpx.Client, name: str, task: dict[str, Any], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while task.get("state") not in ("succeeded", "failed"):
+        if time.monotonic() > deadline:
+            fail(f"adding host {name}: still {task.get('state')} after {timeout:g} s", code=1)
+        time.sleep(0.1)
+        task = api.get(f"/tasks/{task['id']}").json()
+    if task["state"] == "failed":
+        fail(f"adding host {name}: {(task.get('error') or {}).get('message', task)}", code=1)
+
+
 def all_in_one(
     listen: str = typer.Option("127.0.0.1:8080", "--listen", help="engine HOST:PORT"),
     data_dir: Path = typer.Option(None, "--data-dir", help="state directory (default: user data dir)"),
@@ -92,6 +103,7 @@ def all_in_one(
                 proc.kill()
 
     token = _secret_file(data / "admin-token", lambda: _create_token(db))
+    password = _admin_password(db, data / "admin-password")
     agents: list[dict[str, Any]] = []
     if libvirt_uri.startswith("test:"):
         plan = [("xen-host", ["--emulate", "xen", "--bridge", "xenbr0"]),
@@ -117,16 +129,23 @@ def all_in_one(
         _wait_http(f"{url}/api/v1/openapi.json", engine, "engine")
         api = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60)
         known = {h["name"] for h in api.get("/hosts", params={"limit": 1000}).json().get("items", [])}
+        adding = []
         for a in agents:
             if a["name"] not in known:
                 resp = api.post("/hosts", json={"name": a["name"], "url": a["url"], "token": a["token"]})
                 if resp.status_code >= 400:
                     fail(f"adding host {a['name']}: {resp.text}", code=1)
+                adding.append((a["name"], resp.json()))
+        for name, task in adding:  # ready means the hosts are there: a VM started right away finds them
+            _wait_host_added(api, name, task)
         if output is Output.JSON:
             typer.echo(json.dumps({"url": url, "token": token, "data_dir": str(data),
+                                   "portal": f"{url}/portal/", "username": ADMIN_USER, "password": password,
                                    "hosts": [a["name"] for a in agents]}), nl=True)
         else:
+            login = password if password is not None else "(set with corral engine create-admin)"
             typer.echo(f"Corral is running.\n  API and portal: {url}\n  admin token:    {token}\n"
+                       f"  portal login:   {ADMIN_USER} / {login}  ({url}/portal/)\n"
                        f"  hosts:          {', '.join(a['name'] for a in agents)} ({libvirt_uri})\n"
                        f"  data:           {data}\n  CLI:            corral login {url} --token {token}\n"
                        "Press Ctrl-C to stop.")
@@ -147,3 +166,21 @@ def _create_token(db: str) -> str:
     from corral.engine.auth import create_token
 
     return create_token(db, "all-in-one admin")
+
+
+ADMIN_USER = "admin"
+
+
+def _admin_password(db: str, path: Path) -> str | None:
+    """The portal admin's password: generated and saved (0600) in the data dir on the first run. None when
+    the user was made by ``corral engine create-admin`` instead (its password is not ours to print)."""
+    from corral.engine.portal.users import create_admin, user_exists
+
+    if path.exists():
+        password = path.read_text().strip()
+        if not user_exists(db, ADMIN_USER):
+            create_admin(db, ADMIN_USER, password)
+        return password
+    if user_exists(db, ADMIN_USER):
+        return None
+    return _secret_file(path, lambda: create_admin(db, ADMIN_USER))

@@ -46,3 +46,35 @@ def create_token_cmd(db: str = typer.Option(None, "--db"), name: str = typer.Opt
     data = data_dir or data_home()
     data.mkdir(parents=True, exist_ok=True)
     typer.echo(create_token(db or default_db(data), name))
+
+
+@app.command("create-admin")
+def create_admin_cmd(
+    username: str = typer.Option("admin", "--username", "-u", help="the portal user name"),
+    password_file: Path = typer.Option(None, "--password-file", help="read the password from this file "
+                                       "('-' = standard input); default: prompt on a terminal, else generate one"),
+    update: bool = typer.Option(False, "--update", help="set a new password if the user exists"),
+    db: str = typer.Option(None, "--db"),
+    data_dir: Path = typer.Option(None, "--data-dir"),
+) -> None:
+    """Create an admin user for the portal (the password is stored as a scrypt hash)."""
+    import sys
+
+    from corral.cli.common import read_text
+    from corral.engine.portal.users import UserError, create_admin
+
+    data = data_dir or data_home()
+    data.mkdir(parents=True, exist_ok=True)
+    password: str | None = None
+    if password_file is not None:
+        password = read_text(password_file, "password file").rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        result = create_admin(db or default_db(data), username, password, update=update)
+    except UserError as exc:
+        fail(f"{exc}" + ("; use --update to set a new password" if exc.field == "username" else ""))
+    if password is None:
+        typer.echo(f"user {username} created; password: {result}")
+    else:
+        typer.echo(f"user {username} {'updated' if update else 'created'}")

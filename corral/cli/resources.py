@@ -67,11 +67,14 @@ def _finish(api: ApiClient, result: Any, output: Output, wait: bool) -> Any:
 
 
 def login(url: str = typer.Argument(..., help="engine URL, e.g. http://127.0.0.1:8080"),
-          token: str = typer.Option(..., "--token", help="API token")) -> None:
+          token: str = typer.Option(..., "--token", help="API token"), output: Output = OutputOpt) -> None:
     """Check the token against the engine and save it for later commands."""
     ApiClient(url.rstrip("/"), token).get("/clusters", limit=1)
     path = save_login(url, token)
-    typer.echo(f"logged in to {url}; token saved in {path}")
+    if output is Output.JSON:
+        emit({"url": url.rstrip("/"), "config": str(path)}, output)
+    else:
+        typer.echo(f"logged in to {url}; token saved in {path}")
 
 
 @cluster_app.command("create")
@@ -91,28 +94,138 @@ def cluster_list(output: Output = OutputOpt) -> None:
         _table(data["items"], ["id", "name", "flavor_policy", "description"], "clusters")
 
 
+def _ssh_body(ssh: str | None, ssh_key: Path | None, password_prompt: bool,
+              host_key: str | None) -> dict[str, Any] | None:
+    """``--ssh [USER@]ADDRESS[:PORT]`` and the credential, as the API's ``ssh`` object."""
+    if not ssh:
+        if ssh_key or password_prompt:
+            fail("--ssh-key and --password-prompt go with --ssh")
+        return None
+    user, _, hostport = ssh.rpartition("@")
+    address, port = hostport, 22
+    if hostport.startswith("["):
+        address, _, rest = hostport[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 22
+    elif hostport.count(":") == 1:
+        address, _, p = hostport.partition(":")
+        if not p.isdigit():
+            fail(f"--ssh {ssh}: the port must be a number")
+        port = int(p)
+    body: dict[str, Any] = {"address": address, "port": port, "user": user or "root"}
+    if ssh_key is not None and password_prompt:
+        fail("give --ssh-key or --password-prompt, not both")
+    if ssh_key is not None:
+        try:
+            body["private_key"] = ssh_key.expanduser().read_text()
+        except OSError as exc:
+            fail(f"--ssh-key {ssh_key}: {exc.strerror}")
+    elif password_prompt:
+        body["password"] = typer.prompt(f"password of {body['user']}@{address}", hide_input=True)
+    if host_key:
+        body["host_key_fingerprint"] = host_key
+    return body
+
+
+def _deploy_options(allow_tcg: bool, libvirt_uri: str | None, agent_port: int | None,
+                    agent_url: str | None) -> dict[str, Any] | None:
+    options: dict[str, Any] = {}
+    if allow_tcg:
+        options["allow_tcg"] = True
+    if libvirt_uri:
+        options["libvirt_uri"] = libvirt_uri
+    if agent_port:
+        options["agent_port"] = agent_port
+    if agent_url:
+        options["agent_url"] = agent_url
+    return options or None
+
+
+SshKeyOpt = typer.Option(None, "--ssh-key", help="private key file for SSH")
+PasswordOpt = typer.Option(False, "--password-prompt", help="ask for the SSH password")
+HostKeyOpt = typer.Option(None, "--host-key", help="expected SSH host key fingerprint SHA256:... (else pinned on "
+                                                   "first use and shown)")
+TcgOpt = typer.Option(False, "--allow-tcg", help="deploy: accept a host without KVM (QEMU under TCG, slow)")
+LibvirtOpt = typer.Option(None, "--libvirt", help="deploy: libvirt URI for the agent (default by hypervisor)")
+AgentPortOpt = typer.Option(None, "--agent-port", help="deploy: port the agent listens on (default 8470)")
+AgentUrlOpt = typer.Option(None, "--agent-url", help="deploy: https URL the engine uses to reach the agent (NAT)")
+
+
 @host_app.command("add")
-def host_add(name: str, url: str = typer.Option(..., "--url", help="agent URL"),
+def host_add(name: str, url: str = typer.Option(None, "--url", help="agent URL (an agent that runs already)"),
              token_file: Path = typer.Option(None, "--token-file", help="file with the agent's token"),
              token: str = typer.Option(None, "--token", help="the agent's token"),
+             ssh: str = typer.Option(None, "--ssh", help="deploy over SSH: [USER@]ADDRESS[:PORT] (user root)"),
+             ssh_key: Path = SshKeyOpt, password_prompt: bool = PasswordOpt, host_key: str = HostKeyOpt,
+             allow_tcg: bool = TcgOpt, libvirt_uri: str = LibvirtOpt, agent_port: int = AgentPortOpt,
+             agent_url: str = AgentUrlOpt,
              cluster: str = typer.Option(None, "--cluster"), wait: bool = typer.Option(True, "--wait/--no-wait"),
              output: Output = OutputOpt) -> None:
-    """Add a host by its agent's URL and credentials."""
-    if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            fail(f"--token-file {token_file}: {exc.strerror}")
-    if not token:
-        fail("give --token or --token-file")
+    """Add a host: deploy the agent over SSH (--ssh), or register an agent that runs already (--url).
+
+    Over SSH the host key is shown and pinned on first use; rerunning the same command after a failure
+    resumes the deploy."""
+    ssh_body = _ssh_body(ssh, ssh_key, password_prompt, host_key)
+    body: dict[str, Any] = {"name": name}
+    if ssh_body is not None:
+        if url or token or token_file:
+            fail("--ssh deploys the agent; --url/--token are for an agent that runs already")
+        body["ssh"] = ssh_body
+        options = _deploy_options(allow_tcg, libvirt_uri, agent_port, agent_url)
+        if options:
+            body["options"] = options
+    else:
+        if not url:
+            fail("give --ssh root@ADDRESS (deploy) or --url URL --token ... (a running agent)")
+        if token_file is not None:
+            try:
+                token = token_file.read_text().strip()
+            except OSError as exc:
+                fail(f"--token-file {token_file}: {exc.strerror}")
+        if not token:
+            fail("give --token or --token-file")
+        body.update(url=url, token=token)
     api = ApiClient()
-    body: dict[str, Any] = {"name": name, "url": url, "token": token}
     if cluster:
         body["cluster"] = cluster
     result = _finish(api, api.request("POST", "/hosts", json=body), output, wait)
     if isinstance(result, dict) and result.get("kind") and wait:
         result = api.resolve("hosts", name)
     _show(result, output)
+
+
+@host_app.command("reinstall")
+def host_reinstall(host: str, ssh_key: Path = SshKeyOpt, password_prompt: bool = PasswordOpt,
+                   allow_tcg: bool = TcgOpt, libvirt_uri: str = LibvirtOpt, agent_port: int = AgentPortOpt,
+                   agent_url: str = AgentUrlOpt, wait: bool = typer.Option(True, "--wait/--no-wait"),
+                   output: Output = OutputOpt) -> None:
+    """Deploy a host's agent again over SSH (the engine's key and the pinned host key; the options of the last
+    deploy unless given)."""
+    api = ApiClient()
+    h = api.get(f"/hosts/{api.resolve('hosts', host)['id']}")
+    if not h.get("ssh_address"):
+        fail(f"host {h['name']} was not added over SSH; remove it and add it with --ssh")
+    body: dict[str, Any] = {}
+    if ssh_key is not None or password_prompt:
+        creds = _ssh_body(f"root@{h['ssh_address']}", ssh_key, password_prompt, None)
+        assert creds is not None
+        creds.update(address=h["ssh_address"], port=h.get("ssh_port") or 22)
+        body["ssh"] = creds
+    options = _deploy_options(allow_tcg, libvirt_uri, agent_port, agent_url)
+    if options:
+        body["options"] = options
+    result = _finish(api, api.request("POST", f"/hosts/{h['id']}/reinstall", json=body), output, wait)
+    if isinstance(result, dict) and result.get("kind") and wait:
+        result = api.resolve("hosts", h["id"])
+    _show(result, output)
+
+
+@host_app.command("renew-certificate")
+def host_renew_certificate(host: str, wait: bool = typer.Option(True, "--wait/--no-wait"),
+                           output: Output = OutputOpt) -> None:
+    """Issue the host's agent a new TLS certificate now (the engine renews by itself 30 days before expiry)."""
+    api = ApiClient()
+    h = api.resolve("hosts", host)
+    _show(_finish(api, api.request("POST", f"/hosts/{h['id']}/renew-certificate"), output, wait), output)
 
 
 @host_app.command("list")
@@ -139,11 +252,14 @@ def host_maintenance(host: str, off: bool = typer.Option(False, "--off", help="l
 
 
 @host_app.command("remove")
-def host_remove(host: str) -> None:
+def host_remove(host: str, output: Output = OutputOpt) -> None:
     api = ApiClient()
     h = api.resolve("hosts", host)
     api.request("DELETE", f"/hosts/{h['id']}")
-    typer.echo(f"host {h['name']} removed")
+    if output is Output.JSON:
+        emit({"id": h["id"], "name": h["name"], "removed": True}, output)
+    else:
+        typer.echo(f"host {h['name']} removed")
 
 
 def _disk(value: str, device: str = "disk") -> dict[str, Any]:
@@ -309,19 +425,26 @@ def vm_resume(vm: str, wait: bool = WaitOpt, output: Output = OutputOpt) -> None
 
 
 @vm_app.command("delete")
-def vm_delete(vm: str) -> None:
+def vm_delete(vm: str, output: Output = OutputOpt) -> None:
     api = ApiClient()
     v = api.resolve("vms", vm)
     api.request("DELETE", f"/vms/{v['id']}")
-    typer.echo(f"VM {v['name']} deleted")
+    if output is Output.JSON:
+        emit({"id": v["id"], "name": v["name"], "deleted": True}, output)
+    else:
+        typer.echo(f"VM {v['name']} deleted")
 
 
 @vm_app.command("console")
-def vm_console(vm: str, tail: int = typer.Option(65536, "--tail")) -> None:
+def vm_console(vm: str, tail: int = typer.Option(65536, "--tail"), output: Output = OutputOpt) -> None:
     """Print the VM's console log."""
     api = ApiClient()
     v = api.resolve("vms", vm)
-    sys.stdout.write(api.get(f"/vms/{v['id']}/console", tail=tail).get("log", ""))
+    data = api.get(f"/vms/{v['id']}/console", tail=tail)
+    if output is Output.JSON:
+        emit(data, output)
+    else:
+        sys.stdout.write(data.get("log", ""))
 
 
 @event_app.command("list")

@@ -67,7 +67,7 @@ def simulate(
     """
     import asyncio
 
-    from corral.simulate.runner import base_url, bind, raise_fd_limit, serve
+    from corral.simulate.runner import base_url, bind, loop_factory, raise_fd_limit, serve
     from corral.simulate.sim import Simulator, SimulatorSettings
 
     address, port = _listen(listen)
@@ -96,7 +96,8 @@ def simulate(
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve(sim, sock, announce))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(sim, sock, announce))
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,6 +1,6 @@
 """The engine's only way to a host: the agent's HTTP API (docs/agent-api.md).
 
-One ``httpx.AsyncClient`` serves every agent so connections are pooled and reused across thousands of
+One pooled client (``AgentClient``) serves every agent so connections are reused across thousands of
 hosts; each call names its target (URL + credential). Agent errors, which are always JSON
 ``{"code", "message", "field", ...}``, become ``AgentError``; a host that cannot be reached becomes
 ``AgentUnreachable`` so the monitor can tell "host down" from "host said no".
@@ -9,11 +9,15 @@ hosts; each call names its target (URL + credential). Agent errors, which are al
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
+import msgspec
 
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 # Event streams stay open; a read timeout longer than the agent's keep-alive only detects dead peers.
@@ -22,7 +26,8 @@ STREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=90.0, write=10.0, pool=10.0)
 
 @dataclass(frozen=True)
 class AgentTarget:
-    """Where an agent is and how to authenticate to it (TLS client certificates come with deploy)."""
+    """Where an agent is and how to authenticate to it: a bearer token (development), or none for an
+    ``https://`` agent deployed over SSH, which the pooled client's engine certificate authenticates to."""
 
     url: str
     token: str | None = None
@@ -51,51 +56,159 @@ class AgentUnreachable(AgentError):
         super().__init__(0, "unreachable", message)
 
 
-def _error_from(resp: httpx.Response) -> AgentError:
+class VmBrief(msgspec.Struct):
+    """What monitoring reads of one ``VmInfo`` in ``GET /v1/vms``: stats and devices are skipped while decoding,
+    and the spec stays raw JSON bytes (decoded only for a VM new to the database)."""
+
+    id: Any = None
+    name: Any = None
+    state: Any = None
+    reason: Any = None
+    external: Any = None
+    memory_mib: Any = None
+    vcpus: Any = None
+    spec: msgspec.Raw = msgspec.Raw(b"null")
+
+    def as_dict(self) -> dict[str, Any]:
+        spec = bytes(self.spec)
+        return {"id": self.id, "name": self.name, "state": self.state, "reason": self.reason,
+                "external": self.external, "memory_mib": self.memory_mib, "vcpus": self.vcpus,
+                "spec": None if spec == b"null" else spec}
+
+
+class _VmBriefList(msgspec.Struct):
+    items: list[VmBrief]
+
+
+_BRIEF = msgspec.json.Decoder(_VmBriefList)
+
+
+HEADERS = {"User-Agent": "corral-engine"}
+KEEPALIVE_SECONDS = 60.0  # shorter than the agents' own keep-alive, so a reused connection is rarely closed
+
+
+def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+    """What httpx would build from ``verify`` (certifi's CA bundle, a CA file, or no verification), once."""
+    if verify is False:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    if isinstance(verify, str):
+        path = Path(verify)
+        return ssl.create_default_context(capath=verify) if path.is_dir() else ssl.create_default_context(
+            cafile=verify)
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _error_from(status: int, content: bytes) -> AgentError:
     try:
-        body = resp.json()
+        body = json.loads(content)
     except ValueError:
         body = None
     if isinstance(body, dict) and "code" in body:
-        return AgentError(resp.status_code, str(body["code"]), str(body.get("message", "")),
-                          body.get("field"), body)
-    text = resp.text[:200].strip()
-    return AgentError(resp.status_code, "http_error", f"HTTP {resp.status_code}: {text}")
+        return AgentError(status, str(body["code"]), str(body.get("message", "")), body.get("field"), body)
+    text = content[:200].decode(errors="replace").strip()
+    return AgentError(status, "http_error", f"HTTP {status}: {text}")
+
+
+def _aio_timeout(t: httpx.Timeout, total: float | None = None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total, sock_connect=t.connect, sock_read=None if total else t.read)
 
 
 class AgentClient:
-    """Pooled async client for every agent."""
+    """Pooled async client for every agent. ``verify`` may be an ``ssl.SSLContext`` that trusts the engine's CA
+    and carries the engine's client certificate (``EnginePki.client_ssl_context``): mutual TLS to every agent.
+
+    The connections are aiohttp's: one pool, reused across polls (no cap on idle ones), HTTP parsed in C, a
+    connection found by a dict lookup; about 0.25 ms of CPU per poll where httpx takes 1.2 ms and, holding
+    one connection per agent and per event stream in one pool, looks at every connection on each request
+    (O(hosts^2) per monitoring cycle). With a ``transport`` (httpx's, for tests), httpx serves instead."""
 
     def __init__(self, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT, max_connections: int | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None, verify: bool | str = True) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=2000,
-                              keepalive_expiry=60)
-        self._http = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport, verify=verify,
-                                       headers={"User-Agent": "corral-engine"})
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 verify: bool | str | ssl.SSLContext = True) -> None:
+        self._timeout = timeout
+        self._max_connections = max_connections or 0
+        self._http: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl = verify if isinstance(verify, ssl.SSLContext) else None
+        if transport is not None:
+            limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=None,
+                                  keepalive_expiry=KEEPALIVE_SECONDS)
+            self._http = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport, verify=verify,
+                                           headers=HEADERS)
+        elif self._ssl is None:
+            self._ssl = _ssl_context(verify)  # type: ignore[arg-type]
+
+    def _aio(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on first use, inside the running event loop
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ssl=self._ssl or True,
+                                             keepalive_timeout=KEEPALIVE_SECONDS)
+            self._session = aiohttp.ClientSession(connector=connector, headers=HEADERS,
+                                                  timeout=_aio_timeout(self._timeout))
+        return self._session
+
+    async def release(self, t: AgentTarget) -> None:
+        """An agent that is no longer watched: its idle connections expire by themselves."""
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def request(self, target: AgentTarget, method: str, path: str, *, json_body: Any = None,
                       params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
-        url = target.url.rstrip("/") + path
-        kwargs: dict[str, Any] = {"headers": target.headers(), "params": params}
-        if json_body is not None:
-            kwargs["json"] = json_body
-        if timeout is not None:
-            kwargs["timeout"] = httpx.Timeout(timeout, connect=5.0)
-        try:
-            resp = await self._http.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise AgentUnreachable(f"{target.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
-        if resp.status_code >= 400:
-            raise _error_from(resp)
-        if resp.status_code == 204 or not resp.content:
+        content = await self._send(target, method, path, json_body=json_body, params=params, timeout=timeout)
+        if not content:
             return None
         try:
-            return resp.json()
+            return json.loads(content)
         except ValueError as exc:
             raise AgentUnreachable(f"{target.url}: answer is not JSON") from exc
+
+    async def _send(self, target: AgentTarget, method: str, path: str, *, json_body: Any = None,
+                    params: dict[str, Any] | None = None, timeout: float | None = None) -> bytes:
+        """The answer's body; ``AgentError`` for an error status, ``AgentUnreachable`` for no answer."""
+        url = target.url.rstrip("/") + path
+        try:
+            try:
+                status, content = await self._exchange(target, method, url, json_body, params, timeout)
+            except (httpx.RemoteProtocolError, httpx.ReadError, aiohttp.ServerDisconnectedError,
+                    aiohttp.ClientOSError):
+                if method != "GET":
+                    raise
+                # the agent closed a kept-alive connection as it was reused: a GET is safe to send again
+                status, content = await self._exchange(target, method, url, json_body, params, timeout)
+        except (httpx.HTTPError, aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+            raise AgentUnreachable(f"{target.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        if status >= 400:
+            raise _error_from(status, content)
+        return b"" if status == 204 else content
+
+    async def _exchange(self, target: AgentTarget, method: str, url: str, json_body: Any,
+                        params: dict[str, Any] | None, timeout: float | None) -> tuple[int, bytes]:
+        if self._http is not None:
+            kwargs: dict[str, Any] = {"headers": target.headers(), "params": params}
+            if json_body is not None:
+                kwargs["json"] = json_body
+            if timeout is not None:
+                kwargs["timeout"] = httpx.Timeout(timeout, connect=5.0)
+            resp = await self._http.request(method, url, **kwargs)
+            return resp.status_code, resp.content
+        query = {k: str(v) for k, v in params.items()} if params else None
+        headers = target.headers()
+        data = None
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        async with self._aio().request(method, url, headers=headers, params=query, data=data,
+                                       timeout=_aio_timeout(self._timeout, timeout)) as aresp:
+            return aresp.status, await aresp.read()
 
     # Host
     async def health(self, t: AgentTarget) -> dict[str, Any]:
@@ -111,6 +224,15 @@ class AgentClient:
     async def list_vms(self, t: AgentTarget) -> list[dict[str, Any]]:
         body = await self.request(t, "GET", "/v1/vms")
         return list(body["items"])
+
+    async def list_vm_states(self, t: AgentTarget, *, timeout: float | None = None) -> list[VmBrief]:
+        """``GET /v1/vms`` as monitoring needs it (``VmBrief``): decoded several times faster than the whole
+        document, which matters when thousands of hosts answer every few seconds."""
+        content = await self._send(t, "GET", "/v1/vms", timeout=timeout)
+        try:
+            return _BRIEF.decode(content).items
+        except msgspec.DecodeError as exc:  # ValidationError too: an answer that is not a VM list
+            raise AgentUnreachable(f"{t.url}: answer is not a VM list: {exc}") from exc
 
     async def get_vm(self, t: AgentTarget, vm_id: str) -> dict[str, Any]:
         return dict(await self.request(t, "GET", f"/v1/vms/{vm_id}"))
@@ -139,34 +261,45 @@ class AgentClient:
 
     async def events_stream(self, t: AgentTarget, after: int) -> AsyncIterator[dict[str, Any]]:
         """Yield each event's data from the agent's SSE stream until it ends or fails."""
-        url = target_url(t, "/v1/events")
         headers = {**t.headers(), "Accept": "text/event-stream", "Last-Event-ID": str(after)}
         try:
-            async with self._http.stream("GET", url, params={"after": after}, headers=headers,
+            data: list[str] = []
+            async for line in self._stream_lines(target_url(t, "/v1/events"), {"after": str(after)}, headers):
+                if line == "":
+                    if data:
+                        payload = "\n".join(data)
+                        data = []
+                        try:
+                            event = json.loads(payload)
+                        except ValueError:
+                            continue
+                        if isinstance(event, dict):
+                            yield event
+                    continue
+                if line.startswith(":"):
+                    continue  # comment / keep-alive
+                name, _, value = line.partition(":")
+                if name == "data":
+                    data.append(value.removeprefix(" "))
+        except (httpx.HTTPError, aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+            raise AgentUnreachable(f"{t.url}: event stream: {type(exc).__name__}: {exc}") from exc
+
+    async def _stream_lines(self, url: str, params: dict[str, str], headers: dict[str, str]) -> AsyncIterator[str]:
+        """The lines of a streamed answer, without their line ends; ``AgentError`` for an error status."""
+        if self._http is not None:
+            async with self._http.stream("GET", url, params=params, headers=headers,
                                          timeout=STREAM_TIMEOUT) as resp:
                 if resp.status_code >= 400:
-                    await resp.aread()
-                    raise _error_from(resp)
-                data: list[str] = []
+                    raise _error_from(resp.status_code, await resp.aread())
                 async for line in resp.aiter_lines():
-                    if line == "":
-                        if data:
-                            payload = "\n".join(data)
-                            data = []
-                            try:
-                                event = json.loads(payload)
-                            except ValueError:
-                                continue
-                            if isinstance(event, dict):
-                                yield event
-                        continue
-                    if line.startswith(":"):
-                        continue  # comment / keep-alive
-                    name, _, value = line.partition(":")
-                    if name == "data":
-                        data.append(value.removeprefix(" "))
-        except httpx.HTTPError as exc:
-            raise AgentUnreachable(f"{t.url}: event stream: {type(exc).__name__}: {exc}") from exc
+                    yield line
+            return
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=STREAM_TIMEOUT.connect, sock_read=STREAM_TIMEOUT.read)
+        async with self._aio().get(url, params=params, headers=headers, timeout=timeout) as aresp:
+            if aresp.status >= 400:
+                raise _error_from(aresp.status, await aresp.read())
+            async for raw in aresp.content:
+                yield raw.decode(errors="replace").rstrip("\r\n")
 
 
 def target_url(t: AgentTarget, path: str) -> str:

@@ -8,6 +8,7 @@ what ``corral engine serve`` and ``corral all-in-one`` call.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,8 +22,10 @@ from corral.engine.api import api_router
 from corral.engine.auth import TokenChecker
 from corral.engine.context import EngineContext
 from corral.engine.db.session import Database
+from corral.engine.deploy import CertRenewer, interrupted_deploys
 from corral.engine.errors import install_handlers
 from corral.engine.monitor import Monitor, MonitorSettings
+from corral.engine.pki import EnginePki
 from corral.engine.scheduler import Scheduler
 from corral.engine.tasks import TaskRunner
 
@@ -33,29 +36,47 @@ API_TITLE = "Corral engine API"
 
 def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: bool = True,
                start_monitor: bool = True, agent_transport: httpx.AsyncBaseTransport | None = None,
-               agent_verify: bool | str = True) -> FastAPI:
-    """Build the engine app on the database at ``db_url`` (``sqlite:///PATH`` or ``postgresql+psycopg://``)."""
+               agent_verify: bool | str | ssl.SSLContext | None = None, data_dir: Path | None = None,
+               cert_renew_interval: float = 6 * 3600.0) -> FastAPI:
+    """Build the engine app on the database at ``db_url`` (``sqlite:///PATH`` or ``postgresql+psycopg://``).
+
+    With a ``data_dir`` the engine has its CA (``<data_dir>/pki``, created on first start): agents deployed over
+    SSH are reached with mutual TLS, and their certificates are renewed every ``cert_renew_interval`` seconds
+    when they have less than 30 days left."""
     db = Database(db_url)
     db.migrate()
     tasks = TaskRunner(db)
     orphans = tasks.fail_orphans()
     if orphans:
         log.warning("%d task(s) of a previous run were interrupted", orphans)
+    db.call(interrupted_deploys)
+    pki: EnginePki | None = None
+    if data_dir is not None:
+        pki = EnginePki(data_dir / "pki")
+        created = pki.ensure()
+        if created:
+            log.info("engine PKI in %s: created %s", pki.dir, ", ".join(created))
     holder: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        agents = AgentClient(transport=agent_transport, verify=agent_verify)
+        verify = agent_verify if agent_verify is not None else (pki.client_ssl_context() if pki else True)
+        agents = AgentClient(transport=agent_transport, verify=verify)
         mon = Monitor(db, agents, tasks.busy_vms, monitor)
         ctx = EngineContext(db=db, agents=agents, tasks=tasks, monitor=mon, scheduler=Scheduler(agents.plan),
-                            tokens=TokenChecker(db), auth=auth)
+                            tokens=TokenChecker(db), auth=auth, pki=pki)
         app.state.corral = ctx
         holder["ctx"] = ctx
+        renewer = CertRenewer(ctx, interval=cert_renew_interval)
+        app.state.cert_renewer = renewer
         if start_monitor:
             await mon.start()
+            if pki is not None:
+                renewer.start()
         try:
             yield
         finally:
+            await renewer.stop()
             await mon.stop()
             await tasks.cancel_all()
             await agents.aclose()
@@ -65,6 +86,9 @@ def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: boo
                   docs_url="/api/v1/docs", redoc_url=None)
     install_handlers(app)
     app.include_router(api_router())
+    from corral.engine.portal import mount_portal
+
+    mount_portal(app)  # the admin portal: /portal (pages, live updates, consoles); / redirects there
 
     @app.get("/api/health", tags=["health"])
     def health() -> dict[str, str]:
@@ -88,5 +112,8 @@ def run_engine(db_url: str, host: str, port: int, data_dir: Path | None = None, 
 
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(db_url, **kwargs)
-    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on")
+    app = create_app(db_url, data_dir=data_dir, **kwargs)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on",
+                                           timeout_graceful_shutdown=3))
+    app.state.uvicorn = server  # the portal's live streams end when it is stopping (should_exit)
+    server.run()

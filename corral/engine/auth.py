@@ -49,6 +49,11 @@ class TokenChecker:
         self.db = db
         self._cache: dict[str, float] = {}
 
+    def cached(self, token: str) -> bool:
+        """True if the token was verified in the last ``CACHE_SECONDS`` (no database access)."""
+        expires = self._cache.get(hash_token(token))
+        return expires is not None and expires > time.monotonic()
+
     def check(self, token: str) -> bool:
         digest = hash_token(token)
         now = time.monotonic()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from corral.engine.agent_client import AgentClient
 from corral.engine.auth import TokenChecker
 from corral.engine.db.session import Database
 from corral.engine.monitor import Monitor
+from corral.engine.pki import EnginePki
 from corral.engine.scheduler import Scheduler
 from corral.engine.tasks import TaskRunner
 
@@ -21,3 +22,6 @@ class EngineContext:
     scheduler: Scheduler
     tokens: TokenChecker
     auth: bool = True
+    # the engine's CA and keys (None without a data directory: no deploy over SSH) and the hosts being deployed
+    pki: EnginePki | None = None
+    deploying: set[str] = field(default_factory=set)

@@ -1,11 +1,15 @@
 """Host monitoring: per host, the agent's event stream for immediate changes plus a periodic full poll.
 
-Everything runs in the engine's event loop on the one pooled ``AgentClient``; a host costs two coroutines
-and, while idle, one small request per poll interval. Nothing is written per poll: each watcher compares
-the poll with the previous one and hands the monitor only what changed (plus a forced full report every
-``full_every`` polls, which also corrects drift from writes elsewhere). The monitor's writer flushes all
-hosts' changes together in one database transaction (see ``reconcile``), so write cost follows the number of
-changes, not of hosts or VMs.
+Everything runs in the engine's event loop on the one pooled ``AgentClient``. Polls run in *cycles*: every
+``poll_interval`` the monitor polls every host (at most ``poll_concurrency`` requests in flight), then
+reconciles and writes what the cycle found in one transaction; the time from the cycle's start to that
+commit is the cycle time, kept (with its parts) in ``Monitor.cycles`` and shown by ``GET /api/v1/_metrics``.
+A poll reads only what monitoring needs from the agent's ``GET /v1/vms`` (``AgentClient.list_vm_states``:
+ids, states, reasons; the specs stay unparsed bytes until a VM is new to the database). Nothing is written per
+poll: each watcher compares the poll with the previous one and hands the monitor only what changed (plus a
+full report every ``full_every`` polls, staggered across hosts, which also corrects drift from writes
+elsewhere), so write cost follows the number of changes, not of hosts or VMs. Between cycles the writer
+flushes what the event streams report every ``flush_interval``.
 
 A host that fails ``unreachable_after`` consecutive polls becomes ``unreachable`` and its VMs ``unknown``;
 when it answers again its capabilities are re-read and its state re-evaluated.
@@ -16,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+import random
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import select, update
@@ -27,7 +34,7 @@ from corral.engine.db.models import Host, HostState, Severity, utcnow
 from corral.engine.db.session import Database
 from corral.engine.events import event_row, record_many
 from corral.engine.hostinfo import evaluate, host_fields
-from corral.engine.reconcile import KNOWN, HostReport, apply_reports, mark_unreachable
+from corral.engine.reconcile import KNOWN, HostReport, Outcome, apply_reports, mark_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,29 @@ class MonitorSettings:
     unreachable_after: int = 2
     sync_interval: float = 10.0
     use_events: bool = True
+    poll_concurrency: int = 256  # agent polls in flight at once
+    # a poll's timeout; a cycle waits this long for answers (later ones are written by the next flush)
+    poll_deadline: float = 10.0
+
+
+@dataclass
+class CycleStats:
+    """One monitoring cycle: poll every host, reconcile, write. Seconds; ``started`` is wall-clock time."""
+
+    number: int
+    started: float
+    duration: float
+    poll: float
+    write: float
+    hosts: int
+    answered: int
+    failed: int
+    late: int
+    reports: int
+    vm_inserts: int = 0
+    vm_updates: int = 0
+    vm_deletes: int = 0
+    events: int = 0
 
 
 @dataclass
@@ -63,14 +93,16 @@ class HostWatcher:
         self.monitor, self.host_id, self.name, self.target, self.state = monitor, host_id, name, target, state
         self.last_seq = last_seq
         self.reachable: bool | None = None
+        self.polling = False
         self._failures = 0
-        self._kick = asyncio.Event()
+        # full reports every ``full_every`` polls, at a different poll for each host
+        self._n = random.randrange(max(1, monitor.settings.full_every))
         self._last: dict[str, tuple[Any, ...]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._poll_loop(), name=f"poll-{self.name}")]
+        self._tasks = []
         if self.monitor.settings.use_events:
             self._tasks.append(loop.create_task(self._event_loop(), name=f"events-{self.name}"))
 
@@ -84,32 +116,45 @@ class HostWatcher:
     def force_full(self) -> None:
         self._last = None
 
-    async def poll_once(self, n: int = 0) -> None:
-        settings, agents = self.monitor.settings, self.monitor.agents
+    async def poll_once(self, *, wake: bool = False) -> bool:
+        """Poll the agent; hand the monitor a report if anything changed. False if the agent did not answer.
+        ``wake``: have the writer flush soon (a poll outside the cycles)."""
+        if self.polling:
+            return True
+        self.polling = True
         try:
-            items = await agents.list_vms(self.target)
+            return await self._poll(wake)
+        finally:
+            self.polling = False
+
+    async def _poll(self, wake: bool) -> bool:
+        settings, agents = self.monitor.settings, self.monitor.agents
+        n, self._n = self._n, self._n + 1
+        try:
+            items = await agents.list_vm_states(self.target, timeout=settings.poll_deadline)
         except AgentUnreachable as exc:
             self._failures += 1
             if self._failures >= settings.unreachable_after and self.reachable is not False:
                 self._lost()
                 self.monitor.host_unreachable(self.host_id, self.name, exc.message)
-            return
+            return False
         except AgentError as exc:
             self._failures += 1
             if self.reachable is not False:
                 self._lost()
                 self.monitor.host_unreachable(self.host_id, self.name, f"agent error: {exc.code}: {exc.message}")
-            return
+            return False
         self._failures = 0
         if self.reachable is not True:
             await self._recovered()
-        snapshot = {str(i.get("id")): (i.get("state"), i.get("reason")) for i in items}
-        full = n % settings.full_every == 0
+        snapshot = {str(i.id): (i.state, i.reason) for i in items}
+        full = n % max(1, settings.full_every) == 0
         if full or snapshot != self._last:
-            self.monitor.submit(HostReport(self.host_id, items, True))
+            self.monitor.submit(HostReport(self.host_id, [i.as_dict() for i in items], True), wake=wake)
             if full:
                 self.monitor.touch(self.host_id, self.last_seq)
         self._last = snapshot
+        return True
 
     def _lost(self) -> None:
         self.reachable = False
@@ -136,24 +181,10 @@ class HostWatcher:
                                  event_row("host_state", f"host {self.name} answers again: {self.state}",
                                            object_type="host", object_id=self.host_id))
 
-    async def _poll_loop(self) -> None:
-        n = 0
-        while True:
-            try:
-                await self.poll_once(n)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("polling host %s", self.name)
-            n += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.monitor.settings.poll_interval)
-            self._kick.clear()
-
     def poll_soon(self) -> None:
         """Poll now with a full report (after an event the stream cannot express as a state)."""
         self._last = None
-        self._kick.set()
+        self.monitor.poll_now(self)
 
     async def _event_loop(self) -> None:
         backoff = 1.0
@@ -184,23 +215,33 @@ class Monitor:
         self.db, self.agents, self.busy = db, agents, busy
         self.settings = settings or MonitorSettings()
         self.watchers: dict[str, HostWatcher] = {}
+        # hosts a deploy (corral.engine.deploy) is working on: not watched until it activates them
+        self.held: set[str] = set()
         self._pending = _Pending()
         self._seqs: dict[str, int] = {}
         self._seen: set[str] = set()
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._side: set[asyncio.Task[Any]] = set()  # polls outside the cycles, cycle polls past the deadline
+        self._running = False
+        self._cycle_number = 0
+        self.cycles: deque[CycleStats] = deque(maxlen=1000)
 
     # lifecycle
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await self.sync_hosts()
+        self._running = True
         self._tasks = [loop.create_task(self._writer(), name="monitor-writer"),
-                       loop.create_task(self._sync_loop(), name="monitor-sync")]
+                       loop.create_task(self._sync_loop(), name="monitor-sync"),
+                       loop.create_task(self._cycle_loop(), name="monitor-cycles")]
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        self._running = False
+        for t in [*self._tasks, *self._side]:
             t.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._side]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await asyncio.gather(*(w.stop() for w in self.watchers.values()))
@@ -212,8 +253,10 @@ class Monitor:
         """Start watchers for new hosts, stop those of removed hosts (one query for all hosts)."""
         def load(s: Session) -> list[tuple[str, str, str, str | None, str, int]]:
             q = select(Host.id, Host.name, Host.agent_url, Host.agent_token, Host.state, Host.last_event_seq)
-            return [tuple(r) for r in s.execute(q)]  # type: ignore[misc]
-        rows = await self.db.run(load)
+            # plain rows from the connection: the ORM's row handling costs more than the query for 1,000s of hosts
+            return [tuple(r) for r in s.connection().execute(q)]  # type: ignore[misc]
+        # a host whose agent never answered has an ``ssh://`` placeholder URL (deploy over SSH)
+        rows = [r for r in await self.db.run(load) if r[0] not in self.held and not r[2].startswith("ssh://")]
         ids = {r[0] for r in rows}
         for host_id in [h for h in self.watchers if h not in ids]:
             await self.unwatch(host_id)
@@ -223,6 +266,8 @@ class Monitor:
             if w is not None and w.target == target:
                 w.state = state
                 continue
+            if w is None and state == HostState.INSTALLING.value:
+                continue  # being added or activated: the activation starts its watcher when the agent answered
             if w is not None:
                 await self.unwatch(host_id)
             self.watch(host_id, name, target, state, seq)
@@ -231,12 +276,30 @@ class Monitor:
         w = HostWatcher(self, host_id, name, target, state, last_seq)
         self.watchers[host_id] = w
         w.start()
+        if self._running:
+            self.poll_now(w)  # a new host's VMs show up now, not at the next cycle
         return w
+
+    def poll_now(self, w: HostWatcher) -> None:
+        """Poll one host at once, outside the cycles; the writer flushes what it finds."""
+        if self._running and not w.polling:
+            self._background(w.poll_once(wake=True), f"poll-{w.name}")
+
+    def _background(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._side.add(task)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Task[Any]) -> None:
+        self._side.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("monitor: %s failed", task.get_name(), exc_info=task.exception())
 
     async def unwatch(self, host_id: str) -> None:
         w = self.watchers.pop(host_id, None)
         if w is not None:
             await w.stop()
+            await self.agents.release(w.target)
 
     def set_host_state(self, host_id: str, state: str) -> None:
         w = self.watchers.get(host_id)
@@ -244,9 +307,11 @@ class Monitor:
             w.state = state
 
     # inputs from watchers
-    def submit(self, report: HostReport) -> None:
+    def submit(self, report: HostReport, *, wake: bool = True) -> None:
+        """A report to write; ``wake=False`` (a cycle's poll): the cycle writes it when all hosts answered."""
         self._pending.reports.append(report)
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     def host_unreachable(self, host_id: str, name: str, reason: str) -> None:
         self._pending.unreachable[host_id] = reason
@@ -298,6 +363,78 @@ class Monitor:
             except Exception:
                 log.exception("reloading the host list")
 
+    # cycles
+    async def _cycle_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("monitoring cycle failed; next polls send full reports")
+                for w in self.watchers.values():
+                    w.force_full()
+            await asyncio.sleep(max(0.0, self.settings.poll_interval - (loop.time() - started)))
+
+    async def cycle(self) -> CycleStats:
+        """Poll every host, then reconcile and write what changed; returns (and keeps) the cycle's figures."""
+        settings = self.settings
+        number, self._cycle_number = self._cycle_number, self._cycle_number + 1
+        wall, t0 = time.time(), time.perf_counter()
+        watchers = []
+        for w in self.watchers.values():
+            if w.reachable is False:
+                self.poll_now(w)  # a host known down is polled beside the cycle: its timeouts hold no one up
+            elif not w.polling:
+                watchers.append(w)
+        todo = iter(watchers)
+        answered = failed = 0
+
+        async def worker() -> None:
+            nonlocal answered, failed
+            for w in todo:  # the workers share one iterator: each host is polled once
+                try:
+                    ok = await w.poll_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("polling host %s", w.name)
+                    ok = False
+                answered, failed = answered + ok, failed + (not ok)
+
+        loop = asyncio.get_running_loop()
+        workers = {loop.create_task(worker(), name=f"monitor-poll-{number}")
+                   for _ in range(min(len(watchers), max(1, settings.poll_concurrency)))}
+        late = 0
+        if workers:
+            try:
+                _, pending = await asyncio.wait(workers, timeout=settings.poll_deadline)
+            except asyncio.CancelledError:
+                for t in workers:
+                    t.cancel()
+                raise
+            for t in pending:  # hosts slower than the deadline: their answers go to a later flush
+                self._side.add(t)
+                t.add_done_callback(self._side_done)
+            late = len(watchers) - answered - failed
+        reports = len(self._pending.reports)
+        t1 = time.perf_counter()
+        out = await self.flush()
+        t2 = time.perf_counter()
+        stats = CycleStats(number=number, started=wall, duration=t2 - t0, poll=t1 - t0, write=t2 - t1,
+                           hosts=len(watchers), answered=answered, failed=failed, late=late, reports=reports,
+                           vm_inserts=len(out.inserts), vm_updates=len(out.updates), vm_deletes=len(out.deletes),
+                           events=len(out.events))
+        self.cycles.append(stats)
+        return stats
+
+    def metrics(self) -> dict[str, Any]:
+        """The recent cycles (oldest first) and what is being watched, for ``GET /api/v1/_metrics``."""
+        return {"hosts": len(self.watchers), "poll_interval": self.settings.poll_interval,
+                "cycles": [asdict(c) for c in self.cycles]}
+
     # writer
     async def _writer(self) -> None:
         while True:
@@ -313,16 +450,21 @@ class Monitor:
                 for w in self.watchers.values():
                     w.force_full()
 
-    async def flush(self) -> None:
+    async def flush(self) -> Outcome:
+        """Write everything pending in one transaction (one flush at a time); returns the VM changes."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> Outcome:
         pending, self._pending = self._pending, _Pending()
         seqs, self._seqs = self._seqs, {}
         seen, self._seen = self._seen, set()
         if pending.empty() and not seqs:
-            return
+            return Outcome()
         busy = set(self.busy)
         now = utcnow()
 
-        def write(s: Session) -> None:
+        def write(s: Session) -> Outcome:
             if pending.unreachable:
                 for host_id, reason in pending.unreachable.items():
                     mark_unreachable(s, [host_id], reason, busy)
@@ -341,7 +483,8 @@ class Monitor:
                     batch = [b for b in batch if b["id"] in existing]
                     if batch:
                         s.execute(update(Host), batch)
-            apply_reports(s, pending.reports, busy)
+            out = apply_reports(s, pending.reports, busy)
             record_many(s, pending.events)
+            return out
 
-        await self.db.run(write)
+        return await self.db.run(write)

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -103,10 +104,17 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
     """The pure part: differences between reports and rows. ``rows`` is updated as changes are decided."""
     out = Outcome()
     now = utcnow()
+    # host id -> ids of the rows on it, kept as rows move: a full report looks at its host's rows only
+    on_host: dict[str | None, set[str]] = {}
+    for r in rows.values():
+        on_host.setdefault(r.host_id, set()).add(r.id)
 
     def change(row: Row, state: str, host_id: str | None, last_host_id: str | None, reason: str) -> None:
         if (row.state, row.host_id, row.last_host_id) == (state, host_id, last_host_id):
             return
+        if row.host_id != host_id:
+            on_host.get(row.host_id, set()).discard(row.id)
+            on_host.setdefault(host_id, set()).add(row.id)
         values: dict[str, Any] = {"id": row.id, "host_id": host_id, "last_host_id": last_host_id,
                                   "updated_at": now}
         if row.state != state:
@@ -134,6 +142,8 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
             if row is None:
                 if rep.full:
                     _insert(out, rows, info, rep.host_id, host_clusters, managed_names, state, now)
+                    if vm_id in rows:
+                        on_host.setdefault(rows[vm_id].host_id, set()).add(vm_id)
                 continue
             if state in ON_HOST or state == VmState.UNKNOWN.value:
                 if row.host_id not in (None, rep.host_id) and row.state != VmState.UNKNOWN.value:
@@ -145,11 +155,11 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
                 change(row, state, None, row.last_host_id or rep.host_id, reason)
         if not rep.full:
             continue
-        for row in list(rows.values()):
-            if row.host_id != rep.host_id or row.id in seen or row.id in busy:
-                continue
+        for row_id in sorted(on_host.get(rep.host_id, set()) - seen - busy):
+            row = rows[row_id]
             if row.external:
                 out.deletes.append(row.id)
+                on_host[rep.host_id].discard(row.id)
                 del rows[row.id]
             else:
                 change(row, VmState.DOWN.value, None, None, "no longer on its host")
@@ -162,7 +172,13 @@ def _insert(out: Outcome, rows: dict[str, Row], info: dict[str, Any], host_id: s
     if cluster is None:
         return
     name = str(info.get("name") or info.get("vm_name") or info.get("id"))
-    spec = info.get("spec") if isinstance(info.get("spec"), dict) else None
+    spec = info.get("spec")
+    if isinstance(spec, bytes | bytearray):  # monitoring leaves specs undecoded until needed
+        try:
+            spec = msgspec.json.decode(spec)
+        except msgspec.DecodeError:
+            spec = None
+    spec = spec if isinstance(spec, dict) else None
     external = bool(info.get("external", spec is None)) or spec is None or name in managed_names
     on_host = state in ON_HOST or state == VmState.UNKNOWN.value
     row = {"id": str(info["id"]), "name": name, "cluster_id": cluster, "external": external,

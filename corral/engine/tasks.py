@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.engine.agent_client import AgentError
-from corral.engine.db.models import Severity, Task, TaskState, utcnow
+from corral.engine.db.models import Severity, Task, TaskState, Vm, VmState, utcnow
 from corral.engine.db.session import Database
 from corral.engine.errors import ApiError
 from corral.engine.events import record
@@ -63,13 +63,29 @@ class TaskRunner:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def fail_orphans(self) -> int:
+        """Fail the tasks a previous run left unfinished, and release the VMs they left ``starting``.
+
+        Monitoring corrects a VM only when a host reports it or the database has it on a host, so a VM whose
+        start was cut short before it had a host would stay ``starting`` for good (and could be neither started
+        nor deleted): it goes back to ``down``. If the start did reach the host, the host's first poll shows
+        the VM running there. No task runs yet when this is called (the engine is starting)."""
+        message = "the engine stopped before the task finished"
+
         def fix(s: Session) -> int:
+            now = utcnow()
             rows = s.scalars(select(Task).where(Task.state.in_([TaskState.PENDING, TaskState.RUNNING]))).all()
             for t in rows:
-                t.state = TaskState.FAILED.value
-                t.error = {"code": "interrupted", "message": "the engine stopped before the task finished",
-                           "field": None}
-                t.finished_at = utcnow()
+                t.state, t.message, t.finished_at, t.updated_at = TaskState.FAILED.value, message, now, now
+                t.error = {"code": "interrupted", "message": message, "field": None}
+                record(s, "task_failed", f"{t.kind} failed: {message}", severity=Severity.ERROR,
+                       object_type=t.object_type, object_id=t.object_id, detail={"task": t.id})
+            for vm in s.scalars(select(Vm).where(Vm.state == VmState.STARTING.value)).all():
+                # with a host, let that host's poll say what it is; without one it never got anywhere
+                vm.state = VmState.UNKNOWN.value if vm.host_id else VmState.DOWN.value
+                vm.state_reason, vm.state_changed_at = "start interrupted: the engine stopped", now
+                record(s, "vm_state", f"VM {vm.name} is {vm.state} (start interrupted by an engine restart)",
+                       severity=Severity.WARNING, object_type="vm", object_id=vm.id,
+                       detail={"from": VmState.STARTING.value, "to": vm.state, "host_id": vm.host_id})
             return len(rows)
         return self.db.call(fix)
 

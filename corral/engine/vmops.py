@@ -23,7 +23,6 @@ from corral.engine.db.models import Host, Severity, Vm, VmState, utcnow
 from corral.engine.errors import ApiError, Conflict, NotFound
 from corral.engine.events import record
 from corral.engine.reconcile import ON_HOST, agent_state, reason_of
-from corral.engine.scheduler import load_candidates
 from corral.engine.tasks import TaskContext
 
 # action -> (states it may start from, state while the task runs, agent endpoint)
@@ -88,7 +87,7 @@ def restore(s: Session, vm_id: str, state: str, reason: str) -> None:
 
 async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: str,
                 host_ref: str | None) -> dict[str, Any]:
-    def load(s: Session) -> tuple[dict[str, Any], str, str | None, str, list[Any], str | None]:
+    def load(s: Session) -> tuple[dict[str, Any], str, str | None, str, str | None]:
         vm = s.get(Vm, vm_id)
         assert vm is not None and vm.spec is not None
         only = None
@@ -99,36 +98,36 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
             if h.cluster_id != vm.cluster_id:
                 raise Conflict(f"host {h.name} is not in the VM's cluster", field="host")
             only = h.id
-        policy, cands = load_candidates(s, vm.cluster_id)
-        return vm.spec, vm.name, vm.last_host_id, policy, cands, only
+        return vm.spec, vm.name, vm.last_host_id, vm.cluster_id, only
 
     try:
-        spec_json, name, former, policy, candidates, only = await ctx.db.run(load)
+        spec_json, name, former, cluster_id, only = await ctx.db.run(load)
         spec = parse_spec(spec_json)
         await task.progress("choosing a host")
+        policy, candidates = await ctx.scheduler.candidates(ctx.db, cluster_id)
         placement = await ctx.scheduler.place(spec, candidates, flavor_policy=policy, only_host=only)
+        if placement.host_id is not None:  # at once, before another start places against the same figures
+            ctx.scheduler.claim(cluster_id, vm_id, placement.host_id, spec.memory_mib)
         decision = placement.as_dict()
 
-        def save_placement(s: Session) -> None:
+        def save_placement(s: Session) -> tuple[tuple[AgentTarget, str] | None, tuple[AgentTarget, str] | None]:
             s.execute(update(Vm).where(Vm.id == vm_id).values(placement=decision))
             if placement.host_id is None:
                 record(s, "vm_no_host", f"no host can run VM {name}: {placement.summary() or 'no hosts'}",
                        severity=Severity.WARNING, object_type="vm", object_id=vm_id, detail=decision)
-            else:
-                record(s, "vm_placed", f"VM {name} placed on {placement.host_name}", object_type="vm",
-                       object_id=vm_id, detail=decision)
-        await ctx.db.run(save_placement)
+                return None, None
+            record(s, "vm_placed", f"VM {name} placed on {placement.host_name}", object_type="vm",
+                   object_id=vm_id, detail=decision)
+            return _target(s, placement.host_id), _target(s, former) if former != placement.host_id else None
+        chosen, old = await ctx.db.run(save_placement)
         if placement.host_id is None:
             raise Conflict(f"no host can run VM {name}: {placement.summary() or 'the cluster has no hosts'}",
                            code="no_host", rejections=decision["rejected"], placement=decision)
         host_id = placement.host_id
-        chosen = await ctx.db.run(lambda s: _target(s, host_id))
         assert chosen is not None
         target, host_name = chosen
-        if former and former != host_id:
-            old = await ctx.db.run(lambda s: _target(s, former))
-            if old is not None:
-                await _undefine(ctx, old[0], vm_id)
+        if old is not None:
+            await _undefine(ctx, old[0], vm_id)
         await task.progress(f"starting on {host_name}")
         await _undefine(ctx, target, vm_id)
         info = await ctx.agents.create_vm(target, spec.model_dump(mode="json"), start=True)
@@ -138,6 +137,8 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         reason = exc.message if isinstance(exc, (ApiError, AgentError)) else f"start failed: {exc}"
         await ctx.db.run(lambda s: restore(s, vm_id, old_state if old_state != "crashed" else "down", reason))
         raise
+    finally:
+        ctx.scheduler.release(vm_id)
 
 
 async def _undefine(ctx: EngineContext, target: AgentTarget, vm_id: str) -> None:

@@ -11,6 +11,7 @@ from corral.simulate.app import create_simulator_app
 from corral.simulate.sim import Simulator
 
 BACKLOG = 4096
+KEEP_ALIVE = 75
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -26,6 +27,16 @@ def raise_fd_limit() -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
     return soft, hard
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (as uvicorn picks it for the engine): a cheaper simulator
+    leaves more of a shared machine to the engine under test."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -56,8 +67,9 @@ async def serve(sim: Simulator, sock: socket.socket, on_ready: Callable[[], None
     import uvicorn
 
     # event streams never end by themselves: on SIGINT/SIGTERM, give open requests a moment, then close
+    # keep idle connections longer than an engine does (60 s), so a poll never meets a connection being closed
     config = uvicorn.Config(create_simulator_app(sim), log_level="warning", access_log=False, lifespan="off",
-                            backlog=BACKLOG, timeout_graceful_shutdown=2)
+                            backlog=BACKLOG, timeout_graceful_shutdown=2, timeout_keep_alive=KEEP_ALIVE)
     server = uvicorn.Server(config)
     disturbances = asyncio.create_task(sim.run_disturbances(), name="simulate-disturbances")
     if on_ready is not None:

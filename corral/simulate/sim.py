@@ -94,9 +94,9 @@ class SimVm:
     """One domain. ``tmpl`` >= 0: a generated VM whose spec is that template (``spec_json`` caches it once
     rendered, unless ``SimulatorSettings.cache_specs`` is off); -1: its spec changed, ``spec_json`` holds it."""
 
-    __slots__ = ("cpu_ns", "domain_id", "fault", "gt", "max_mem", "max_vcpus", "mem", "name", "reason",
-                 "resume_timer", "run_since", "shutdown_timer", "spec_json", "state", "tmpl", "util", "uuid",
-                 "vcpus")
+    __slots__ = ("cpu_ns", "devices_cache", "domain_id", "fault", "gt", "max_mem", "max_vcpus", "mem", "name",
+                 "reason", "resume_timer", "run_since", "shutdown_timer", "spec_json", "state", "tmpl", "util",
+                 "uuid", "vcpus")
 
     def __init__(self, uuid: str, name: str, tmpl: int, spec_json: str | None, gt: str, mem: int, max_mem: int,
                  vcpus: int, max_vcpus: int, util: int) -> None:
@@ -118,6 +118,8 @@ class SimVm:
         self.fault: str | None = None
         self.resume_timer: asyncio.TimerHandle | None = None
         self.shutdown_timer: asyncio.TimerHandle | None = None
+        # the devices' JSON as last read back, and what it depends on (spec, guest type, domain id, running)
+        self.devices_cache: tuple[tuple[Any, ...], str] | None = None
 
     @property
     def active(self) -> bool:
@@ -315,10 +317,19 @@ class SimHost:
 
     def detail_json(self, vm: SimVm, **extra: Any) -> str:
         """``VmManager.info(vm, dom)``: with the devices read back from the live definition."""
-        text = self.info_json(vm)[:-1] + ',"devices":' + compact(self.devices(vm))
+        text = self.info_json(vm)[:-1] + ',"devices":' + self.devices_json(vm)
         for key, value in extra.items():
             text += f',"{key}":{compact(value)}'
         return text + "}"
+
+    def devices_json(self, vm: SimVm) -> str:
+        """``devices`` as JSON, kept until the spec, guest type or domain changes (resolving the spec is the
+        costly part of ``GET /v1/vms/{id}``, and nothing else changes the devices)."""
+        key = (vm.spec_text, vm.gt, vm.domain_id, vm.active)
+        cached = vm.devices_cache
+        if cached is None or cached[0] != key:
+            cached = vm.devices_cache = (key, compact(self.devices(vm)))
+        return cached[1]
 
     def devices(self, vm: SimVm) -> list[dict[str, Any]]:
         """What ``read_domain`` finds in the domain XML libvirt would show: the rendered devices plus what

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -18,7 +19,9 @@ MAX_LIMIT = 1000
 bearer = HTTPBearer(auto_error=False, description="an API token (`corral engine create-token`)")
 
 
-def get_ctx(request: Request) -> EngineContext:
+# Both dependencies are coroutines: FastAPI runs a plain ``def`` dependency in a worker thread, two thread hops
+# per request before the handler even starts.
+async def get_ctx(request: Request) -> EngineContext:
     ctx = request.app.state.corral
     assert isinstance(ctx, EngineContext)
     return ctx
@@ -27,12 +30,14 @@ def get_ctx(request: Request) -> EngineContext:
 Ctx = Annotated[EngineContext, Depends(get_ctx)]
 
 
-def require_token(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+async def require_token(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
     if not ctx.auth:
         return
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("a bearer token is required")
-    if not ctx.tokens.check(creds.credentials):
+    if ctx.tokens.cached(creds.credentials):
+        return
+    if not await run_in_threadpool(ctx.tokens.check, creds.credentials):  # a database lookup
         raise Unauthorized("unknown token")
 
 

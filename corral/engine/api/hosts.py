@@ -10,10 +10,10 @@ from fastapi import APIRouter, Response
 from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from corral.engine import hostops
+from corral.engine import deploy, hostops
 from corral.engine.api.clusters import default_cluster
 from corral.engine.api.deps import After, Ctx, Limit, cluster_id_of, find_cluster, find_host, page
-from corral.engine.api.schemas import ACCEPTED, ERRORS, HostDetail, HostIn, HostOut, Page, TaskOut
+from corral.engine.api.schemas import ACCEPTED, ERRORS, HostDetail, HostIn, HostOut, HostReinstallIn, Page, TaskOut
 from corral.engine.db.models import RUNNING_STATES, Host, HostState, Vm
 from corral.engine.errors import Conflict
 from corral.engine.events import record
@@ -58,6 +58,10 @@ def _placeholder_name(url: str) -> str:
 
 @router.post("", status_code=202, response_model=TaskOut, responses=ACCEPTED)
 async def add_host(ctx: Ctx, body: HostIn, response: Response) -> Any:
+    """Add a host: by a running agent's ``url``, or by ``ssh``, which deploys the agent (docs/deploy.md)."""
+    if body.ssh is not None:
+        return await _deploy_host(ctx, body, response)
+    assert body.url is not None
     url = body.url.rstrip("/")
     host_id = new_id()
     name = body.name or _placeholder_name(url)
@@ -79,6 +83,93 @@ async def add_host(ctx: Ctx, body: HostIn, response: Response) -> Any:
 
     task = await ctx.tasks.submit("host_add", work, object_type="host", object_id=host_id,
                                   message=f"adding host {name}")
+    response.headers["Location"] = f"/api/v1/tasks/{task['id']}"
+    return task
+
+
+async def _deploy_host(ctx: Ctx, body: HostIn, response: Response) -> Any:
+    """Deploy over SSH. Rerunning it for a host whose deploy failed resumes on the same row (same name and
+    address): the pinned host key is enforced and finished work is not redone."""
+    assert body.ssh is not None and body.name is not None
+    ssh, name = body.ssh, body.name
+    address = ssh.address.strip("[]")
+    options = body.options or deploy.DeployOptions()
+
+    def create(s: Session) -> tuple[str, bool]:
+        cluster = find_cluster(s, body.cluster) if body.cluster else default_cluster(s)
+        h = s.scalar(select(Host).where(Host.name == name))
+        same = s.scalar(select(Host).where(Host.ssh_address == address, Host.ssh_port == ssh.port))
+        if h is not None:
+            if h.ssh_address != address or (h.ssh_port or 22) != ssh.port:
+                raise Conflict(f"host {name!r} exists", field="name")
+            if h.id in ctx.deploying or h.state == HostState.UP.value:
+                raise Conflict(f"host {name} is {'being deployed' if h.id in ctx.deploying else 'up'}; "
+                               "use reinstall to deploy it again", field="name")
+            h.state, h.state_reason, h.cluster_id = HostState.INSTALLING.value, "deploy resumed", cluster.id
+            record(s, "host_deploy_resumed", f"host {name}: deploy resumed", object_type="host", object_id=h.id)
+            return h.id, True
+        if same is not None:
+            raise Conflict(f"{address}:{ssh.port} is host {same.name} already", field="ssh.address")
+        host_id = new_id()
+        s.add(Host(id=host_id, name=name, cluster_id=cluster.id,
+                   agent_url=deploy.ssh_placeholder_url(ssh.user, address, ssh.port), agent_token=None,
+                   state=HostState.INSTALLING.value, state_reason="deploy over SSH",
+                   reserved_memory_mib=body.reserved_memory_mib, cpu_flags=[], bridges=[], info={},
+                   ssh_address=address, ssh_port=ssh.port, ssh_user=ssh.user, deploy={}))
+        return host_id, False
+
+    host_id, resumed = await ctx.db.run(create)
+    creds = deploy.credentials(ssh)
+
+    async def work(task: TaskContext) -> dict[str, Any]:
+        return await deploy.run_deploy(ctx, task, host_id, creds, options, "add")
+
+    task = await ctx.tasks.submit("host_deploy", work, object_type="host", object_id=host_id,
+                                  message=f"{'resuming the deploy of' if resumed else 'deploying'} host {name} "
+                                          f"over SSH ({ssh.user}@{address}:{ssh.port})")
+    response.headers["Location"] = f"/api/v1/tasks/{task['id']}"
+    return task
+
+
+@router.post("/{host}/reinstall", status_code=202, response_model=TaskOut, responses=ACCEPTED)
+async def reinstall(ctx: Ctx, host: str, response: Response, body: HostReinstallIn | None = None) -> Any:
+    """Deploy the agent again (same checks, the engine's current wheel, a new certificate), over SSH with the
+    pinned host key and the engine's key (or the credentials given)."""
+    body = body or HostReinstallIn()
+
+    def q(s: Session) -> tuple[str, str, deploy.Credentials, deploy.DeployOptions]:
+        h = find_host(s, host)
+        if h.ssh_address is None:
+            raise Conflict(f"host {h.name} was added by its agent URL, not over SSH; remove it and add it with ssh")
+        if h.id in ctx.deploying:
+            raise Conflict(f"host {h.name} is being deployed")
+        creds = deploy.engine_credentials(ctx, h, body.ssh)
+        options = deploy.stored_options(h, body.options)
+        h.state, h.state_reason = HostState.INSTALLING.value, "reinstalling"
+        record(s, "host_reinstall", f"host {h.name}: reinstall", object_type="host", object_id=h.id)
+        return h.id, h.name, creds, options
+    if ctx.pki is None:
+        raise Conflict("this engine has no data directory (no CA): deploy over SSH is unavailable")
+    host_id, name, creds, options = await ctx.db.run(q)
+
+    async def work(task: TaskContext) -> dict[str, Any]:
+        return await deploy.run_deploy(ctx, task, host_id, creds, options, "reinstall")
+
+    task = await ctx.tasks.submit("host_reinstall", work, object_type="host", object_id=host_id,
+                                  message=f"reinstalling host {name}")
+    response.headers["Location"] = f"/api/v1/tasks/{task['id']}"
+    return task
+
+
+@router.post("/{host}/renew-certificate", status_code=202, response_model=TaskOut, responses=ACCEPTED)
+async def renew_certificate(ctx: Ctx, host: str, response: Response) -> Any:
+    """Issue the agent a new certificate now (the engine also does this by itself 30 days before expiry)."""
+    if ctx.pki is None:
+        raise Conflict("this engine has no data directory (no CA)")
+    host_id = await ctx.db.run(lambda s: find_host(s, host).id)
+    if host_id in ctx.deploying:
+        raise Conflict("the host is being deployed")
+    task = await deploy.submit_renewal(ctx, host_id)
     response.headers["Location"] = f"/api/v1/tasks/{task['id']}"
     return task
 

@@ -7,6 +7,8 @@ from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from corral.engine.deploy import DeployOptions, SshIn
+
 T = TypeVar("T")
 
 
@@ -47,12 +49,32 @@ class ClusterOut(Out):
 
 
 class HostIn(BaseModel):
+    """Either ``url`` (+ ``token``): an agent that runs already; or ``ssh``: deploy the agent over SSH."""
+
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="the agent's base URL")
+    url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="the agent's base URL")
     token: str | None = Field(None, max_length=512, description="the agent's bearer token (development)")
+    ssh: SshIn | None = Field(None, description="deploy over SSH (see docs/deploy.md)")
+    options: DeployOptions | None = Field(None, description="deploy options (with ssh)")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,255}$", description="default: agent hostname")
     cluster: str | None = Field(None, description="cluster id or name; default: the 'default' cluster")
     reserved_memory_mib: int = Field(256, ge=0)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Self:
+        if (self.url is None) == (self.ssh is None):
+            raise ValueError("give either url (a running agent) or ssh (deploy the agent)")
+        if self.ssh is not None and self.name is None:
+            raise ValueError("a host deployed over SSH needs a name")
+        return self
+
+
+class HostReinstallIn(BaseModel):
+    """Credentials are optional: the engine's own SSH key, authorized at deploy, is tried first."""
+
+    model_config = ConfigDict(extra="forbid")
+    ssh: SshIn | None = None
+    options: DeployOptions | None = Field(None, description="default: the options of the last deploy")
 
 
 class HostOut(Out):
@@ -85,6 +107,10 @@ class HostOut(Out):
 class HostDetail(HostOut):
     cpu_flags: list[str]
     info: dict[str, Any]
+    ssh_address: str | None = None
+    ssh_port: int | None = None
+    cert_expires_at: datetime | None = None
+    deploy: dict[str, Any] | None = None
     running_vms: int = 0
     committed_memory_mib: int = 0
 

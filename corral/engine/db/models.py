@@ -147,6 +147,14 @@ class Host(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Deploy over SSH (migration 0003): where, as whom, the host key pinned on first use (OpenSSH public key
+    # line), when the agent's TLS certificate expires, and the deploy's options, steps and last check.
+    ssh_address: Mapped[str | None] = mapped_column(String(255), default=None)
+    ssh_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    ssh_user: Mapped[str | None] = mapped_column(String(64), default=None)
+    ssh_host_key: Mapped[str | None] = mapped_column(Text, default=None)
+    cert_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    deploy: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
 
 
 class Vm(Base):
@@ -231,3 +239,18 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16), default="admin")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    """A portal user. Only a salted, slow hash of the password is stored (``corral.engine.portal.users``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default="admin")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -9,7 +9,9 @@ few: the monitor writes many hosts' changes in one call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -65,10 +67,14 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 class Database:
     """The engine plus a session factory; ``run`` executes a unit of work off the event loop."""
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, *, engine: Engine | None = None, threads: int = 16) -> None:
         self.url = normalize_url(url)
         self.engine = engine or make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Units of work run on threads of their own: asyncio's default executor has cores + 4 threads (6 on
+        # two cores), shared with everything else, too few for many tasks each waiting on a commit.
+        self._threads = threads
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def dialect(self) -> str:
@@ -90,7 +96,10 @@ class Database:
             return fn(session)
 
     async def run(self, fn: Callable[[Session], T]) -> T:
-        return await asyncio.to_thread(self.call, fn)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="db")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, contextvars.copy_context().run, self.call, fn)
 
     def migrate(self) -> None:
         from corral.engine.db.migrate import upgrade
@@ -98,4 +107,7 @@ class Database:
         upgrade(self.engine)
 
     def dispose(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
         self.engine.dispose()
