@@ -182,7 +182,7 @@ def load_candidates(s: Session, cluster_id: str) -> tuple[str, list[Candidate]]:
     policy = s.scalar(select(Cluster.flavor_policy).where(Cluster.id == cluster_id)) or "any"
     # columns, not Host objects: the whole capability document (``info``) is not decoded for every host
     info = Host.info
-    hosts = s.execute(select(
+    hosts = s.connection().execute(select(
         Host.id, Host.name, Host.state, Host.flavor, Host.accel, Host.cpu_count, Host.cpu_flags, Host.memory_mib,
         Host.reserved_memory_mib, Host.bridges, Host.agent_url, Host.agent_token, info["hypervisor"].as_string(),
         info["libvirt_version"].as_string(), info["hypervisor_version"].as_string(), info["emulated"].as_string(),

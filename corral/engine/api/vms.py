@@ -89,7 +89,7 @@ def list_vms(ctx: Ctx, limit: Limit = 100, after: After = None, state: str | Non
             query = query.where(Vm.external.is_(external))
         if after is not None:
             query = query.where(Vm.id > after)
-        rows = s.execute(query.order_by(Vm.id).limit(limit + 1)).all()
+        rows = s.connection().execute(query.order_by(Vm.id).limit(limit + 1)).all()  # plain rows, no ORM
         more = len(rows) > limit
         items = [{**dict(zip(_OUT_KEYS, r, strict=False)), "host_name": r[-1]} for r in rows[:limit]]
         return {"items": items, "next": items[-1]["id"] if more and items else None}
@@ -182,10 +182,10 @@ async def show_vm(ctx: Ctx, vm: str) -> Response:
         # one query: the VM and the host it runs on (or last ran on)
         query = select(*_DETAIL_COLUMNS, *_HOST_COLUMNS).outerjoin(
             Host, Host.id == func.coalesce(Vm.host_id, Vm.last_host_id))
-        row = s.execute(query.where(Vm.id == vm)).first()
+        row = s.connection().execute(query.where(Vm.id == vm)).first()
         if row is None:
             found = find_vm(s, vm)  # by name (404 if none)
-            row = s.execute(query.where(Vm.id == found.id)).one()
+            row = s.connection().execute(query.where(Vm.id == found.id)).one()
         out = dict(zip(_DETAIL_KEYS, row, strict=False))
         h = row[len(_DETAIL_KEYS):]
         out.update(host_name=None, host=None, devices=None, devices_source="spec", live=None)
