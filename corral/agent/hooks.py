@@ -66,25 +66,35 @@ class Hooks:
             for script in scripts:
                 result.ran.append(script.name)
                 try:
-                    proc = _run(script, env, self.timeout)
-                except subprocess.TimeoutExpired:
-                    raise HookFailed(f"hook {point}/{script.name} timed out after {self.timeout:g} s",
-                                     hook=script.name) from None
-                except OSError as exc:
-                    raise HookFailed(f"hook {point}/{script.name} could not run: {exc}", hook=script.name) from None
-                output = (proc.stderr or proc.stdout).strip()[-500:]
-                if proc.returncode == 1:
-                    msg = f"hook {point}/{script.name} warned: {output}"
-                    log.warning(msg)
-                    result.warnings.append(msg)
-                elif proc.returncode != 0:
-                    raise HookFailed(f"hook {point}/{script.name} failed (exit {proc.returncode}): {output}",
-                                     hook=script.name, exit_status=proc.returncode)
+                    self._run_one(point, script, env, result)
+                except HookFailed as exc:
+                    if not point.startswith("after_"):
+                        raise
+                    # the operation has happened: an after_* hook can only report, never undo it
+                    log.warning(exc.message)
+                    result.warnings.append(exc.message)
             result.xml = path.read_text()
             result.changed = result.xml != xml
             return result
         finally:
             path.unlink(missing_ok=True)
+
+    def _run_one(self, point: str, script: Path, env: dict[str, str], result: HookResult) -> None:
+        try:
+            proc = _run(script, env, self.timeout)
+        except subprocess.TimeoutExpired:
+            raise HookFailed(f"hook {point}/{script.name} timed out after {self.timeout:g} s",
+                             hook=script.name) from None
+        except OSError as exc:
+            raise HookFailed(f"hook {point}/{script.name} could not run: {exc}", hook=script.name) from None
+        output = (proc.stderr or proc.stdout).strip()[-500:]
+        if proc.returncode == 1:
+            msg = f"hook {point}/{script.name} warned: {output}"
+            log.warning(msg)
+            result.warnings.append(msg)
+        elif proc.returncode != 0:
+            raise HookFailed(f"hook {point}/{script.name} failed (exit {proc.returncode}): {output}",
+                             hook=script.name, exit_status=proc.returncode)
 
 
 def _run(script: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:

@@ -5,8 +5,8 @@ starting the same VM cannot both win; the loser gets 409 before any task exists.
 "busy" so monitoring does not overwrite ``starting`` or ``shutting_down`` while the agent works; when the
 agent answers, its VmInfo sets the state.
 
-Start = schedule (or check the requested host), record the placement, make the chosen host's definition
-match the current spec (undefine there, define with ``start=true``), undefine it on a former host.
+Start = schedule (or check the requested host), record the placement, undefine the VM on a former host,
+define it with ``start=true`` on the chosen one (replacing a definition left there by an earlier run).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from corral.domain.spec import parse_spec
 from corral.engine.agent_client import AgentError, AgentTarget
 from corral.engine.context import EngineContext
-from corral.engine.db.models import Host, Severity, Vm, VmState, utcnow
+from corral.engine.db.models import Host, Severity, Task, Vm, VmState, utcnow
 from corral.engine.errors import ApiError, Conflict, NotFound
 from corral.engine.events import record
 from corral.engine.reconcile import ON_HOST, agent_state, reason_of
@@ -98,12 +98,12 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
             if h.cluster_id != vm.cluster_id:
                 raise Conflict(f"host {h.name} is not in the VM's cluster", field="host")
             only = h.id
+        _progress(s, task, "choosing a host")
         return vm.spec, vm.name, vm.last_host_id, vm.cluster_id, only
 
     try:
         spec_json, name, former, cluster_id, only = await ctx.db.run(load)
         spec = parse_spec(spec_json)
-        await task.progress("choosing a host")
         policy, candidates = await ctx.scheduler.candidates(ctx.db, cluster_id)
         placement = await ctx.scheduler.place(spec, candidates, flavor_policy=policy, only_host=only)
         if placement.host_id is not None:  # at once, before another start places against the same figures
@@ -118,6 +118,7 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
                 return None, None
             record(s, "vm_placed", f"VM {name} placed on {placement.host_name}", object_type="vm",
                    object_id=vm_id, detail=decision)
+            _progress(s, task, f"starting on {placement.host_name}")
             return _target(s, placement.host_id), _target(s, former) if former != placement.host_id else None
         chosen, old = await ctx.db.run(save_placement)
         if placement.host_id is None:
@@ -128,9 +129,14 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         target, host_name = chosen
         if old is not None:
             await _undefine(ctx, old[0], vm_id)
-        await task.progress(f"starting on {host_name}")
-        await _undefine(ctx, target, vm_id)
-        info = await ctx.agents.create_vm(target, spec.model_dump(mode="json"), start=True)
+        try:
+            info = await ctx.agents.create_vm(target, spec.model_dump(mode="json"), start=True)
+        except AgentError as exc:
+            if exc.status != 409:
+                raise
+            # the host has a definition of this VM from an earlier run: replace it with the current spec
+            await _undefine(ctx, target, vm_id)
+            info = await ctx.agents.create_vm(target, spec.model_dump(mode="json"), start=True)
         result = await ctx.db.run(lambda s: apply_info(s, vm_id, host_id, info, "start"))
         return {**result, "host": host_name, "placement": decision}
     except BaseException as exc:
@@ -139,6 +145,11 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         raise
     finally:
         ctx.scheduler.release(vm_id)
+
+
+def _progress(s: Session, task: TaskContext, message: str) -> None:
+    """``TaskContext.progress`` inside a transaction the start makes anyway (one commit less each)."""
+    s.execute(update(Task).where(Task.id == task.id).values(message=message, updated_at=utcnow()))
 
 
 async def _undefine(ctx: EngineContext, target: AgentTarget, vm_id: str) -> None:
