@@ -49,7 +49,8 @@ import uvicorn  # noqa: E402
 
 from corral.agent.app import create_app  # noqa: E402
 from corral.agent.service import Agent, Settings  # noqa: E402
-from corral.agent.vms import STATS_FLAGS, VmManager  # noqa: E402
+from corral.agent.stats import STATS_FLAGS  # noqa: E402
+from corral.agent.vms import VmManager  # noqa: E402
 from corral.domain.render import render  # noqa: E402
 from corral.domain.spec import VmSpec  # noqa: E402
 

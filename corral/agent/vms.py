@@ -24,6 +24,7 @@ from corral.agent.events import EventBus
 from corral.agent.hooks import Hooks
 from corral.agent.host import Detection
 from corral.agent.netlink import LinkControl
+from corral.agent.stats import StatsReader
 from corral.domain import config as cfg
 from corral.domain.flavors.base import Outcome
 from corral.domain.read import LiveDevice, match_devices, read_domain, read_metadata
@@ -53,9 +54,6 @@ LIBVIRT_STATES = {
     libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
     libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
-STATS_FLAGS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
-               | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU)
-
 
 def state_name(state: int, reason: int) -> str:
     if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
@@ -102,6 +100,7 @@ class VmManager:
         self.state_dir = state_dir
         self.xen_console_dir = xen_console_dir
         self.vms: dict[str, Vm] = {}
+        self.stats = StatsReader()
         self._lock = threading.RLock()
         self._vm_locks: dict[str, threading.Lock] = {}
         self._host_cpus: tuple[float, int | None] = (-1e9, None)  # (when read, CPU count)
@@ -211,10 +210,7 @@ class VmManager:
     def info(self, vm: Vm, dom: libvirt.virDomain, stats: dict[str, Any] | None = None,
              devices: bool = True) -> dict[str, Any]:
         if stats is None:
-            try:
-                stats = self.conn.domainListGetStats([dom], STATS_FLAGS)[0][1]
-            except (libvirt.libvirtError, IndexError):
-                stats = {}
+            stats = self.stats.one(self.conn, dom)
         state, reason = stats.get("state.state"), stats.get("state.reason", 0)
         if state is None:
             state, reason = dom.state()
@@ -262,9 +258,9 @@ class VmManager:
         return cached[2]  # type: ignore[no-any-return]
 
     def list(self) -> list[dict[str, Any]]:
-        """Every domain with state and stats from one bulk ``getAllDomainStats`` call."""
+        """Every domain with state and stats from one bulk ``getAllDomainStats`` call (where the driver has it)."""
         try:
-            records = self.conn.getAllDomainStats(STATS_FLAGS, 0)
+            records = self.stats.all(self.conn)
         except libvirt.libvirtError as exc:
             raise from_libvirt(exc, "list VMs") from None
         out = []

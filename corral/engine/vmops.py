@@ -86,7 +86,9 @@ def restore(s: Session, vm_id: str, state: str, reason: str) -> None:
 
 
 async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: str,
-                host_ref: str | None) -> dict[str, Any]:
+                host_ref: str | None, claimed: Vm | None = None) -> dict[str, Any]:
+    """``claimed``: the row ``claim`` returned (its spec cannot change while the VM is starting), which saves
+    reading it again when no host is named."""
     def load(s: Session) -> tuple[dict[str, Any], str, str | None, str, str | None]:
         vm = s.get(Vm, vm_id)
         assert vm is not None and vm.spec is not None
@@ -102,7 +104,11 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         return vm.spec, vm.name, vm.last_host_id, vm.cluster_id, only
 
     try:
-        spec_json, name, former, cluster_id, only = await ctx.db.run(load)
+        if claimed is not None and host_ref is None and claimed.spec is not None:
+            spec_json, name, former, cluster_id, only = (claimed.spec, claimed.name, claimed.last_host_id,
+                                                         claimed.cluster_id, None)
+        else:
+            spec_json, name, former, cluster_id, only = await ctx.db.run(load)
         spec = parse_spec(spec_json)
         policy, candidates = await ctx.scheduler.candidates(ctx.db, cluster_id)
         placement = await ctx.scheduler.place(spec, candidates, flavor_policy=policy, only_host=only)

@@ -234,7 +234,7 @@ async def _submit(ctx: Ctx, vm: str, action: str, response: Response, host: str 
 
     async def work(task: TaskContext) -> dict[str, Any]:
         if action == "start":
-            return await vmops.start(ctx, task, vm_id, old, host)
+            return await vmops.start(ctx, task, vm_id, old, host, claimed=row)
         return await vmops.simple(ctx, task, vm_id, action, old, body)
 
     task = await ctx.tasks.submit(f"vm_{action}", work, object_type="vm", object_id=vm_id, busy_vm=vm_id,
