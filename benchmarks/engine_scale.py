@@ -617,7 +617,8 @@ def database(kind: str, workdir: Path) -> Iterator[tuple[Any, str]]:
         pg.stop()
 
 
-def run_all(sizes: list[int], dbs: list[str], opts: Options, keep: Path | None = None) -> dict[str, Any]:
+def run_all(sizes: list[int], dbs: list[str], opts: Options, keep: Path | None = None,
+            save: Path | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(), "options": {k: str(v) if isinstance(v, Path) else v
                                                                for k, v in vars(opts).items()},
                               "date": time.strftime("%Y-%m-%d"), "runs": []}
@@ -637,6 +638,8 @@ def run_all(sizes: list[int], dbs: list[str], opts: Options, keep: Path | None =
                     url = pg.new_database() if pg else f"sqlite:///{workdir / 'engine.db'}"
                     run = measure(kind, url, hosts, opts, workdir, pg.pid if pg else None, hosts == max(sizes))
                     result["runs"].append({"db": run.db, "hosts": run.hosts, "vms": run.vms, **run.figures})
+                    if save is not None:  # what is measured so far survives a later failure
+                        save.write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
@@ -769,7 +772,7 @@ def main() -> int:
                    rest_seconds=args.rest_seconds, starts=args.starts, start_concurrency=args.start_concurrency,
                    event_rate=args.event_rate, profile=args.profile, rest_all=args.rest_all,
                    profile_format=args.profile_format)
-    result = run_all(sizes, dbs, opts, args.keep)
+    result = run_all(sizes, dbs, opts, args.keep, args.json)
     print(tables(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))

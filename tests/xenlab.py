@@ -38,6 +38,8 @@ import json
 import os
 import shutil
 import subprocess
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -93,6 +95,9 @@ def lab_unavailable_reason() -> str | None:
     return _reason
 
 
+AGENT_TIMEOUT_S = 300
+
+
 def xen_lab() -> XenLab | None:
     """Build/boot the lab (once per process) and describe it, or return None if it cannot run here."""
     global _checked, _lab, _reason
@@ -136,4 +141,15 @@ def _boot() -> tuple[XenLab | None, str | None]:
         )
     except (OSError, ValueError, KeyError) as exc:
         return None, f"labs/xen/boot succeeded but {cache}/run/lab.json is unusable: {exc!r}"
-    return lab, None
+    # dom0 reports ready when libvirt answers; the agent (installed from the project wheel) starts after it
+    deadline = time.monotonic() + AGENT_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"{lab.agent_url}/v1/health", timeout=10) as resp:
+                if resp.status == 200:
+                    return lab, None
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return None, f"the agent in dom0 did not answer {lab.agent_url}/v1/health within {AGENT_TIMEOUT_S} s"
+        time.sleep(2)
