@@ -315,7 +315,7 @@ class VmManager:
             raise from_libvirt(exc, "define") from None
         if start:
             return self.start(vm.uuid)
-        return self.info(vm, dom)
+        return self.info(vm, dom, devices=False)
 
     def _fill_macs(self, spec: VmSpec) -> VmSpec:
         """Store generated MACs in the spec, so they survive a move to a host of another flavor."""
@@ -377,7 +377,7 @@ class VmManager:
             vm.fault = None
             self._reapply_links(vm, dom)
             after = self.hooks.run("after_vm_start", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-            info = self.info(vm, dom)
+            info = self.info(vm, dom, devices=False)
             if hooked.warnings or after.warnings:
                 info["warnings"] = hooked.warnings + after.warnings
             return info
@@ -424,12 +424,12 @@ class VmManager:
             how = "shutdown"
             if self._active(dom):
                 if not force:
-                    info = self.info(vm, dom)
+                    info = self.info(vm, dom, devices=False)
                     info["stopped_by"] = None
                     return info
                 how = self._destroy_after_timeout(vm, dom)
             self.hooks.run("after_vm_shutdown", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-            info = self.info(vm, dom)
+            info = self.info(vm, dom, devices=False)
             info["stopped_by"] = how
             return info
 
@@ -468,7 +468,7 @@ class VmManager:
             except libvirt.libvirtError as exc:
                 raise from_libvirt(exc, f"destroy {vm.name}") from None
             self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-            return self.info(vm, dom)
+            return self.info(vm, dom, devices=False)
 
     def _simple(self, uuid: str, action: str) -> dict[str, Any]:
         with self.vm_lock(uuid):
@@ -484,7 +484,7 @@ class VmManager:
                 {"reboot": lambda: dom.reboot(0), "pause": dom.suspend, "resume": dom.resume}[action]()
             except libvirt.libvirtError as exc:
                 raise from_libvirt(exc, f"{action} {vm.name}") from None
-            return self.info(vm, dom)
+            return self.info(vm, dom, devices=False)
 
     def reboot(self, uuid: str) -> dict[str, Any]:
         return self._simple(uuid, "reboot")

@@ -88,7 +88,7 @@ def test_create_stores_the_spec_in_libvirt_and_reads_devices_back(api: Api) -> N
     # generated MACs are kept in the spec, in the flavor's vendor prefix
     prefix = "00:16:3e" if api.agent.settings.emulate == "xen" else "52:54:00"
     assert info["spec"]["nics"][0]["mac"].startswith(prefix)
-    ids = {d["id"]: d for d in info["devices"] if d["id"]}
+    ids = {d["id"]: d for d in api.get(f"/v1/vms/{data['id']}").json()["devices"] if d["id"]}
     assert ids[data["disks"][0]["id"]]["kind"] == "disk"
     assert ids[data["disks"][0]["id"]]["source"] == data["disks"][0]["source"]
     assert ids[data["nics"][0]["id"]]["kind"] == "nic"
