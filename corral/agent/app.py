@@ -91,15 +91,9 @@ class _ClientCertAuth:
         await self.app(scope, receive, send)
 
 
-def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = False) -> FastAPI:
-    """``client_certs``: the server runs mutual TLS (``corral agent serve --tls-*``); else ``token`` guards."""
-    app = FastAPI(title="Corral agent", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/v1/openapi.json")
-
-    if client_certs:
-        app.add_middleware(_ClientCertAuth, token=token)
-    elif token is not None:
-        app.add_middleware(_BearerAuth, token=token)
+def install_error_handlers(app: FastAPI) -> None:
+    """The agent's error bodies for its own errors, invalid specs and invalid requests (shared with
+    ``corral simulate``, whose agents must answer exactly alike)."""
 
     @app.exception_handler(AgentError)
     async def agent_error(_r: Request, exc: AgentError) -> JSONResponse:
@@ -115,6 +109,19 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
                   for e in exc.errors()]
         first = errors[0] if errors else {"field": None, "message": "invalid request"}
         return _error(422, "invalid", f"{first['field']}: {first['message']}", first["field"], errors=errors)
+
+
+def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = False) -> FastAPI:
+    """``client_certs``: the server runs mutual TLS (``corral agent serve --tls-*``); else ``token`` guards."""
+    app = FastAPI(title="Corral agent", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url="/v1/openapi.json")
+
+    if client_certs:
+        app.add_middleware(_ClientCertAuth, token=token)
+    elif token is not None:
+        app.add_middleware(_BearerAuth, token=token)
+
+    install_error_handlers(app)
 
     @app.exception_handler(Unavailable)
     async def unavailable(_r: Request, exc: Unavailable) -> JSONResponse:

@@ -523,17 +523,6 @@ class VmManager:
                 return self._change_password(vm, dom, spec, value)
             raise Invalid(f"'{key}' cannot be changed on device {device_id} ({type(device).__name__})", field=key)
 
-    def _replace(self, spec: VmSpec, new_device: Any) -> VmSpec:
-        data = spec.model_copy(deep=True)
-        for attr in ("disks", "nics"):
-            items = getattr(data, attr)
-            for i, item in enumerate(items):
-                if item.id == new_device.id:
-                    items[i] = new_device
-        if data.graphics is not None and data.graphics.id == new_device.id:
-            data.graphics = new_device
-        return VmSpec.model_validate(data.model_dump())
-
     def _rendered(self, res: Any, device_id: str) -> cfg.Device:
         for dev in res.domain.devices:
             if dev.device_id == device_id or dev.alias == f"{cfg.ALIAS_PREFIX}{device_id}":
@@ -548,7 +537,7 @@ class VmManager:
             new_disk = DiskSpec.model_validate({**disk.model_dump(), "source": media})
         except Exception as exc:  # pydantic.ValidationError
             raise Invalid(f"media: {exc}", field="media") from None
-        new_spec = self._replace(spec, new_disk)
+        new_spec = spec.with_device(new_disk)
         res = self._check_flavor(vm, new_spec, "disks")
         if dom.isActive():
             if self.flavor.rule("cdrom.device", res.guest_type).value == "disk":
@@ -584,7 +573,7 @@ class VmManager:
     def _change_link(self, vm: Vm, dom: libvirt.virDomain, spec: VmSpec, nic: NicSpec, link: Any) -> dict[str, Any]:
         if link not in ("up", "down"):
             raise Invalid("link must be 'up' or 'down'", field="link")
-        new_spec = self._replace(spec, nic.model_copy(update={"link": LinkState(link)}))
+        new_spec = spec.with_device(nic.model_copy(update={"link": LinkState(link)}))
         res = self._check_flavor(vm, new_spec, "nics")
         rule = self.flavor.rule("nic.link_down", res.guest_type)
         if dom.isActive():
@@ -614,7 +603,7 @@ class VmManager:
         rule = self.flavor.rule("graphics.password", vm.guest_type or GuestType.HVM)
         if rule.outcome is not Outcome.NATIVE:
             raise Unsupported(f"{self.flavor.title} cannot set a VNC password: {rule.reason}", field="password")
-        new_spec = self._replace(spec, spec.graphics.model_copy(update={"password": password}))
+        new_spec = spec.with_device(spec.graphics.model_copy(update={"password": password}))
         res = self._check_flavor(vm, new_spec, "graphics")
         if dom.isActive():
             gfx = self._rendered(res, spec.graphics.id)

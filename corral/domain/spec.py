@@ -396,6 +396,18 @@ class VmSpec(_Model):
                 out.append(single)
         return out
 
+    def with_device(self, new_device: _Device) -> VmSpec:
+        """A copy with the device of the same id replaced (disks, NICs, graphics), validated again."""
+        data = self.model_copy(deep=True)
+        for attr in ("disks", "nics"):
+            items = getattr(data, attr)
+            for i, item in enumerate(items):
+                if item.id == new_device.id:
+                    items[i] = new_device
+        if data.graphics is not None and data.graphics.id == new_device.id:
+            data.graphics = new_device  # type: ignore[assignment]
+        return VmSpec.model_validate(data.model_dump())
+
     def device(self, device_id: str) -> _Device | None:
         return next((d for d in self.devices() if d.id == device_id), None)
 

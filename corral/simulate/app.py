@@ -18,15 +18,14 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Body, FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from corral import __version__
-from corral.agent.app import ACTIONS
-from corral.agent.errors import AgentError, Invalid
+from corral.agent.app import ACTIONS, install_error_handlers
+from corral.agent.errors import Invalid
 from corral.agent.events import EventBus
-from corral.domain.spec import SpecError, VmSpec, parse_spec
+from corral.domain.spec import VmSpec, parse_spec
 from corral.simulate.sim import SimHost, Simulator
 
 HOST_KEY = "corral.simulate.host"
@@ -117,20 +116,7 @@ def create_agent_app() -> FastAPI:
     app = FastAPI(title="Corral agent", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/v1/openapi.json", root_path_in_servers=False)
 
-    @app.exception_handler(AgentError)
-    async def agent_error(_r: Request, exc: AgentError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(SpecError)
-    async def spec_error(_r: Request, exc: SpecError) -> JSONResponse:
-        return _error(422, "invalid", str(exc), exc.field, errors=[{"field": f, "message": m} for f, m in exc.errors])
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
-                  for e in exc.errors()]
-        first = errors[0] if errors else {"field": None, "message": "invalid request"}
-        return _error(422, "invalid", f"{first['field']}: {first['message']}", first["field"], errors=errors)
+    install_error_handlers(app)
 
     @app.get("/v1/health", response_model=dict[str, Any])
     async def health() -> Response:

@@ -614,18 +614,6 @@ class SimHost:
         vm.mem, vm.max_mem = spec.memory_mib, spec.effective_max_memory_mib
         vm.vcpus, vm.max_vcpus = spec.vcpus, spec.effective_max_vcpus
 
-    @staticmethod
-    def _replace(spec: VmSpec, new_device: Any) -> VmSpec:
-        data = spec.model_copy(deep=True)
-        for attr in ("disks", "nics"):
-            items = getattr(data, attr)
-            for i, item in enumerate(items):
-                if item.id == new_device.id:
-                    items[i] = new_device
-        if data.graphics is not None and data.graphics.id == new_device.id:
-            data.graphics = new_device
-        return VmSpec.model_validate(data.model_dump())
-
     async def update_device(self, vm_id: str, device_id: str, change: dict[str, Any]) -> str:
         vm = self.lookup(vm_id)
         async with self.locked(vm.uuid):
@@ -643,7 +631,7 @@ class SimHost:
                     new_disk = DiskSpec.model_validate({**device.model_dump(), "source": value})
                 except Exception as exc:  # pydantic.ValidationError
                     raise Invalid(f"media: {exc}", field="media") from None
-                new_spec = self._replace(spec, new_disk)
+                new_spec = spec.with_device(new_disk)
                 self._check_flavor(vm, new_spec, "disks")
                 self._persist(vm, new_spec)
                 self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="media", media=value)
@@ -651,7 +639,7 @@ class SimHost:
             if key == "link" and isinstance(device, NicSpec):
                 if value not in ("up", "down"):
                     raise Invalid("link must be 'up' or 'down'", field="link")
-                new_spec = self._replace(spec, device.model_copy(update={"link": LinkState(value)}))
+                new_spec = spec.with_device(device.model_copy(update={"link": LinkState(value)}))
                 self._check_flavor(vm, new_spec, "nics")
                 self._persist(vm, new_spec)
                 self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="link", link=value)
@@ -663,7 +651,7 @@ class SimHost:
                 rule = flavor.rule("graphics.password", GuestType(vm.gt))
                 if rule.outcome is not Outcome.NATIVE:
                     raise Unsupported(f"{flavor.title} cannot set a VNC password: {rule.reason}", field="password")
-                new_spec = self._replace(spec, spec.graphics.model_copy(update={"password": value}))
+                new_spec = spec.with_device(spec.graphics.model_copy(update={"password": value}))
                 self._check_flavor(vm, new_spec, "graphics")
                 self._persist(vm, new_spec)
                 self.bus.publish("device", vm.uuid, vm.name, device_id=spec.graphics.id, change="password")
