@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -590,7 +591,7 @@ def machine() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 mem = int(line.split()[1]) // 1024
     libs = {}
-    for mod in ("uvloop", "httptools", "msgspec", "httpx", "uvicorn", "fastapi", "sqlalchemy", "psycopg"):
+    for mod in ("uvloop", "httptools", "msgspec", "aiohttp", "httpx", "uvicorn", "fastapi", "sqlalchemy", "psycopg"):
         try:
             from importlib.metadata import version
             libs[mod] = version(mod)
@@ -711,19 +712,17 @@ def figures_block(result: dict[str, Any]) -> str:
     dbs = "; ".join(m[k] for k in ("postgresql", "sqlite") if k in m)
     sizes = ",".join(str(s) for s in sorted({r["hosts"] for r in result["runs"]}))
     kinds = sorted({r["db"] for r in result["runs"]})
-    return f"""{BEGIN}
-Measured {result['date']} with `python benchmarks/engine_scale.py --sizes {sizes} --db \
-{'both' if len(kinds) > 1 else kinds[0]}` on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB RAM,
-{m['python']}, Linux {m['kernel']}; {dbs}; {libs}. Engine, simulator and database each run in their own
-process on the same {m['cores']} cores; {o['vms_per_host']} VMs per host, {o['event_rate']} random VM
-pauses/crashes per second in the simulator; {o['cycles']} cycles measured after two warm-up cycles; CPU is
-the share of one core over those cycles (100% = one core busy) and, in brackets, CPU seconds per cycle;
-"other CPU" is what the rest of the machine used meanwhile, with the 1-minute load average; REST with
-{o['clients']} concurrent keep-alive clients for {o['rest_seconds']} s per request kind; {o['starts']} VM
-starts, {o['start_concurrency']} start requests in flight.
-
-{tables(result)}
-{END}"""
+    text = (
+        f"Measured {result['date']} with `python benchmarks/engine_scale.py --sizes {sizes} --db "
+        f"{'both' if len(kinds) > 1 else kinds[0]}` on {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB "
+        f"RAM, {m['python']}, Linux {m['kernel']}; {dbs}; {libs}. Engine, simulator and database each run in "
+        f"their own process on the same {m['cores']} cores; {o['vms_per_host']} VMs per host, {o['event_rate']} "
+        f"random VM pauses/crashes per second in the simulator; {o['cycles']} cycles measured after two warm-up "
+        "cycles; CPU is the share of one core over those cycles (100% = one core busy) and, in brackets, CPU "
+        "seconds per cycle; \"other CPU\" is what the rest of the machine used meanwhile, with the 1-minute load "
+        f"average; REST with {o['clients']} concurrent keep-alive clients for {o['rest_seconds']} s per request "
+        f"kind; {o['starts']} VM starts, {o['start_concurrency']} start requests in flight.")
+    return f"{BEGIN}\n{textwrap.fill(text, 110, break_on_hyphens=False)}\n\n{tables(result)}\n{END}"
 
 
 def write_docs(block: str, path: Path) -> None:

@@ -110,8 +110,10 @@ def serve(
     terminated: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, _frame: terminated.append(signum))
     try:
+        # keep-alive longer than the engine's pooled connections stay idle (60 s): a POST never meets a
+        # connection the agent has just closed
         uvicorn.run(app_, host=host, port=port, log_level="warning", access_log=False,
-                    timeout_graceful_shutdown=3, **kwargs)
+                    timeout_graceful_shutdown=3, timeout_keep_alive=75, **kwargs)
     finally:
         agent.stop()
         signal.signal(signal.SIGTERM, previous)

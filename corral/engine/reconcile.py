@@ -203,6 +203,9 @@ def apply_reports(s: Session, reports: list[HostReport], busy: set[str]) -> Outc
     host_ids = sorted({r.host_id for r in reports})
     clusters = {r[0]: r[1] for r in s.execute(select(Host.id, Host.cluster_id).where(Host.id.in_(host_ids)))}
     reports = [r for r in reports if r.host_id in clusters]  # a host removed meanwhile reports nothing
+    # Hosts in the order they were added (ids are time-ordered), each host's reports in the order they came:
+    # when two hosts report one VM in the same batch, the older host keeps it whichever poll answered first.
+    reports.sort(key=lambda r: r.host_id)
     full_hosts = sorted({r.host_id for r in reports if r.full})
     vm_ids = sorted({str(v.get("id")) for r in reports for v in r.vms if v.get("id")})
     rows = load_rows(s, full_hosts, vm_ids)

@@ -60,8 +60,9 @@ def claim(s: Session, vm_ref: str, action: str) -> tuple[Vm, str]:
 def _target(s: Session, host_id: str | None) -> tuple[AgentTarget, str] | None:
     if host_id is None:
         return None
-    h = s.get(Host, host_id)
-    return None if h is None else (AgentTarget(h.agent_url, h.agent_token), h.name)
+    # three columns, not the Host object (whose capability document would be decoded for nothing)
+    h = s.execute(select(Host.agent_url, Host.agent_token, Host.name).where(Host.id == host_id)).first()
+    return None if h is None else (AgentTarget(h[0], h[1]), h[2])
 
 
 def apply_info(s: Session, vm_id: str, host_id: str, info: dict[str, Any], action: str) -> dict[str, Any]:

@@ -56,6 +56,7 @@ def test_small_run_reports_every_figure(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("engine_scale", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     module.write_docs(module.figures_block(result), doc)
     again = doc.read_text()

@@ -93,7 +93,7 @@ def list_vms(ctx: Ctx, limit: Limit = 100, after: After = None, state: str | Non
         more = len(rows) > limit
         items = [{**dict(zip(_OUT_KEYS, r, strict=False)), "host_name": r[-1]} for r in rows[:limit]]
         return {"items": items, "next": items[-1]["id"] if more and items else None}
-    return _json(ctx.db.call(q))
+    return _json(ctx.db.read(q))
 
 
 @router.post("", status_code=201, response_model=VmDetail)
@@ -193,7 +193,7 @@ async def show_vm(ctx: Ctx, vm: str) -> Response:
             out["host"] = {"id": h[0], "name": h[1], "state": h[2]}
             out["host_name"] = h[1]
         return out, AgentTarget(h[3], h[4]) if h[0] is not None else None
-    out, target = await ctx.db.run(q)
+    out, target = await ctx.db.run_read(q)
     if target is not None:
         try:
             info = await ctx.agents.get_vm(target, out["id"])

@@ -66,7 +66,9 @@ def make_engine(url: str, *, pool_size: int = 32) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping (a round trip per checkout): after a server restart the first statement on a dead connection
+    # fails, and SQLAlchemy then drops the whole pool, so one request fails instead of every request paying.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size)
 
 
 class Database:
@@ -76,6 +78,10 @@ class Database:
         self.url = normalize_url(url)
         self.engine = engine or make_engine(self.url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads that need no transaction: each statement on its own (autocommit), without the BEGIN and
+        # COMMIT round trips a transaction adds to a one-query request.
+        self.readers = sessionmaker(self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                                    expire_on_commit=False)
         # Units of work run on threads of their own: asyncio's default executor has cores + 4 threads (6 on
         # two cores), shared with everything else, too few for many tasks each waiting on a commit.
         self._threads = threads
@@ -100,11 +106,23 @@ class Database:
         with self.session() as session:
             return fn(session)
 
+    def read(self, fn: Callable[[Session], T]) -> T:
+        """``call`` for a read-only unit of work (writes would be committed statement by statement)."""
+        with self.readers() as session:
+            return fn(session)
+
     async def run(self, fn: Callable[[Session], T]) -> T:
+        return await self._offload(self.call, fn)
+
+    async def run_read(self, fn: Callable[[Session], T]) -> T:
+        """``run`` for a read-only unit of work (see ``read``)."""
+        return await self._offload(self.read, fn)
+
+    async def _offload(self, how: Callable[[Callable[[Session], T]], T], fn: Callable[[Session], T]) -> T:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="db")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, contextvars.copy_context().run, self.call, fn)
+        return await loop.run_in_executor(self._executor, contextvars.copy_context().run, how, fn)
 
     def migrate(self) -> None:
         from corral.engine.db.migrate import upgrade
