@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral import __version__
+from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.connection import Unavailable
 from corral.agent.errors import AgentError, Invalid, from_libvirt
 from corral.agent.service import Agent
@@ -179,23 +180,9 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
     def action(vm_id: str, action: str, data: Any = Body(None)) -> dict[str, Any]:
         manager = vms()
         if action == "shutdown":
-            body = data or {}
-            if not isinstance(body, dict):
-                raise Invalid("the body must be an object", field="body")
-            timeout = body.get("timeout", 60)
-            force = body.get("force", False)
-            if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 <= timeout <= 3600:
-                raise Invalid("timeout must be a number of seconds between 0 and 3600", field="timeout")
-            if not isinstance(force, bool):
-                raise Invalid("force must be true or false", field="force")
-            return manager.shutdown(vm_id, float(timeout), force)
+            return manager.shutdown(vm_id, *shutdown_args(data))
         if action == "devices":
-            if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in ("disk", "nic"):
-                raise Invalid("the body must be {\"disk\": {...}} or {\"nic\": {...}}", field="body")
-            kind = next(iter(data))
-            if not isinstance(data[kind], dict):
-                raise Invalid(f"{kind} must be an object", field=kind)
-            return manager.hotplug(vm_id, kind, data[kind])
+            return manager.hotplug(vm_id, *hotplug_args(data))
         handlers = {"start": manager.start, "destroy": manager.destroy, "reboot": manager.reboot,
                     "pause": manager.pause, "resume": manager.resume}
         if action not in handlers:

@@ -23,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from corral import __version__
 from corral.agent.app import ACTIONS, install_error_handlers
+from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.errors import Invalid
 from corral.agent.events import EventBus
 from corral.domain.spec import VmSpec, parse_spec
@@ -156,23 +157,9 @@ def create_agent_app() -> FastAPI:
     async def action(request: Request, vm_id: str, action: str, data: Any = Body(None)) -> Response:
         sim_host = _host(request)
         if action == "shutdown":
-            body = data or {}
-            if not isinstance(body, dict):
-                raise Invalid("the body must be an object", field="body")
-            timeout = body.get("timeout", 60)
-            force = body.get("force", False)
-            if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 <= timeout <= 3600:
-                raise Invalid("timeout must be a number of seconds between 0 and 3600", field="timeout")
-            if not isinstance(force, bool):
-                raise Invalid("force must be true or false", field="force")
-            return _json(await sim_host.shutdown(vm_id, float(timeout), force))
+            return _json(await sim_host.shutdown(vm_id, *shutdown_args(data)))
         if action == "devices":
-            if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in ("disk", "nic"):
-                raise Invalid("the body must be {\"disk\": {...}} or {\"nic\": {...}}", field="body")
-            kind = next(iter(data))
-            if not isinstance(data[kind], dict):
-                raise Invalid(f"{kind} must be an object", field=kind)
-            return _json(await sim_host.hotplug(vm_id, kind, data[kind]))
+            return _json(await sim_host.hotplug(vm_id, *hotplug_args(data)))
         if action == "start":
             return _json(await sim_host.start(vm_id))
         if action == "destroy":
