@@ -10,22 +10,27 @@ import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
 class Event:
-    seq: int
-    time: float
-    type: str
-    vm_id: str | None = None
-    vm_name: str | None = None
-    state: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
+    """One event. A plain slotted class: libvirt's event thread makes one per lifecycle change, and a frozen
+    dataclass (``object.__setattr__`` per field) cost several times as much to build."""
+
+    __slots__ = ("detail", "seq", "state", "time", "type", "vm_id", "vm_name")
+
+    def __init__(self, seq: int, time: float, type: str, vm_id: str | None = None,  # noqa: A002
+                 vm_name: str | None = None, state: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        self.seq, self.time, self.type = seq, time, type
+        self.vm_id, self.vm_name, self.state = vm_id, vm_name, state
+        self.detail: dict[str, Any] = detail if detail is not None else {}
+
+    def __repr__(self) -> str:
+        return f"Event({self.as_dict()!r})"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"seq": self.seq, "time": self.time, "type": self.type, "vm_id": self.vm_id,
+                "vm_name": self.vm_name, "state": self.state, "detail": dict(self.detail)}
 
 
 class EventBus:
@@ -45,12 +50,15 @@ class EventBus:
             self._seq += 1
             event = Event(self._seq, time.time(), type_, vm_id, vm_name, state, detail)
             self._events.append(event)
+            if not self._waiters:
+                return event
             waiters = list(self._waiters)
         for loop, flag in waiters:
             try:
                 loop.call_soon_threadsafe(flag.set)
             except RuntimeError:  # loop closed
-                self._waiters.discard((loop, flag))
+                with self._lock:
+                    self._waiters.discard((loop, flag))
         return event
 
     def since(self, after: int, limit: int = 1000) -> list[Event]:

@@ -197,27 +197,37 @@ class Agent:
                 log.warning("recovery after reconnect failed: %s", exc)
 
     def _lifecycle(self, _conn: Any, dom: libvirt.virDomain, event: int, detail: int, _opaque: Any) -> None:
-        kind = _LIFECYCLE.get(event, str(event))
-        kind_state: str | None
-        if kind == "defined" and detail == libvirt.VIR_DOMAIN_EVENT_DEFINED_ADDED:
-            kind_state = "down"  # a new definition is inactive
-        else:
-            kind_state = _EVENT_STATE.get(kind)
+        """Runs on libvirt's event thread for every lifecycle change: kept to two libvirt calls (each one hands
+        the GIL over, and the API thread is usually waiting for it) and no read-back in the common cases."""
+        kind = _LIFECYCLE.get(event) or str(event)
         try:
             uuid, name = dom.UUIDString(), dom.name()
-            state, reason = dom.state() if kind_state is None and kind != "undefined" else (0, 0)
         except libvirt.libvirtError:
             return
-        try:
-            vm = self.vms.known(uuid) if self.vms is not None and kind != "undefined" else None
-        except Unavailable:  # an event still queued while the connection went away: report it all the same
-            vm = None
+        vms = self.vms
+        vm = None
+        if vms is not None and kind != "undefined":
+            vm = vms.vms.get(uuid)  # one dict read (atomic): the registry lock is for writers
+            if vm is None:
+                try:
+                    vm = vms.known(uuid)
+                except Unavailable:  # an event still queued while the connection went away: report it all the same
+                    vm = None
         if kind == "crashed" or (kind == "stopped" and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
             label = "crashed"
         elif kind == "undefined":
             label = "deleted"
         else:
-            label = kind_state or state_name(state, reason)
+            if kind == "defined" and detail == libvirt.VIR_DOMAIN_EVENT_DEFINED_ADDED:
+                label_or_none: str | None = "down"  # a new definition is inactive
+            else:
+                label_or_none = _EVENT_STATE.get(kind)
+            if label_or_none is None:
+                try:
+                    label_or_none = state_name(*dom.state())
+                except libvirt.libvirtError:
+                    return
+            label = label_or_none
             if vm is not None and vm.fault and label == "down":
                 label = vm.fault
         self.bus.publish("lifecycle", uuid, name, label, event=kind, detail=detail,

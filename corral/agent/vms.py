@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,14 +79,41 @@ class Vm:
     def external(self) -> bool:
         return self.spec is None
 
-    def spec_json(self) -> dict[str, Any] | None:
-        """The spec as JSON (a stats cycle answers it for every VM: dumping it each time cost most of it)."""
-        if self.spec is None:
-            return None
-        cached = self._derived.get("json")
-        if cached is None or cached[0] is not self.spec:
-            cached = self._derived["json"] = (self.spec, self.spec.model_dump(mode="json"))
-        return dict(cached[1])
+    @property
+    def key(self) -> bytes:
+        """The uuid as libvirt's 16 raw bytes (``virDomain.UUID()``), cheaper to ask libvirt for than text."""
+        cached = self._derived.get("key")
+        if cached is None:
+            cached = self._derived["key"] = (uuidlib.UUID(self.uuid).bytes,)
+        return cached[0]  # type: ignore[no-any-return]
+
+    def spec_answer(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The spec as JSON and the guest type's name, made once per spec object and shared (read-only) by
+        every answer: a stats cycle answers the spec of every VM, and dumping it each time cost most of it."""
+        cached = self._derived.get("answer")
+        if cached is None or cached[0] is not self.spec or cached[1] is not self.guest_type:
+            spec_json = self.spec.model_dump(mode="json") if self.spec is not None else None
+            cached = self._derived["answer"] = (self.spec, self.guest_type, spec_json,
+                                                self.guest_type.value if self.guest_type else None)
+        return cached[2], cached[3]
+
+
+_STAT_NAMES: dict[tuple[str, ...], tuple[str | None, ...]] = {}
+
+
+def _stats_answer(stats: dict[str, Any]) -> dict[str | None, Any]:
+    keys = tuple(stats)
+    names = _STAT_NAMES.get(keys)
+    if names is None:
+        if len(_STAT_NAMES) > 1024:
+            _STAT_NAMES.clear()
+        names = _STAT_NAMES[keys] = tuple(None if k.startswith("state.") else k.replace(".", "_") for k in keys)
+    out = dict(zip(names, stats.values(), strict=True))
+    out.pop(None, None)
+    return out
+
+
+_INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
 
 
 class VmManager:
@@ -103,7 +131,7 @@ class VmManager:
         self.stats = StatsReader()
         self._lock = threading.RLock()
         self._vm_locks: dict[str, threading.Lock] = {}
-        self._host_cpus: tuple[float, int | None] = (-1e9, None)  # (when read, CPU count)
+        self._options: tuple[float, RenderOptions | None] = (0.0, None)  # (when read, options)
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -112,18 +140,22 @@ class VmManager:
     # ---- options and registry -------------------------------------------------------------------------
 
     def options(self) -> RenderOptions:
-        cpus = self._host_cpus[1]
-        if time.monotonic() - self._host_cpus[0] > 60:  # one getInfo a minute, not one per render
-            try:
-                cpus = self.conn.getInfo()[2]
-                self._host_cpus = (time.monotonic(), cpus)
-            except libvirt.libvirtError:
-                cpus = None
+        """Host facts for rendering, read once a minute (the CPU count is a libvirt call), not per render."""
+        when, options = self._options
+        if options is not None and time.monotonic() - when < 60:
+            return options
+        try:
+            cpus: int | None = self.conn.getInfo()[2]
+        except libvirt.libvirtError:
+            cpus = None
         console_dir = None
         if not self.det.emulated:
             console_dir = str(self.state_dir / "consoles")
-        return RenderOptions(host_cpus=cpus, console_log_dir=console_dir,
-                             channel_dir=str(self.state_dir / "channels"))
+        options = RenderOptions(host_cpus=cpus, console_log_dir=console_dir,
+                                channel_dir=str(self.state_dir / "channels"))
+        if cpus is not None:
+            self._options = (time.monotonic(), options)
+        return options
 
     def vm_lock(self, uuid: str) -> threading.Lock:
         with self._lock:
@@ -201,29 +233,26 @@ class VmManager:
 
     # ---- reading ----------------------------------------------------------------------------------------
 
-    def _state(self, vm: Vm, state: int, reason: int) -> str:
-        name = state_name(state, reason)
-        if vm.fault and name == "down":
-            return vm.fault
-        return name
-
     def info(self, vm: Vm, dom: libvirt.virDomain, stats: dict[str, Any] | None = None,
              devices: bool = True) -> dict[str, Any]:
         if stats is None:
             stats = self.stats.one(self.conn, dom)
-        state, reason = stats.get("state.state"), stats.get("state.reason", 0)
+        state = stats.get("state.state")
         if state is None:
             state, reason = dom.state()
-        active = state not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
+        else:
+            reason = stats.get("state.reason", 0)
+        name = state_name(state, reason)
+        spec = vm.spec
+        spec_json, guest_type = vm.spec_answer()
         out: dict[str, Any] = {
-            "id": vm.uuid, "name": vm.name, "state": self._state(vm, state, reason),
-            "libvirt_state": LIBVIRT_STATES.get(state, "unknown"), "reason": reason, "external": vm.external,
-            "domain_id": dom.ID() if active else None,
-            "memory_mib": (stats.get("balloon.current") or 0) // 1024 or (vm.spec.memory_mib if vm.spec else None),
-            "vcpus": stats.get("vcpu.current") or (vm.spec.vcpus if vm.spec else None),
-            "stats": {k.replace(".", "_"): v for k, v in stats.items() if not k.startswith("state.")},
-            "spec": vm.spec_json(),
-            "guest_type": vm.guest_type.value if vm.guest_type else None,
+            "id": vm.uuid, "name": vm.name, "state": vm.fault if vm.fault and name == "down" else name,
+            "libvirt_state": LIBVIRT_STATES.get(state, "unknown"), "reason": reason, "external": spec is None,
+            "domain_id": None if state in _INACTIVE else dom.ID(),
+            "memory_mib": (stats.get("balloon.current") or 0) // 1024 or (spec.memory_mib if spec else None),
+            "vcpus": stats.get("vcpu.current") or (spec.vcpus if spec else None),
+            "stats": _stats_answer(stats),
+            "spec": spec_json, "guest_type": guest_type,  # shared by every answer until the spec changes: read-only
             "fault": vm.fault,
         }
         if devices:
@@ -258,25 +287,28 @@ class VmManager:
         return cached[2]  # type: ignore[no-any-return]
 
     def list(self) -> list[dict[str, Any]]:
-        """Every domain with state and stats from one bulk ``getAllDomainStats`` call (where the driver has it)."""
+        """Every domain with state and stats from one bulk ``getAllDomainStats`` call (where the driver has it).
+        The engine polls this for every host: per domain it costs two libvirt getters and one dict."""
         try:
             records = self.stats.all(self.conn)
         except libvirt.libvirtError as exc:
             raise from_libvirt(exc, "list VMs") from None
+        with self._lock:  # one lock for the cycle, not one per VM
+            by_key = {vm.key: vm for vm in self.vms.values()}
         out = []
-        seen = set()
-        with self._lock:
-            cached = dict(self.vms)  # one lock for the cycle, not one per VM
+        seen: set[bytes] = set()
+        info = self.info
         for dom, stats in records:
-            uuid = dom.UUIDString()
-            seen.add(uuid)
-            vm = cached.get(uuid) or self.known(uuid)
-            if vm is None:
-                continue
-            out.append(self.info(vm, dom, stats, devices=False))
-        with self._lock:
-            for gone in set(self.vms) - seen:
-                self.vms.pop(gone, None)
+            key = dom.UUID()  # the raw 16 bytes: a third of the cost of UUIDString
+            seen.add(key)
+            vm = by_key.get(key) or self.known(dom.UUIDString())
+            if vm is not None:
+                out.append(info(vm, dom, stats, devices=False))
+        if len(seen) != len(by_key) or not seen.issuperset(by_key):
+            gone = {vm.uuid for key, vm in by_key.items() if key not in seen}
+            with self._lock:
+                for uuid in gone:
+                    self.vms.pop(uuid, None)
         return out
 
     # ---- define / undefine ------------------------------------------------------------------------------
@@ -288,34 +320,48 @@ class VmManager:
 
     def _render(self, spec: VmSpec, guest_type: GuestType | None = None) -> tuple[str, Any]:
         try:
-            return render_resolution(spec, self.flavor, guest_type, self.options())
+            return render_resolution(spec, self.flavor, guest_type, self.options(), pretty=False)
         except RefusedError as exc:
             raise Refused(str(exc), field=exc.field, decisions=[d.as_dict() for d in exc.decisions]) from None
 
     def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]:
-        conn = self.conn
-        for lookup, key, value in ((conn.lookupByUUIDString, "id", spec.id), (conn.lookupByName, "name", spec.name)):
-            try:
-                lookup(value)
-            except libvirt.libvirtError:
-                continue
-            raise Conflict(f"a domain with {key} {value!r} already exists on this host", field=key)
+        """Define (and start) a new VM. Its id must be new to the agent's registry, which holds every domain
+        of the host (recovered at start, then kept by libvirt's events); a name already taken makes libvirt
+        refuse the definition, and that refusal is answered as a conflict on ``name``."""
+        with self._lock:
+            if spec.id in self.vms:
+                raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id")
         spec = self._fill_macs(spec)
         xml, res = self._render(spec)
         xml = self.hooks.run("before_vm_define", xml, spec.id, spec.name).xml
         vm = Vm(spec.id, spec.name, spec, res.guest_type, links={n.id: n.link.value for n in spec.nics})
         self._seed_devices(vm, res)
         with self._lock:  # known before libvirt's 'defined' event: its handler need not read the domain back
-            self.vms[vm.uuid] = vm
+            if self.vms.setdefault(vm.uuid, vm) is not vm:
+                raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id")
+        conn = self.conn
         try:
             dom = conn.defineXML(xml)
         except libvirt.libvirtError as exc:
             with self._lock:
                 self.vms.pop(vm.uuid, None)
+            if self._exists(conn.lookupByName, spec.name):
+                raise Conflict(f"a domain with name {spec.name!r} already exists on this host",
+                               field="name") from None
+            if self._exists(conn.lookupByUUIDString, spec.id):  # defined behind the agent's back
+                raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id") from None
             raise from_libvirt(exc, "define") from None
         if start:
             return self.start(vm.uuid)
         return self.info(vm, dom, devices=False)
+
+    @staticmethod
+    def _exists(lookup: Callable[[str], libvirt.virDomain], key: str) -> bool:
+        try:
+            lookup(key)
+        except libvirt.libvirtError:
+            return False
+        return True
 
     def _fill_macs(self, spec: VmSpec) -> VmSpec:
         """Store generated MACs in the spec, so they survive a move to a host of another flavor."""

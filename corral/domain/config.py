@@ -58,11 +58,18 @@ def to_kib(elem: etree._Element | None, where: str) -> int | None:
     return int(value * _MEMORY_UNITS[unit])
 
 
+_ATTR_NAMES: dict[str, str] = {}  # python keyword -> XML attribute name ("type_" -> "type", "a__b" -> "a-b")
+
+
+def _attr_name(key: str) -> str:
+    name = _ATTR_NAMES.get(key)
+    if name is None:
+        name = _ATTR_NAMES[key] = key.rstrip("_").replace("__", "-")
+    return name
+
+
 def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str | None) -> etree._Element:
-    child = etree.SubElement(parent, tag)
-    for key, value in attrs.items():
-        if value is not None:
-            child.set(key.rstrip("_").replace("__", "-"), value)
+    child = etree.SubElement(parent, tag, {_attr_name(k): v for k, v in attrs.items() if v is not None})
     if text is not None:
         child.text = text
     return child
@@ -84,7 +91,7 @@ class Device:
 
     def _finish(self, elem: etree._Element) -> etree._Element:
         if self.alias:
-            _sub(elem, "alias", name=self.alias)
+            etree.SubElement(elem, "alias", name=self.alias)
         return elem
 
     def to_element(self) -> etree._Element:
@@ -108,10 +115,10 @@ class Disk(Device):
         if self.driver_name or self.driver_type:
             _sub(elem, "driver", name=self.driver_name, type=self.driver_type)
         if self.source is not None:
-            _sub(elem, "source", **{"file" if self.type == "file" else "dev": self.source})
+            etree.SubElement(elem, "source", {"file" if self.type == "file" else "dev": self.source})
         _sub(elem, "target", dev=self.target_dev, bus=self.target_bus)
         if self.readonly:
-            _sub(elem, "readonly")
+            etree.SubElement(elem, "readonly")
         return self._finish(elem)
 
     @classmethod
@@ -151,17 +158,17 @@ class Interface(Device):
     def to_element(self) -> etree._Element:
         elem = etree.Element("interface", type=self.type)
         if self.mac:
-            _sub(elem, "mac", address=self.mac)
+            etree.SubElement(elem, "mac", address=self.mac)
         if self.source:
-            _sub(elem, "source", **{"bridge" if self.type == "bridge" else "network": self.source})
+            etree.SubElement(elem, "source", {"bridge" if self.type == "bridge" else "network": self.source})
         if self.target_dev:
-            _sub(elem, "target", dev=self.target_dev)
+            etree.SubElement(elem, "target", dev=self.target_dev)
         if self.model:
-            _sub(elem, "model", type=self.model)
+            etree.SubElement(elem, "model", type=self.model)
         if self.filterref:
-            _sub(elem, "filterref", filter=self.filterref)
+            etree.SubElement(elem, "filterref", filter=self.filterref)
         if self.link_state:
-            _sub(elem, "link", state=self.link_state)
+            etree.SubElement(elem, "link", state=self.link_state)
         return self._finish(elem)
 
     @classmethod
@@ -395,7 +402,7 @@ class Os:
         if self.cmdline:
             _sub(elem, "cmdline", self.cmdline)
         for dev in self.boot:
-            _sub(elem, "boot", dev=dev)
+            etree.SubElement(elem, "boot", dev=dev)
         return elem
 
     @classmethod
@@ -444,7 +451,7 @@ class Domain:
         if self.description:
             _sub(root, "description", self.description)
         if self.metadata is not None:
-            _sub(root, "metadata").append(self.metadata)
+            etree.SubElement(root, "metadata").append(self.metadata)
         _sub(root, "memory", str(self.memory_kib), unit="KiB")
         if self.current_memory_kib is not None:
             _sub(root, "currentMemory", str(self.current_memory_kib), unit="KiB")
@@ -457,20 +464,21 @@ class Domain:
         if self.features:
             feats = _sub(root, "features")
             for name in self.features:
-                _sub(feats, name)
+                etree.SubElement(feats, name)
         if self.cpu is not None:
             root.append(self.cpu.to_element())
         for tag in ("on_poweroff", "on_reboot", "on_crash"):
             value = getattr(self, tag)
             if value:
                 _sub(root, tag, value)
-        devices = _sub(root, "devices")
+        devices = etree.SubElement(root, "devices")
         for dev in self.devices:
             devices.append(dev.to_element())
         return root
 
-    def to_xml(self) -> str:
-        return etree.tostring(self.to_element(), pretty_print=True, encoding="unicode")
+    def to_xml(self, pretty: bool = True) -> str:
+        """``pretty`` for people; libvirt reads either (the agent skips the indenting)."""
+        return etree.tostring(self.to_element(), pretty_print=pretty, encoding="unicode")
 
     @classmethod
     def from_xml(cls, text: str | bytes) -> Domain:

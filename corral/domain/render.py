@@ -8,12 +8,13 @@ from corral.domain.spec import GuestType, VmSpec
 
 
 def render_resolution(spec: VmSpec, flavor: Flavor, guest_type: GuestType | None = None,
-                      options: RenderOptions | None = None) -> tuple[str, Resolution]:
-    """The domain XML and the resolution behind it (the agent needs both: e.g. NIC links to set down)."""
+                      options: RenderOptions | None = None, *, pretty: bool = True) -> tuple[str, Resolution]:
+    """The domain XML and the resolution behind it (the agent needs both: e.g. NIC links to set down).
+    ``pretty=False`` skips the indenting people want and libvirt does not need."""
     res = resolve(spec, flavor, guest_type, options)
     if res.refused or res.domain is None:
         raise RefusedError(flavor, res.refused)
-    return res.domain.to_xml(), res
+    return res.domain.to_xml(pretty), res
 
 
 def render(spec: VmSpec, flavor: Flavor, guest_type: GuestType | None = None,

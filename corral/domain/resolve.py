@@ -7,7 +7,6 @@ decision list alone, ``render`` refuses to produce XML while any decision is ``r
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -29,6 +28,7 @@ from corral.domain.spec import (
 )
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
+_DECIDED_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,12 @@ def metadata_element(spec: VmSpec, flavor: Flavor, guest_type: GuestType) -> etr
     root.set("flavor", flavor.name)
     root.set("guest-type", guest_type.value)
     spec_elem = etree.SubElement(root, f"{{{cfg.CORRAL_NS}}}spec")
-    data = spec.model_dump(mode="json")
     if spec.graphics is not None and spec.graphics.password:
         # libvirt shows <metadata> to every reader; the password itself stays in the secure-only <graphics>.
-        data["graphics"]["password"] = None
+        spec_elem.text = spec.model_dump_json(exclude={"graphics": {"password"}})
         root.set("graphics-password", "set")
-    spec_elem.text = json.dumps(data, sort_keys=True)
+    else:
+        spec_elem.text = spec.model_dump_json()  # pydantic's own encoder: a third of json.dumps(model_dump())
     return root
 
 
@@ -116,6 +116,17 @@ class _Walker:
         return self.res.guest_type
 
     def decide(self, path: str, feature: str, asked: str | None = None) -> Rule:
+        key = (path, feature, self.gt, asked)
+        known = self.flavor.decided.get(key)
+        if known is None:
+            known = self._decide(path, feature, asked)
+            if len(self.flavor.decided) >= _DECIDED_MAX:
+                self.flavor.decided.clear()  # asked values are open-ended (paths, bridges): keep it bounded
+            self.flavor.decided[key] = known
+        self.res.decisions.append(known[1])
+        return known[0]
+
+    def _decide(self, path: str, feature: str, asked: str | None) -> tuple[Rule, Decision]:
         rule = self.flavor.rule(feature, self.gt)
         if rule.outcome is Outcome.TRANSLATED:
             becomes = f" -> {rule.value}" if rule.value else ""
@@ -124,8 +135,7 @@ class _Walker:
             detail = ", ".join(x for x in (asked or rule.value, rule.reason) if x)
         else:
             detail = rule.reason
-        self.res.decisions.append(Decision(path, feature, rule.outcome, detail))
-        return rule
+        return rule, Decision(path, feature, rule.outcome, detail)
 
     def note(self, path: str, feature: str, outcome: Outcome, detail: str) -> None:
         self.res.decisions.append(Decision(path, feature, outcome, detail))

@@ -14,7 +14,9 @@ import libvirt
 import pytest
 from lxml import etree
 
+from corral.domain import config as cfg
 from corral.domain.config import CORRAL_NS
+from corral.domain.read import read_metadata
 
 from .conftest import BRIDGE, Api, spec
 
@@ -197,7 +199,8 @@ def test_memory_and_vcpus(api: Api) -> None:
     assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) == 3
     # the persistent definition follows: the spec in <metadata> was re-rendered
     persistent = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    assert '"memory_mib": 384' in persistent and '"vcpus": 3' in persistent
+    stored = read_metadata(cfg.Domain.from_xml(persistent))
+    assert stored is not None and stored.spec.memory_mib == 384 and stored.spec.vcpus == 3
 
 
 def test_console_log(api: Api) -> None:

@@ -80,6 +80,10 @@ class Flavor:
     video: Mapping[str, tuple[str, int]]  # graphics type -> (video model, video RAM MiB), HVM only
     hvm_features: tuple[str, ...] = ("acpi", "apic", "pae")
     bus_slots: Mapping[str, int] = field(default_factory=lambda: {"ide": 4})
+    # (path, feature, guest type, what was asked) -> (rule, decision): the table never changes, so a
+    # decision once taken is reused (an agent renders the same few shapes of VM over and over)
+    decided: dict[tuple[str, str, GuestType, str | None], tuple[Rule, Decision]] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
 
     def rule(self, feature: str, guest_type: GuestType) -> Rule:
         cell = self.table.get(feature)
