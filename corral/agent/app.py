@@ -3,7 +3,8 @@
 Handlers are plain ``def``: libvirt calls block, so FastAPI runs them in its thread pool. Answers are encoded
 by msgspec into a ready ``Response``, which FastAPI passes through (``response_model`` only documents the
 answer): FastAPI's own path -- validating the returned dict against the annotation, ``jsonable_encoder``,
-``json.dumps`` -- cost a quarter of a millisecond per call, more than most handlers. Every error is a JSON body ``{"code", "message", "field"?}``.
+``json.dumps`` -- cost a quarter of a millisecond per call, more than most handlers. Every error is a JSON
+body ``{"code", "message", "field"?}``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ class Event:
 
     __slots__ = ("detail", "seq", "state", "time", "type", "vm_id", "vm_name")
 
-    def __init__(self, seq: int, time: float, type: str, vm_id: str | None = None,  # noqa: A002
+    def __init__(self, seq: int, time: float, type: str, vm_id: str | None = None,
                  vm_name: str | None = None, state: str | None = None, detail: dict[str, Any] | None = None) -> None:
         self.seq, self.time, self.type = seq, time, type
         self.vm_id, self.vm_name, self.state = vm_id, vm_name, state

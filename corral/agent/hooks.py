@@ -38,6 +38,9 @@ class Hooks:
         self.hooks_dir = hooks_dir
         self.timeout = timeout
 
+    def installed(self, point: str) -> bool:
+        return bool(self.scripts(point))
+
     def scripts(self, point: str) -> list[Path]:
         if self.hooks_dir is None:
             return []

@@ -213,6 +213,8 @@ class Agent:
                     vm = vms.known(uuid)
                 except Unavailable:  # an event still queued while the connection went away: report it all the same
                     vm = None
+            if vm is not None:
+                vm.domid = None  # started, stopped, restarted: the domain id is read again
         if kind == "crashed" or (kind == "stopped" and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
             label = "crashed"
         elif kind == "undefined":

@@ -36,7 +36,7 @@ class StatsReader:
     def all(self, conn: libvirt.virConnect) -> Records:
         if self.bulk:
             try:
-                return list(conn.getAllDomainStats(STATS_FLAGS, 0))
+                return conn.getAllDomainStats(STATS_FLAGS, 0)  # type: ignore[no-any-return]
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in _UNSUPPORTED:
                     raise

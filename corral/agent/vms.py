@@ -56,8 +56,11 @@ LIBVIRT_STATES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
 
+_SHUTOFF, _SHUTOFF_CRASHED = libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED
+
+
 def state_name(state: int, reason: int) -> str:
-    if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
+    if state == _SHUTOFF and reason == _SHUTOFF_CRASHED:
         return "crashed"
     return STATE_NAMES.get(state, "unknown")
 
@@ -72,6 +75,12 @@ class Vm:
     guest_type: GuestType | None = None
     fault: str | None = None  # a state libvirt does not report (e.g. 'crashed' after device_model_lost)
     links: dict[str, str] = field(default_factory=dict)  # NIC id -> link state set by the agent
+    defining: bool = False  # registered by create() and not yet defined in libvirt: no stats cycle may drop it
+    # the running domain's id and the CPU time it had when read: asked of libvirt again after any lifecycle
+    # event, a start by the agent, or CPU time going backwards (a restart whose event was missed)
+    domid: tuple[int, int] | None = None
+    # (spec, guest type, the spec as JSON, the guest type's name): made once per spec object, shared by answers
+    answer_cache: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
     # what is derived from ``spec`` alone, computed once per spec object (a spec is replaced, never changed)
     _derived: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -87,17 +96,9 @@ class Vm:
             cached = self._derived["key"] = (uuidlib.UUID(self.uuid).bytes,)
         return cached[0]  # type: ignore[no-any-return]
 
-    def spec_answer(self) -> tuple[dict[str, Any] | None, str | None]:
-        """The spec as JSON and the guest type's name, made once per spec object and shared (read-only) by
-        every answer: a stats cycle answers the spec of every VM, and dumping it each time cost most of it."""
-        cached = self._derived.get("answer")
-        if cached is None or cached[0] is not self.spec or cached[1] is not self.guest_type:
-            spec_json = self.spec.model_dump(mode="json") if self.spec is not None else None
-            cached = self._derived["answer"] = (self.spec, self.guest_type, spec_json,
-                                                self.guest_type.value if self.guest_type else None)
-        return cached[2], cached[3]
 
-
+# the keys of one stats record (libvirt's, e.g. "balloon.current") -> the answer's ("balloon_current"; None for
+# "state.*", answered apart): records of one host share a handful of key sets, so names are made once per set
 _STAT_NAMES: dict[tuple[str, ...], tuple[str | None, ...]] = {}
 
 
@@ -114,6 +115,39 @@ def _stats_answer(stats: dict[str, Any]) -> dict[str | None, Any]:
 
 
 _INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
+
+
+def _answer(vm: Vm, dom: libvirt.virDomain, stats: dict[str, Any]) -> dict[str, Any]:
+    """A ``VmInfo`` without devices, from one stats record. A stats cycle makes one per domain of the host,
+    so it asks libvirt nothing it need not (the domain id only after a change) and shares the spec's JSON."""
+    state = stats.get("state.state")
+    if state is None:
+        state, reason = dom.state()
+    else:
+        reason = stats.get("state.reason", 0)
+    name = state_name(state, reason)
+    spec = vm.spec
+    cached = vm.answer_cache
+    if cached is None or cached[0] is not spec or cached[1] is not vm.guest_type:
+        cached = vm.answer_cache = (spec, vm.guest_type, spec.model_dump(mode="json") if spec is not None else None,
+                                    vm.guest_type.value if vm.guest_type else None)
+    domain_id = None
+    if state not in _INACTIVE:
+        cpu = stats.get("cpu.time", 0)
+        known = vm.domid
+        if known is None or cpu < known[1]:
+            known = vm.domid = (dom.ID(), cpu)
+        domain_id = known[0]
+    return {
+        "id": vm.uuid, "name": vm.name, "state": vm.fault if vm.fault and name == "down" else name,
+        "libvirt_state": LIBVIRT_STATES.get(state, "unknown"), "reason": reason, "external": spec is None,
+        "domain_id": domain_id,
+        "memory_mib": (stats.get("balloon.current") or 0) // 1024 or (spec.memory_mib if spec else None),
+        "vcpus": stats.get("vcpu.current") or (spec.vcpus if spec else None),
+        "stats": _stats_answer(stats),
+        "spec": cached[2], "guest_type": cached[3],  # shared by every answer until the spec changes: read-only
+        "fault": vm.fault,
+    }
 
 
 class VmManager:
@@ -235,26 +269,7 @@ class VmManager:
 
     def info(self, vm: Vm, dom: libvirt.virDomain, stats: dict[str, Any] | None = None,
              devices: bool = True) -> dict[str, Any]:
-        if stats is None:
-            stats = self.stats.one(self.conn, dom)
-        state = stats.get("state.state")
-        if state is None:
-            state, reason = dom.state()
-        else:
-            reason = stats.get("state.reason", 0)
-        name = state_name(state, reason)
-        spec = vm.spec
-        spec_json, guest_type = vm.spec_answer()
-        out: dict[str, Any] = {
-            "id": vm.uuid, "name": vm.name, "state": vm.fault if vm.fault and name == "down" else name,
-            "libvirt_state": LIBVIRT_STATES.get(state, "unknown"), "reason": reason, "external": spec is None,
-            "domain_id": None if state in _INACTIVE else dom.ID(),
-            "memory_mib": (stats.get("balloon.current") or 0) // 1024 or (spec.memory_mib if spec else None),
-            "vcpus": stats.get("vcpu.current") or (spec.vcpus if spec else None),
-            "stats": _stats_answer(stats),
-            "spec": spec_json, "guest_type": guest_type,  # shared by every answer until the spec changes: read-only
-            "fault": vm.fault,
-        }
+        out = _answer(vm, dom, stats if stats is not None else self.stats.one(self.conn, dom))
         if devices:
             out["devices"] = [self._device_dict(vm, d) for d in self.live_devices(vm, dom)]
         return out
@@ -296,19 +311,21 @@ class VmManager:
         with self._lock:  # one lock for the cycle, not one per VM
             by_key = {vm.key: vm for vm in self.vms.values()}
         out = []
-        seen: set[bytes] = set()
-        info = self.info
+        matched = 0
         for dom, stats in records:
-            key = dom.UUID()  # the raw 16 bytes: a third of the cost of UUIDString
-            seen.add(key)
-            vm = by_key.get(key) or self.known(dom.UUIDString())
+            vm = by_key.get(dom.UUID())  # the raw 16 bytes: a third of the cost of UUIDString
             if vm is not None:
-                out.append(info(vm, dom, stats, devices=False))
-        if len(seen) != len(by_key) or not seen.issuperset(by_key):
-            gone = {vm.uuid for key, vm in by_key.items() if key not in seen}
+                matched += 1
+            else:
+                vm = self.known(dom.UUIDString())  # a domain the agent has not seen yet
+                if vm is None:
+                    continue
+            out.append(_answer(vm, dom, stats))
+        if matched != len(by_key):  # some the registry held at the start of the cycle are gone from libvirt
+            listed = {vm["id"] for vm in out}
             with self._lock:
-                for uuid in gone:
-                    self.vms.pop(uuid, None)
+                for gone in [vm.uuid for vm in by_key.values() if vm.uuid not in listed and not vm.defining]:
+                    self.vms.pop(gone, None)
         return out
 
     # ---- define / undefine ------------------------------------------------------------------------------
@@ -334,7 +351,8 @@ class VmManager:
         spec = self._fill_macs(spec)
         xml, res = self._render(spec)
         xml = self.hooks.run("before_vm_define", xml, spec.id, spec.name).xml
-        vm = Vm(spec.id, spec.name, spec, res.guest_type, links={n.id: n.link.value for n in spec.nics})
+        vm = Vm(spec.id, spec.name, spec, res.guest_type, links={n.id: n.link.value for n in spec.nics},
+                defining=True)
         self._seed_devices(vm, res)
         with self._lock:  # known before libvirt's 'defined' event: its handler need not read the domain back
             if self.vms.setdefault(vm.uuid, vm) is not vm:
@@ -351,8 +369,10 @@ class VmManager:
             if self._exists(conn.lookupByUUIDString, spec.id):  # defined behind the agent's back
                 raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id") from None
             raise from_libvirt(exc, "define") from None
-        if start:
-            return self.start(vm.uuid)
+        vm.defining = False
+        if start:  # the domain just defined: no lookup, and inactive by definition
+            with self.vm_lock(vm.uuid):
+                return self._start(vm, dom)
         return self.info(vm, dom, devices=False)
 
     @staticmethod
@@ -407,26 +427,31 @@ class VmManager:
             vm, dom = self.lookup(uuid)
             if dom.isActive():
                 raise Conflict(f"VM {vm.name} is already running")
-            # SECURE: a hook's rewrite is defined as is; without the VNC password in it, the password would be lost
-            flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
-            hooked = self.hooks.run("before_vm_start", lambda: dom.XMLDesc(flags), vm.uuid, vm.name)
-            try:
-                if hooked.changed:
-                    dom = self.conn.defineXML(hooked.xml)
-                if vm.spec is not None and not self.det.emulated:
-                    (self.state_dir / "consoles").mkdir(parents=True, exist_ok=True)
-                if vm.spec is not None and vm.spec.guest_agent is not None:
-                    (self.state_dir / "channels").mkdir(parents=True, exist_ok=True)
-                dom.create()
-            except libvirt.libvirtError as exc:
-                raise from_libvirt(exc, f"start {vm.name}") from None
-            vm.fault = None
-            self._reapply_links(vm, dom)
-            after = self.hooks.run("after_vm_start", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-            info = self.info(vm, dom, devices=False)
-            if hooked.warnings or after.warnings:
-                info["warnings"] = hooked.warnings + after.warnings
-            return info
+            return self._start(vm, dom)
+
+    def _start(self, vm: Vm, dom: libvirt.virDomain) -> dict[str, Any]:
+        """Start a domain known to be inactive (the caller holds the VM's lock)."""
+        # SECURE: a hook's rewrite is defined as is; without the VNC password in it, the password would be lost
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+        hooked = self.hooks.run("before_vm_start", lambda: dom.XMLDesc(flags), vm.uuid, vm.name)
+        try:
+            if hooked.changed:
+                dom = self.conn.defineXML(hooked.xml)
+            if vm.spec is not None and not self.det.emulated:
+                (self.state_dir / "consoles").mkdir(parents=True, exist_ok=True)
+            if vm.spec is not None and vm.spec.guest_agent is not None:
+                (self.state_dir / "channels").mkdir(parents=True, exist_ok=True)
+            dom.create()
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, f"start {vm.name}") from None
+        vm.fault = None
+        vm.domid = None
+        self._reapply_links(vm, dom)
+        after = self.hooks.run("after_vm_start", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
+        info = self.info(vm, dom, devices=False)
+        if hooked.warnings or after.warnings:
+            info["warnings"] = hooked.warnings + after.warnings
+        return info
 
     def _reapply_links(self, vm: Vm, dom: libvirt.virDomain) -> None:
         """Links the flavor emulates (Xen: vifD.N in dom0) are set again after every start."""
@@ -506,12 +531,16 @@ class VmManager:
     def destroy(self, uuid: str) -> dict[str, Any]:
         with self.vm_lock(uuid):
             vm, dom = self.lookup(uuid)
-            if not dom.isActive():
+            # libvirt refuses to destroy an inactive domain (OPERATION_INVALID, every driver): asking it first
+            # is needed only when a before_vm_destroy hook would otherwise run for nothing
+            if self.hooks.installed("before_vm_destroy") and not dom.isActive():
                 raise Conflict(f"VM {vm.name} is not running")
             self.hooks.run("before_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
             try:
                 dom.destroy()
             except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not self._active(dom):
+                    raise Conflict(f"VM {vm.name} is not running") from None
                 raise from_libvirt(exc, f"destroy {vm.name}") from None
             self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
             return self.info(vm, dom, devices=False)
