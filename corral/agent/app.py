@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +27,7 @@ from corral import __version__
 from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.connection import Unavailable
 from corral.agent.errors import AgentError, Invalid, from_libvirt
+from corral.agent.fastpath import FastPath
 from corral.agent.service import Agent
 from corral.agent.vms import VmManager
 from corral.domain.spec import SpecError, VmSpec, parse_spec
@@ -39,6 +41,19 @@ _ENCODER = msgspec.json.Encoder(enc_hook=str)  # str() for the odd Path in host 
 def answer(data: Any, status: int = 200) -> Response:
     """A JSON answer, encoded once by msgspec."""
     return Response(_ENCODER.encode(data), status_code=status, media_type="application/json")
+
+
+# FastAPI >= 0.160 asks the OpenTelemetry providers on every request whether to trace it; the agent exports no
+# telemetry, so it is switched off where FastAPI has the setting
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
+
+def agent_fastapi(**settings: Any) -> FastAPI:
+    """The FastAPI application object of the agent's API (the simulator's agents are made by it too)."""
+    return FastAPI(title="Corral agent", version=__version__, docs_url=None, redoc_url=None,
+                   openapi_url="/v1/openapi.json", **_NO_TELEMETRY, **settings)
 
 
 def _error(status: int, code: str, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
@@ -104,17 +119,31 @@ class _ClientCertAuth:
         await self.app(scope, receive, send)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """The agent's error bodies for its own errors, invalid specs and invalid requests (shared with
-    ``corral simulate``, whose agents must answer exactly alike)."""
-
-    @app.exception_handler(AgentError)
-    async def agent_error(_r: Request, exc: AgentError) -> JSONResponse:
+def error_answer(exc: Exception) -> JSONResponse | None:
+    """The JSON error body of an exception the agent knows, or None (then it is a server error)."""
+    if isinstance(exc, AgentError):
         return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(SpecError)
-    async def spec_error(_r: Request, exc: SpecError) -> JSONResponse:
+    if isinstance(exc, SpecError):
         return _error(422, "invalid", str(exc), exc.field, errors=[{"field": f, "message": m} for f, m in exc.errors])
+    if isinstance(exc, Unavailable):
+        return _error(503, "unavailable", str(exc))
+    if isinstance(exc, libvirt.libvirtError):
+        err = from_libvirt(exc, "libvirt")
+        return JSONResponse(err.body(), status_code=err.status)
+    return None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The agent's error bodies for its own errors, invalid specs, a lost libvirt connection and invalid
+    requests (shared with ``corral simulate``, whose agents must answer exactly alike)."""
+
+    async def known(_r: Request, exc: Exception) -> JSONResponse:
+        answer = error_answer(exc)
+        assert answer is not None
+        return answer
+
+    for kind in (AgentError, SpecError, Unavailable, libvirt.libvirtError):
+        app.add_exception_handler(kind, known)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
@@ -124,11 +153,56 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(422, "invalid", f"{first['field']}: {first['message']}", first["field"], errors=errors)
 
 
+class VmCalls:
+    """What the VM routes do, callable from FastAPI's handlers and from the fast path alike."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    @property
+    def vms(self) -> VmManager:
+        assert self.agent.vms is not None
+        return self.agent.vms
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "libvirt": self.agent.connection.check()}
+
+    def list_vms(self) -> dict[str, Any]:
+        return {"items": self.vms.list()}
+
+    def show(self, vm_id: str) -> dict[str, Any]:
+        vm, dom = self.vms.lookup(vm_id)
+        return self.vms.info(vm, dom)
+
+    def create(self, data: Any, start: bool) -> dict[str, Any]:
+        return self.vms.create(spec_body(data), start=start)
+
+    def action(self, vm_id: str, action: str, data: Any = None) -> dict[str, Any]:
+        manager = self.vms
+        if action == "shutdown":
+            return manager.shutdown(vm_id, *shutdown_args(data))
+        if action == "devices":
+            return manager.hotplug(vm_id, *hotplug_args(data))
+        handlers = {"start": manager.start, "destroy": manager.destroy, "reboot": manager.reboot,
+                    "pause": manager.pause, "resume": manager.resume}
+        if action not in handlers:
+            raise Invalid(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", field="action")
+        return handlers[action](vm_id)
+
+
+def spec_body(data: Any) -> VmSpec:
+    if not isinstance(data, dict):
+        raise Invalid("the body must be a VmSpec object", field="body")
+    return parse_spec(data)
+
+
 def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = False) -> FastAPI:
     """``client_certs``: the server runs mutual TLS (``corral agent serve --tls-*``); else ``token`` guards."""
-    app = FastAPI(title="Corral agent", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/v1/openapi.json")
+    app = agent_fastapi()
 
+    calls = VmCalls(agent)
+    # added first, so inside authentication (Starlette wraps the last added outermost)
+    app.add_middleware(FastPath, handlers=calls, answer=answer, error_answer=error_answer)
     if client_certs:
         app.add_middleware(_ClientCertAuth, token=token)
     elif token is not None:
@@ -136,27 +210,12 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
 
     install_error_handlers(app)
 
-    @app.exception_handler(Unavailable)
-    async def unavailable(_r: Request, exc: Unavailable) -> JSONResponse:
-        return _error(503, "unavailable", str(exc))
-
-    @app.exception_handler(libvirt.libvirtError)
-    async def libvirt_error(_r: Request, exc: libvirt.libvirtError) -> JSONResponse:
-        err = from_libvirt(exc, "libvirt")
-        return JSONResponse(err.body(), status_code=err.status)
-
     def vms() -> VmManager:
-        assert agent.vms is not None
-        return agent.vms
-
-    def spec_body(data: Any) -> VmSpec:
-        if not isinstance(data, dict):
-            raise Invalid("the body must be a VmSpec object", field="body")
-        return parse_spec(data)
+        return calls.vms
 
     @app.get("/v1/health", response_model=dict[str, Any])
     def health() -> Response:
-        return answer({"status": "ok", "version": __version__, "libvirt": agent.connection.check()})
+        return answer(calls.health())
 
     @app.get("/v1/host", response_model=dict[str, Any])
     def host() -> Response:
@@ -168,7 +227,7 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
 
     @app.get("/v1/vms", response_model=dict[str, Any])
     def list_vms() -> Response:
-        return answer({"items": vms().list()})
+        return answer(calls.list_vms())
 
     @app.post("/v1/vms/plan", response_model=dict[str, Any])
     def plan(data: Any = Body(...)) -> Response:
@@ -176,12 +235,11 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
 
     @app.post("/v1/vms", status_code=201, response_model=dict[str, Any])
     def create(data: Any = Body(...), start: bool = False) -> Response:
-        return answer(vms().create(spec_body(data), start=start), 201)
+        return answer(calls.create(data, start), 201)
 
     @app.get("/v1/vms/{vm_id}", response_model=dict[str, Any])
     def show(vm_id: str) -> Response:
-        vm, dom = vms().lookup(vm_id)
-        return answer(vms().info(vm, dom))
+        return answer(calls.show(vm_id))
 
     @app.delete("/v1/vms/{vm_id}", status_code=204)
     def delete(vm_id: str) -> Response:
@@ -190,19 +248,7 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
 
     @app.post("/v1/vms/{vm_id}/{action}", response_model=dict[str, Any])
     def action(vm_id: str, action: str, data: Any = Body(None)) -> Response:
-        return answer(_action(vm_id, action, data))
-
-    def _action(vm_id: str, action: str, data: Any) -> dict[str, Any]:
-        manager = vms()
-        if action == "shutdown":
-            return manager.shutdown(vm_id, *shutdown_args(data))
-        if action == "devices":
-            return manager.hotplug(vm_id, *hotplug_args(data))
-        handlers = {"start": manager.start, "destroy": manager.destroy, "reboot": manager.reboot,
-                    "pause": manager.pause, "resume": manager.resume}
-        if action not in handlers:
-            raise Invalid(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", field="action")
-        return handlers[action](vm_id)
+        return answer(calls.action(vm_id, action, data))
 
     @app.patch("/v1/vms/{vm_id}/devices/{device_id}", response_model=dict[str, Any])
     def patch_device(vm_id: str, device_id: str, data: Any = Body(...)) -> Response:

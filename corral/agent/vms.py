@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import msgspec
 from lxml import etree
 
 from corral.agent.errors import Conflict, Invalid, NotFound, Refused, Unsupported, from_libvirt
@@ -115,6 +116,7 @@ def _stats_answer(stats: dict[str, Any]) -> dict[str | None, Any]:
 
 
 _INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
+_JSON = msgspec.json.Decoder()
 
 
 def _answer(vm: Vm, dom: libvirt.virDomain, stats: dict[str, Any]) -> dict[str, Any]:
@@ -287,9 +289,14 @@ class VmManager:
         return match_devices(cfg.Domain.from_xml(xml).devices, self._expected_devices(vm))
 
     def _seed_devices(self, vm: Vm, res: Any) -> None:
-        """The resolution just rendered is the one ``_expected_devices`` would compute again."""
+        """The resolution just rendered is the one ``_expected_devices`` would compute again, and its spec
+        JSON the one answers carry (decoded: a third of the cost of dumping the spec again)."""
         if res.domain is not None:
             vm._derived["devices"] = (vm.spec, vm.guest_type, res.domain.devices)
+        spec = vm.spec
+        if spec is not None and res.spec_text and not (spec.graphics is not None and spec.graphics.password):
+            vm.answer_cache = (spec, vm.guest_type, _JSON.decode(res.spec_text),
+                               vm.guest_type.value if vm.guest_type else None)
 
     def _expected_devices(self, vm: Vm) -> list[cfg.Device]:
         """The devices the spec renders to, which live devices are matched against: resolved once per spec

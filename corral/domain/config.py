@@ -75,6 +75,13 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
     return child
 
 
+def _text(parent: etree._Element, tag: str, text: str, **attrs: str) -> etree._Element:
+    """A child with text and attributes that are all set (``_sub`` without its checks)."""
+    child = etree.SubElement(parent, tag, attrs)
+    child.text = text
+    return child
+
+
 def _alias(elem: etree._Element) -> str | None:
     node = elem.find("alias")
     return node.get("name") if node is not None else None
@@ -446,16 +453,16 @@ class Domain:
 
     def to_element(self) -> etree._Element:
         root = etree.Element("domain", type=self.type)
-        _sub(root, "name", self.name)
-        _sub(root, "uuid", self.uuid)
+        _text(root, "name", self.name)
+        _text(root, "uuid", self.uuid)
         if self.description:
             _sub(root, "description", self.description)
         if self.metadata is not None:
             etree.SubElement(root, "metadata").append(self.metadata)
-        _sub(root, "memory", str(self.memory_kib), unit="KiB")
+        _text(root, "memory", str(self.memory_kib), unit="KiB")
         if self.current_memory_kib is not None:
-            _sub(root, "currentMemory", str(self.current_memory_kib), unit="KiB")
-        vcpu = _sub(root, "vcpu", str(self.vcpus), placement="static")
+            _text(root, "currentMemory", str(self.current_memory_kib), unit="KiB")
+        vcpu = _text(root, "vcpu", str(self.vcpus), placement="static")
         if self.current_vcpus is not None and self.current_vcpus != self.vcpus:
             vcpu.set("current", str(self.current_vcpus))
         if self.bootloader:

@@ -47,6 +47,7 @@ class Resolution:
     decisions: list[Decision] = field(default_factory=list)
     domain: cfg.Domain | None = None
     nic_link_down: list[str] = field(default_factory=list)  # NIC ids the agent must set down itself
+    spec_text: str = ""  # the spec as JSON, as stored in <metadata> (without a VNC password)
 
     @property
     def refused(self) -> list[Decision]:
@@ -68,8 +69,7 @@ class RefusedError(ValueError):
 
 def mac_for(device_id: str, prefix: str) -> str:
     """A MAC derived from the device id: stable across renders, in the flavor's vendor prefix."""
-    digest = hashlib.sha256(device_id.encode()).digest()
-    return prefix + ":" + ":".join(f"{b:02x}" for b in digest[:3])
+    return prefix + ":" + hashlib.sha256(device_id.encode()).digest()[:3].hex(":")
 
 
 def alias_of(device_id: str, suffix: str = "") -> str:
@@ -147,9 +147,11 @@ class _Walker:
             return self.res
         self.res.guest_type = GuestType(rule.value or spec.guest_type.value)
         os_type, machine = flavor.os_type[self.gt]
+        meta = metadata_element(spec, flavor, self.gt)
+        self.res.spec_text = meta[0].text or ""
         dom = cfg.Domain(type=flavor.domain_type, name=spec.name, uuid=spec.id, memory_kib=0,
                          os=cfg.Os(type=os_type, machine=machine), description=spec.description or None,
-                         metadata=metadata_element(spec, flavor, self.gt))
+                         metadata=meta)
         self.res.domain = dom
         self._boot(dom)
         self._cpu(dom)
@@ -182,9 +184,10 @@ class _Walker:
             self.note("kernel", "boot.kernel", Outcome.REFUSED,
                       f"a {self.gt.value} guest needs a kernel or a bootloader")
         if spec.boot and not spec.kernel:
-            rule = self.decide("boot", "boot.order", ",".join(b.value for b in spec.boot))
+            order = [str(b) for b in spec.boot]  # StrEnum: str() is the value, without the enum property
+            rule = self.decide("boot", "boot.order", ",".join(order))
             if rule.value == "os":
-                dom.os.boot = [b.value for b in spec.boot]
+                dom.os.boot = order
 
     def _cpu(self, dom: cfg.Domain) -> None:
         cpu = self.spec.cpu

@@ -140,7 +140,12 @@ def new_id() -> str:
     return str(uuidlib.uuid4())
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _check_uuid(value: str) -> str:
+    if _CANONICAL_UUID.fullmatch(value):  # already in the form uuid.UUID would give back: the usual case
+        return value
     try:
         return str(uuidlib.UUID(value))
     except ValueError as exc:

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from corral import __version__
-from corral.agent.app import ACTIONS, install_error_handlers
+from corral.agent.app import ACTIONS, agent_fastapi, install_error_handlers
 from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.errors import Invalid
 from corral.agent.events import EventBus
@@ -114,8 +114,7 @@ def _host(request: Request) -> SimHost:
 
 def create_agent_app() -> FastAPI:
     """The agent API for whichever simulated host the request's scope names (same routes as the agent's)."""
-    app = FastAPI(title="Corral agent", version=__version__, docs_url=None, redoc_url=None,
-                  openapi_url="/v1/openapi.json", root_path_in_servers=False)
+    app = agent_fastapi(root_path_in_servers=False)
 
     install_error_handlers(app)
 
