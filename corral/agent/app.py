@@ -21,6 +21,7 @@ import msgspec
 from fastapi import Body, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral import __version__
@@ -144,6 +145,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for kind in (AgentError, SpecError, Unavailable, libvirt.libvirtError):
         app.add_exception_handler(kind, known)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """No such path (404) or method (405): in the agent's error shape, not FastAPI's ``{"detail"}``."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        path, root = request.url.path, request.scope.get("root_path", "")
+        path = path[len(root):] if root and path.startswith(root) else path  # a simulated agent's prefix
+        message = f"no such path: {request.method} {path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return JSONResponse({"code": code, "message": message, "field": None}, status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
