@@ -343,3 +343,18 @@ def test_domains_the_agent_did_not_create_are_listed_as_external(api: Api) -> No
     assert shown["external"] is True and shown["spec"] is None and isinstance(shown["devices"], list)
     body = api.put(f"{url}/memory", json={"memory_mib": 32}, expect=409).json()
     assert "external" in body["message"]
+
+
+def test_listed_domain_id_follows_a_restart_behind_the_agents_back(api: Api) -> None:
+    """The stats cycle keeps a running domain's id between cycles; a lifecycle event makes it read again."""
+    from .conftest import wait_for
+
+    vm_id = api.create(spec(), start=True)["id"]
+    first = next(v for v in api.get("/v1/vms").json()["items"] if v["id"] == vm_id)["domain_id"]
+    dom = api.conn().lookupByUUIDString(vm_id)
+    dom.destroy()
+    dom.create()  # the test driver gives the new run another domain id
+    fresh = api.conn().lookupByUUIDString(vm_id).ID()
+    assert fresh != first
+    wait_for(lambda: next(v for v in api.get("/v1/vms").json()["items"] if v["id"] == vm_id)["domain_id"] == fresh,
+             what="the listed domain id to follow the restart")

@@ -9,6 +9,7 @@ PV guest) must have a translated decision saying so.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from corral.domain.flavors.base import Flavor, Outcome
 from corral.domain.importer import import_domain
 from corral.domain.read import read_devices
 from corral.domain.render import plan, render, render_resolution
-from corral.domain.resolve import RefusedError
+from corral.domain.resolve import RefusedError, resolve
 from corral.domain.spec import GuestType, VmSpec, parse_spec
 
 from .strategies import Limits, vm_specs
@@ -127,3 +128,15 @@ def test_any_valid_spec_is_refused_or_renders_to_xml_libvirt_accepts(case: str, 
 def test_spec_within_documented_limits_always_renders(case: str, data: st.DataObject) -> None:
     spec = data.draw(vm_specs(RUNNABLE[case]), label="spec")
     assert check_spec(spec, *CASES[case]), "a spec within the documented limits was refused"
+
+
+@given(data=vm_specs())
+def test_resolution_spec_text_is_the_spec_as_json(data: dict[str, Any]) -> None:
+    """The agent answers with the spec decoded from ``Resolution.spec_text`` (what ``<metadata>`` stores)
+    instead of dumping it again: the two must be the same, but for a VNC password, which is never stored."""
+    spec = VmSpec.model_validate(data)
+    res = resolve(spec, get_flavor("kvm"))
+    expected = spec.model_dump(mode="json")
+    if spec.graphics is not None and spec.graphics.password:
+        expected["graphics"].pop("password")
+    assert json.loads(res.spec_text) == expected
