@@ -394,38 +394,41 @@ the agent's (best of {m['rounds']} rounds; {platform.python_implementation()} {p
 libvirt {libvirt.getVersion() // 1_000_000}.{libvirt.getVersion() // 1000 % 1000}, {server_stack()};
 measured {time.strftime('%Y-%m-%d')} on the shared 2-CPU development machine{niceness()}). "raw" is the same libvirt
 calls made directly with libvirt-python, with the same domain XML, on a connection no agent listens to. The
-HTTP figures are the agent in a process of its own (as in production) and one keep-alive client.
+HTTP figures are the agent in a process of its own (as in production), called by the engine's own client
+(`AgentClient`: aiohttp, one kept-alive connection, answers decoded); the httpx row is the same calls from an
+httpx client, whose own cost per call (about 0.5 ms here) is several times aiohttp's.
 
 {body}
 
-Wall times on this machine move by 2-3x with the load of other sessions; the CPU-time row is the steadier
-comparison. The goals are not met; where the time goes (cProfile in-process, py-spy on the served agent,
-`--profile inprocess|http|stats`):
+Wall times on this machine move by 2-3x with the load of other sessions (it is a VM whose host is shared);
+compare the rows of one run, not runs of different days.
 
-* **In-process, per VM** (create+start, then destroy: three `VmInfo` answers). Rendering the spec (resolve,
-  XML, the spec as JSON in `<metadata>`): about 0.3 ms. Each `VmInfo` with devices: one
-  `domainListGetStats`, the live XML (`XMLDesc`), parsed into config objects and matched to the spec's
-  devices: about 0.25 ms, three times. Two existence lookups before define. libvirt's lifecycle events
-  (defined, started, stopped) are handled on the agent's event thread: on a busy machine the two threads'
-  hand-overs of the GIL cost more than the work itself, which is why the wall ratio is worse than the CPU
-  ratio.
-* **HTTP, per call**: about 2 ms in uvicorn/Starlette/FastAPI around the handler (HTTP parsing, FastAPI's
-  middleware stack, request validation, serialising the `VmInfo` dict, the hop of a blocking `def`
-  handler to the thread pool and back), on top of the in-process cost above.
-* **Stats cycle, per VM** (about 10 us on top of raw): the `virDomain` object the binding builds per record, two libvirt
-  calls (`UUIDString`, `ID` of a running domain) and the `VmInfo` dict.
+**Where the time goes** (cProfile in-process, py-spy on the served agent; `--profile inprocess|http|stats`):
 
-Already changed for these figures: `list()` no longer dumps each VM's spec (cached per spec object: it
-was 60% of a cycle) and takes the registry lock once per cycle; a `VmInfo`'s devices are matched against the
-spec's rendered devices cached per spec (the live-XML reader resolved the spec and re-validated the copy in
-`<metadata>` on every read); the rendering done by create/device changes seeds that cache; hook points with
-no hook installed no longer fetch the domain XML; a new VM is registered before `defineXML`, so the event
-handler does not read it back; lifecycle events are labelled from the event itself (one libvirt call
-less per event, and no later state read back for an earlier event); the host's CPU count for rendering is
-read once a minute, not per render; the bearer-token check is a plain ASGI middleware (Starlette's
-`BaseHTTPMiddleware` cost about 1 ms a request). Further steps, not taken: answer actions without
-re-reading the live XML (or without devices), pre-serialised JSON responses (`response_model=None`,
-orjson).
+* **In-process, per VM.** raw libvirt here is about 0.47 ms per VM (the issue measured 0.9 ms on its
+  machine); the agent adds about 0.5-0.6 ms: rendering the spec (resolve, lxml tree, spec JSON in
+  `<metadata>`) about 0.2 ms, libvirt's three lifecycle events handled on the agent's event thread about
+  0.1 ms (the callbacks compete with the calling thread for the GIL: the same libvirt calls on a connection
+  the agent listens to take 0.1-0.15 ms longer than raw ones), spec copy with generated MACs, the
+  existence check, two stats answers, hooks and locks the rest. Python code interleaved with libvirt's runs
+  2-3x slower than in a tight loop (caches): each of these costs 2-3x its micro-benchmark. **The 1.5x goal
+  is not met**: rendering alone is about 40% of raw, the events about 20%.
+* **HTTP, per call.** A body-less action costs about 0.35 ms of HTTP on top of its work, a create about
+  0.5 ms (reading and validating the spec). The agent's hottest calls (health, VM list and detail, create,
+  body-less actions) are answered by a small ASGI fast path (`corral/agent/fastpath.py`) in front of the
+  FastAPI routes -- FastAPI's own way to a handler cost about a third of a millisecond per call -- and every
+  answer is encoded by msgspec (FastAPI's validation of the returned dict cost a quarter of a millisecond).
+* **Stats cycle, per VM** (raw about 4.5 us: the binding builds a `virDomain` and a dict per record): the
+  agent asks `UUID()` (raw bytes, a third of `UUIDString()`'s cost), reads the domain id again only after a
+  lifecycle event or when CPU time goes backwards, shares the spec's JSON between answers and renames the
+  stats keys once per key set.
+
+Changed for these figures (this round): flavor decisions cached per (path, feature, guest type, value); the
+spec in `<metadata>` encoded by pydantic's encoder (a third of `json.dumps(model_dump())`) and decoded once
+for the answers instead of dumped again; lxml elements made directly; `create` trusts the agent's registry
+for a new id and lets libvirt refuse a taken name (no two failed lookups), starts the domain it has just
+defined without looking it up; `destroy` lets libvirt say the VM is not running (one call less);
+lifecycle event objects are plain slotted classes; FastAPI's per-request OpenTelemetry probe is off.
 """
 
 

@@ -98,21 +98,19 @@ class Vm:
         return cached[0]  # type: ignore[no-any-return]
 
 
-# the keys of one stats record (libvirt's, e.g. "balloon.current") -> the answer's ("balloon_current"; None for
-# "state.*", answered apart): records of one host share a handful of key sets, so names are made once per set
-_STAT_NAMES: dict[tuple[str, ...], tuple[str | None, ...]] = {}
+# the keys of one stats record (libvirt's, e.g. "balloon.current") -> (key, answer key) pairs ("balloon_current";
+# "state.*" is answered apart): records of one host share a handful of key sets, so pairs are made once per set
+_STAT_PAIRS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
 
 
-def _stats_answer(stats: dict[str, Any]) -> dict[str | None, Any]:
+def _stats_answer(stats: dict[str, Any]) -> dict[str, Any]:
     keys = tuple(stats)
-    names = _STAT_NAMES.get(keys)
-    if names is None:
-        if len(_STAT_NAMES) > 1024:
-            _STAT_NAMES.clear()
-        names = _STAT_NAMES[keys] = tuple(None if k.startswith("state.") else k.replace(".", "_") for k in keys)
-    out = dict(zip(names, stats.values(), strict=True))
-    out.pop(None, None)
-    return out
+    pairs = _STAT_PAIRS.get(keys)
+    if pairs is None:
+        if len(_STAT_PAIRS) > 1024:
+            _STAT_PAIRS.clear()
+        pairs = _STAT_PAIRS[keys] = tuple((k, k.replace(".", "_")) for k in keys if not k.startswith("state."))
+    return {name: stats[key] for key, name in pairs}
 
 
 _INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
