@@ -194,10 +194,14 @@ class Interface(Device):
         nic.filterref = filt.get("filter") if filt is not None else None
         target = elem.find("target")
         nic.target_dev = target.get("dev") if target is not None else None
-        known = {"mac", "source", "model", "link", "filterref", "target", "alias", "address", "script",
-                 "driver", "backenddomain"}  # not <ip>: a VmSpec has no addresses, the importer must say so
+        # not <ip> (a VmSpec has no addresses), <driver> (backend, queues) nor <backenddomain> (a Xen driver
+        # domain): the importer must say it drops them
+        known = {"mac", "source", "model", "link", "filterref", "target", "alias", "address", "script"}
         nic.unknown += [c.tag for c in elem if isinstance(c.tag, str) and c.tag not in known]
         return nic
+
+
+_GRAPHICS_ATTRS = {"type", "port", "autoport", "listen", "passwd"}
 
 
 @dataclass
@@ -225,9 +229,15 @@ class Graphics(Device):
         node = elem.find("listen")
         if listen is None and node is not None:
             listen = node.get("address")
-        return cls(type=elem.get("type", "vnc"), listen=listen, passwd=elem.get("passwd"),
-                   port=int(port) if port and port.lstrip("-").isdigit() and int(port) > 0 else None,
-                   alias=_alias(elem))
+        gfx = cls(type=elem.get("type", "vnc"), listen=listen, passwd=elem.get("passwd"),
+                  port=int(port) if port and port.lstrip("-").isdigit() and int(port) > 0 else None,
+                  alias=_alias(elem))
+        # what a VmSpec's graphics cannot say: SPICE's <mouse>, <clipboard>, <image>...; attributes as "@name"
+        gfx.unknown += [c.tag for c in elem if isinstance(c.tag, str) and c.tag not in ("listen", "alias")]
+        gfx.unknown += [f"@{k}" for k in elem.attrib if k not in _GRAPHICS_ATTRS]
+        if elem.get("autoport") == "no" and gfx.port is not None:
+            gfx.unknown.append("@port")  # a fixed port: Corral's consoles always take a free one
+        return gfx
 
 
 @dataclass

@@ -24,7 +24,21 @@ _PREFIX_BUS = (("xvd", "xen"), ("vd", "virtio"), ("hd", "ide"), ("sd", "scsi"), 
 _NIC_MODELS = {"virtio": "virtio", "virtio-net-pci": "virtio", "e1000": "e1000", "rtl8139": "rtl8139",
                "netfront": "netfront"}
 _CPU_POLICY = {"require": "require", "force": "require", "disable": "disable", "forbid": "disable"}
-_SILENT_DEVICES = {"controller", "emulator", "video"}  # derived from other devices by every flavor
+_SILENT_DEVICES = {"emulator"}  # the flavor's own
+# controllers every flavor adds as its devices need them; others (a USB controller of a chosen model, a
+# smart-card reader...) are settings a VmSpec cannot hold, and are reported
+_DERIVED_CONTROLLERS = {"pci", "ide", "sata", "scsi", "virtio-serial", "xenbus", "fdc"}
+# the USB controllers libvirt writes into a QEMU domain by itself (the machine type's default)
+_DEFAULT_USB = {"piix3-uhci", "qemu-xhci", "ich9-ehci1", "ich9-uhci1", "ich9-uhci2", "ich9-uhci3"}
+_VIDEO_MODELS = {"vga", "cirrus", "qxl", "xen"}  # each flavor picks one of these for the graphics type
+_NIC_CHILDREN = {
+    "driver": "the NIC's backend and queues are the flavor's",
+    "backenddomain": "Corral's NICs are served by dom0, not by a driver domain",
+}
+_GRAPHICS_PARTS = {
+    "@port": "a fixed port is not represented; Corral's consoles take a free port",
+    "@tlsPort": "a fixed TLS port is not represented",
+}
 _DEFAULT_FEATURES = {"acpi", "apic", "pae"}
 
 
@@ -183,6 +197,8 @@ class _Importer:
                     if dev.listen:
                         gfx["listen"] = dev.listen
                     data["graphics"] = gfx
+                    for part in dev.unknown:
+                        self.warn(f"{where}/{part}", _GRAPHICS_PARTS.get(part, "not represented"))
             elif isinstance(dev, cfg.CharDevice):
                 self._char(dev, where, data, consoles, serial_count)
                 serial_count += dev.element == "serial"
@@ -192,6 +208,16 @@ class _Importer:
             elif isinstance(dev, cfg.OtherDevice) and dev.element == "input":
                 if dev.type not in ("mouse", "keyboard"):
                     self.warn(where, f"input {dev.type!r} is not represented")
+            elif isinstance(dev, cfg.Controller):
+                if dev.type == "usb" and dev.model is not None and dev.model not in _DEFAULT_USB:
+                    self.warn(where, f"USB controller model {dev.model!r} is not represented; the hypervisor's "
+                                     "default USB controller is used")
+                elif dev.type not in _DERIVED_CONTROLLERS and dev.type != "usb":
+                    self.warn(where, f"controller {dev.type!r} is not represented")
+            elif isinstance(dev, cfg.Video):
+                if dev.model not in _VIDEO_MODELS:
+                    self.warn(where, f"video model {dev.model!r} is not represented; the flavor picks the "
+                                     "graphics type's video model")
             elif _tag(dev) not in _SILENT_DEVICES:
                 self.warn(where, "device not represented")
         if "balloon" not in data:
@@ -238,7 +264,7 @@ class _Importer:
                 self.warn(f"{where}/model", f"model {dev.model!r} imported as 'auto'")
                 model = "auto"
         for tag in dev.unknown:
-            self.warn(f"{where}/{tag}", "not represented")
+            self.warn(f"{where}/{tag}", _NIC_CHILDREN.get(tag, "not represented"))
         nic_elem = self.root.findall("devices/interface")
         for elem in nic_elem:
             script = elem.find("script")

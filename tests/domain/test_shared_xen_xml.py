@@ -67,10 +67,18 @@ def _unrepresentable(root: etree._Element) -> list[str]:
             "hostdev": True,
             "input": dev.get("type") not in ("mouse", "keyboard"),
         }
-        if whole.get(str(dev.tag), False):
+        usb_model = dev.get("model") if dev.tag == "controller" and dev.get("type") == "usb" else None
+        if whole.get(str(dev.tag), False) or usb_model not in (None, "piix3-uhci", "qemu-xhci"):
             out.append(where)
         elif dev.tag == "interface":
-            out += [f"{where}/{tag}" for tag in ("ip", "bandwidth") if dev.find(tag) is not None]
+            out += [f"{where}/{tag}" for tag in ("ip", "bandwidth", "driver", "backenddomain")
+                    if dev.find(tag) is not None]
+        elif dev.tag == "graphics" and dev.get("type") in ("vnc", "spice"):
+            out += [f"{where}/{child.tag}" for child in dev if child.tag != "listen"]
+            out += [f"{where}/@{name}" for name in dev.attrib
+                    if name not in ("type", "port", "autoport", "listen", "passwd")]
+            if dev.get("autoport") == "no" and int(dev.get("port", "-1")) > 0:
+                out.append(f"{where}/@port")
     for tag in ("loader", "nvram"):
         if root.find(f"os/{tag}") is not None:
             out.append(f"os/{tag}")
