@@ -234,7 +234,7 @@ class Graphics(Device):
                   alias=_alias(elem))
         # what a VmSpec's graphics cannot say: SPICE's <mouse>, <clipboard>, <image>...; attributes as "@name"
         gfx.unknown += [c.tag for c in elem if isinstance(c.tag, str) and c.tag not in ("listen", "alias")]
-        gfx.unknown += [f"@{k}" for k in elem.attrib if k not in _GRAPHICS_ATTRS]
+        gfx.unknown += [f"@{k!s}" for k in elem.attrib if k not in _GRAPHICS_ATTRS]
         if elem.get("autoport") == "no" and gfx.port is not None:
             gfx.unknown.append("@port")  # a fixed port: Corral's consoles always take a free one
         return gfx
