@@ -57,3 +57,41 @@ def test_ids_are_time_ordered_uuids() -> None:
         ids.append(new_id())
         time.sleep(0.002)
     assert ids == sorted(ids) and all(uuid.UUID(i).version == 7 for i in ids)
+
+
+def test_default_cluster_made_once_by_concurrent_first_needs(db_url: str) -> None:
+    """Two requests that both need the default cluster in an empty database (two hosts added at once): both
+    succeed and there is one default cluster. Each waits inside its transaction until the other has looked."""
+    import threading
+
+    from sqlalchemy import select
+
+    from corral.engine.api.clusters import DEFAULT_CLUSTER, default_cluster
+    from corral.engine.db.models import Cluster
+
+    db = Database(db_url)
+    db.migrate()
+    looked = threading.Barrier(2, timeout=20)
+    found: list[str] = []
+    errors: list[BaseException] = []
+
+    def need() -> None:
+        def work(s: object) -> str:
+            assert s is not None
+            looked.wait()  # both have a transaction open, neither has the cluster yet
+            return default_cluster(s).id  # type: ignore[arg-type]
+        try:
+            found.append(db.call(work))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=need) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(found) == 2 and found[0] == found[1]
+    assert db.read(lambda s: len(s.scalars(select(Cluster).where(Cluster.name == DEFAULT_CLUSTER)).all())) == 1
+    db.dispose()
+    db.engine.dispose()

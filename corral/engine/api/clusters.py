@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from corral.engine.api.deps import After, Ctx, Limit, find_cluster, page
@@ -19,13 +20,22 @@ DEFAULT_CLUSTER = "default"
 
 
 def default_cluster(s: Session) -> Cluster:
-    """The cluster hosts and VMs join when none is named; created on first need."""
-    c = s.scalar(select(Cluster).where(Cluster.name == DEFAULT_CLUSTER))
-    if c is None:
-        c = Cluster(id=new_id(), name=DEFAULT_CLUSTER, description="created by the engine",
-                    flavor_policy="any")
-        s.add(c)
-        s.flush()
+    """The cluster hosts and VMs join when none is named; created on first need. Two first needs at once
+    (two hosts added to an empty engine) both insert it: the loser's insert, in a savepoint of its own,
+    fails on the unique name and it takes the winner's."""
+    query = select(Cluster).where(Cluster.name == DEFAULT_CLUSTER)
+    c = s.scalar(query)
+    if c is not None:
+        return c
+    c = Cluster(id=new_id(), name=DEFAULT_CLUSTER, description="created by the engine", flavor_policy="any")
+    try:
+        with s.begin_nested():
+            s.add(c)
+    except IntegrityError:
+        found = s.scalar(query)
+        if found is None:
+            raise
+        return found
     return c
 
 
