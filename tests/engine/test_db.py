@@ -82,7 +82,7 @@ def test_default_cluster_made_once_by_concurrent_first_needs(db_url: str) -> Non
             return default_cluster(s).id  # type: ignore[arg-type]
         try:
             found.append(db.call(work))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=need) for _ in range(2)]
