@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,6 +320,43 @@ def test_portal_walk(engine: AllInOne, page: Page, shots: Shots, tmp_path: Path,
         print(f"portal walk (test driver): {time.monotonic() - t0:.1f} s")
     finally:
         extra.stop()
+
+
+def test_host_deploy_over_ssh_from_the_form(engine: AllInOne, page: Page, shots: Shots) -> None:
+    """The Add host form's SSH mode: its own fields, the body the API takes, and a deploy that fails (nobody
+    listens on the port) reported next to the address it could not reach."""
+    info = engine.info
+    base = info["url"]
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    page.goto(base + "/portal/hosts/new")
+    if "/portal/login" in page.url:  # run alone: not logged in by the walk
+        page.fill("#username", "admin")
+        page.fill("#password", info["password"])
+        page.click("button[type=submit]")
+        expect(page.locator("h1")).to_have_text("Add a host")
+    expect(page.locator("#h-url")).to_be_visible()
+    expect(page.locator("#h-ssh-address")).to_be_hidden()
+    page.check('input[name="mode"][value="ssh"]')
+    expect(page.locator("#h-url")).to_be_hidden()
+    expect(page.locator("#h-ssh-address")).to_be_visible()
+    shots.take("host-add-ssh")
+    page.fill("#h-name", "ssh-nowhere")
+    page.fill("#h-ssh-address", "127.0.0.1")
+    page.fill("#h-ssh-port", str(closed))
+    page.fill("#h-ssh-password", "secret")
+    page.check('input[name="allow_tcg"]')
+    page.click("#host-form button[type=submit]")
+    error = page.locator('.field-error[data-error-for="ssh.address"]')
+    expect(error).to_contain_text("cannot reach 127.0.0.1")
+    assert page.locator("#h-ssh-address").get_attribute("aria-invalid") == "true"
+    shots.take("host-add-ssh-unreachable", expect_errors=True)
+    with engine.api() as api:
+        hosts = api.get("/hosts", params={"limit": 1000}).json()["items"]
+        failed = next(h for h in hosts if h["name"] == "ssh-nowhere")
+        assert failed["state"] in ("unreachable", "non_operational"), failed
+        assert api.delete(f"/hosts/{failed['id']}").status_code == 204
 
 
 def test_portal_console_on_a_real_vnc_server(engine: AllInOne, page: Page, shots: Shots,

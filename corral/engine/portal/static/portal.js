@@ -523,12 +523,36 @@
     const form = document.getElementById('host-form');
     if (!form) return;
     const result = document.getElementById('host-result');
+    const mode = () => form.querySelector('[name="mode"]:checked').value;
+    const showMode = () => {
+      form.querySelectorAll('[data-mode]').forEach((el) => { el.hidden = el.dataset.mode !== mode(); });
+    };
+    form.querySelectorAll('[name="mode"]').forEach((r) => r.addEventListener('change', () => {
+      clearErrors(form);
+      showMode();
+    }));
+    showMode();
+    // where a failed deploy's error belongs, by its code
+    const deployField = { unreachable: 'ssh.address', ssh_auth_failed: 'ssh.password',
+      host_key_mismatch: 'ssh.host_key_fingerprint', invalid: 'ssh.private_key' };
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       clearErrors(form);
       result.hidden = true;
       const v = (n) => form.querySelector('[name="' + n + '"]').value.trim();
-      const body = { url: v('url'), token: v('token') || null, name: v('name') || null, cluster: v('cluster') || null };
+      const body = { name: v('name') || null, cluster: v('cluster') || null };
+      const deploying = mode() === 'ssh';
+      if (deploying) {
+        const port = v('ssh_port');
+        body.ssh = { address: v('ssh_address'), port: port === '' ? 22 : Number(port), user: v('ssh_user') || 'root',
+          password: form.querySelector('[name="ssh_password"]').value || null,
+          private_key: form.querySelector('[name="ssh_private_key"]').value || null,
+          host_key_fingerprint: v('ssh_host_key_fingerprint') || null };
+        body.options = { allow_tcg: form.querySelector('[name="allow_tcg"]').checked };
+      } else {
+        body.url = v('url');
+        body.token = v('token') || null;
+      }
       const reserved = v('reserved_memory_mib');
       body.reserved_memory_mib = reserved === '' ? null : Number(reserved);
       const submit = form.querySelector('button[type="submit"]');
@@ -542,7 +566,11 @@
         const t = await watchTask(r.data, form.querySelector('[data-task-status]'));
         if (t.state !== 'succeeded') {
           const err = Object.assign({}, t.error || {});
-          if (!err.field) err.field = err.code === 'unreachable' ? 'url' : (err.code === 'agent_refused' ? 'token' : null);
+          if (!err.field && deploying) err.field = deployField[err.code] || null;
+          if (!err.field && !deploying) err.field = err.code === 'unreachable' ? 'url' : (err.code === 'agent_refused' ? 'token' : null);
+          if (Array.isArray(err.failed_items) && err.failed_items.length) {
+            err.message += ' — ' + err.failed_items.map((i) => i.name + ': ' + i.detail).join('; ');
+          }
           showErrors(form, err);
           return;
         }
@@ -568,6 +596,7 @@
         result.hidden = false;
         result.querySelector('h2').focus();
         form.reset();
+        showMode();
       } finally {
         submit.disabled = false;
       }
