@@ -401,12 +401,13 @@ httpx client, whose own cost per call (about 0.5 ms here) is several times aioht
 {body}
 
 Wall times on this machine move by 2-3x with the load of other sessions (it is a VM whose host is shared);
-compare the rows of one run, not runs of different days.
+compare the rows of one run, not runs of different days. Four runs on 2026-11-26, quiet machine: in-process
+2.2-2.6x, HTTP p50 1.4-1.9 ms per call, stats cycle 1.65-1.96x.
 
 **Where the time goes** (cProfile in-process, py-spy on the served agent; `--profile inprocess|http|stats`):
 
 * **In-process, per VM.** raw libvirt here is about 0.47 ms per VM (the issue measured 0.9 ms on its
-  machine); the agent adds about 0.5-0.6 ms: rendering the spec (resolve, lxml tree, spec JSON in
+  machine); the agent adds about 0.55-0.75 ms: rendering the spec (resolve, lxml tree, spec JSON in
   `<metadata>`) about 0.2 ms, libvirt's three lifecycle events handled on the agent's event thread about
   0.1 ms (the callbacks compete with the calling thread for the GIL: the same libvirt calls on a connection
   the agent listens to take 0.1-0.15 ms longer than raw ones), spec copy with generated MACs, the
