@@ -21,24 +21,21 @@ import libvirt
 import msgspec
 from lxml import etree
 
-from corral.agent.errors import Conflict, Invalid, NotFound, Refused, Unsupported, from_libvirt
+from corral.agent.bodies import device_change, hotplugged, unplugged, with_memory, with_vcpus
+from corral.agent.errors import Conflict, NotFound, Refused, Unsupported, from_libvirt
 from corral.agent.events import EventBus
 from corral.agent.hooks import Hooks
 from corral.agent.host import Detection
 from corral.agent.netlink import LinkControl
 from corral.agent.stats import StatsReader
 from corral.domain import config as cfg
-from corral.domain.flavors.base import Outcome
 from corral.domain.read import LiveDevice, match_devices, read_domain, read_metadata
 from corral.domain.render import render_resolution
 from corral.domain.resolve import RefusedError, RenderOptions, resolve
 from corral.domain.spec import (
-    DiskDevice,
     DiskSpec,
     GuestType,
-    LinkState,
     NicSpec,
-    SpecError,
     VmSpec,
 )
 
@@ -589,19 +586,27 @@ class VmManager:
     def update_device(self, uuid: str, device_id: str, change: dict[str, Any]) -> dict[str, Any]:
         with self.vm_lock(uuid):
             vm, dom, spec = self.managed(uuid)
-            device = spec.device(device_id)
-            if device is None:
-                raise NotFound(f"VM {vm.name} has no device {device_id}", field="device_id")
-            if len(change) != 1:
-                raise Invalid("give exactly one of media, link, password", field="body")
-            key, value = next(iter(change.items()))
-            if key == "media" and isinstance(device, DiskSpec) and device.device is DiskDevice.CDROM:
-                return self._change_media(vm, dom, spec, device, value)
-            if key == "link" and isinstance(device, NicSpec):
-                return self._change_link(vm, dom, spec, device, value)
-            if key == "password" and spec.graphics is not None and device.id == spec.graphics.id:
-                return self._change_password(vm, dom, spec, value)
-            raise Invalid(f"'{key}' cannot be changed on device {device_id} ({type(device).__name__})", field=key)
+            planned = device_change(vm.name, spec, device_id, change, self.flavor, vm.guest_type or GuestType.HVM)
+            res = self._check_flavor(vm, planned.spec, planned.section)
+            if planned.key == "media":
+                assert isinstance(planned.device, DiskSpec)
+                self._change_media(vm, dom, res, planned.device, planned.value)
+            elif planned.key == "link":
+                assert isinstance(planned.device, NicSpec)
+                self._change_link(vm, dom, res, planned.device, planned.value)
+            elif dom.isActive():  # password
+                gfx = self._rendered(res, planned.device.id)
+                try:
+                    dom.updateDeviceFlags(etree.tostring(gfx.to_element(), encoding="unicode"),
+                                          libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                except libvirt.libvirtError as exc:
+                    raise from_libvirt(exc, "change the console password") from None
+            self._persist(vm, planned.spec)
+            if planned.key == "link":
+                vm.links[planned.device.id] = planned.value
+            detail = {planned.key: planned.value} if planned.key != "password" else {}
+            self.bus.publish("device", vm.uuid, vm.name, device_id=planned.device.id, change=planned.key, **detail)
+            return self.info(vm, dom)
 
     def _rendered(self, res: Any, device_id: str) -> cfg.Device:
         for dev in res.domain.devices:
@@ -609,29 +614,17 @@ class VmManager:
                 return dev  # type: ignore[no-any-return]
         raise NotFound(f"device {device_id} is not rendered for this host")
 
-    def _change_media(self, vm: Vm, dom: libvirt.virDomain, spec: VmSpec, disk: DiskSpec,
-                      media: Any) -> dict[str, Any]:
-        if media is not None and not isinstance(media, str):
-            raise Invalid("media must be a path or null", field="media")
+    def _change_media(self, vm: Vm, dom: libvirt.virDomain, res: Any, disk: DiskSpec, media: str | None) -> None:
+        if not dom.isActive():
+            return
+        if self.flavor.rule("cdrom.device", res.guest_type).value == "disk":
+            self._replug_media(vm, dom, res, disk.id, media)
+            return
+        elem = self._rendered(res, disk.id)
         try:
-            new_disk = DiskSpec.model_validate({**disk.model_dump(), "source": media})
-        except Exception as exc:  # pydantic.ValidationError
-            raise Invalid(f"media: {exc}", field="media") from None
-        new_spec = spec.with_device(new_disk)
-        res = self._check_flavor(vm, new_spec, "disks")
-        if dom.isActive():
-            if self.flavor.rule("cdrom.device", res.guest_type).value == "disk":
-                self._replug_media(vm, dom, res, disk.id, media)
-            else:
-                elem = self._rendered(res, disk.id)
-                xml = etree.tostring(elem.to_element(), encoding="unicode")
-                try:
-                    dom.updateDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                except libvirt.libvirtError as exc:
-                    raise from_libvirt(exc, "change the CD-ROM media") from None
-        self._persist(vm, new_spec)
-        self.bus.publish("device", vm.uuid, vm.name, device_id=disk.id, change="media", media=media)
-        return self.info(vm, dom)
+            dom.updateDeviceFlags(etree.tostring(elem.to_element(), encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, "change the CD-ROM media") from None
 
     def _replug_media(self, vm: Vm, dom: libvirt.virDomain, res: Any, disk_id: str, media: str | None) -> None:
         """Where the CD-ROM is a read-only disk (Xen PV), a media change is an unplug and a plug."""
@@ -650,68 +643,28 @@ class VmManager:
         except libvirt.libvirtError as exc:
             raise from_libvirt(exc, "insert the media (plug its read-only disk)") from None
 
-    def _change_link(self, vm: Vm, dom: libvirt.virDomain, spec: VmSpec, nic: NicSpec, link: Any) -> dict[str, Any]:
-        if link not in ("up", "down"):
-            raise Invalid("link must be 'up' or 'down'", field="link")
-        new_spec = spec.with_device(nic.model_copy(update={"link": LinkState(link)}))
-        res = self._check_flavor(vm, new_spec, "nics")
-        rule = self.flavor.rule("nic.link_down", res.guest_type)
-        if dom.isActive():
-            if rule.value == "agent":
-                dev = next((d for d in self.live_devices(vm, dom) if d.device_id == nic.id), None)
-                if dev is None:
-                    raise NotFound(f"NIC {nic.id} is not in the running domain")
-                self.links.set(self._vif(dom, dev), link)
-            else:
-                iface = self._rendered(res, nic.id)
-                assert isinstance(iface, cfg.Interface)
-                iface.link_state = link
-                try:
-                    dom.updateDeviceFlags(etree.tostring(iface.to_element(), encoding="unicode"),
-                                          libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                except libvirt.libvirtError as exc:
-                    raise from_libvirt(exc, "change the NIC link") from None
-        self._persist(vm, new_spec)
-        vm.links[nic.id] = link
-        self.bus.publish("device", vm.uuid, vm.name, device_id=nic.id, change="link", link=link)
-        return self.info(vm, dom)
-
-    def _change_password(self, vm: Vm, dom: libvirt.virDomain, spec: VmSpec, password: Any) -> dict[str, Any]:
-        if password is not None and (not isinstance(password, str) or not 1 <= len(password) <= 8):
-            raise Invalid("password must be 1-8 characters or null", field="password")
-        assert spec.graphics is not None
-        rule = self.flavor.rule("graphics.password", vm.guest_type or GuestType.HVM)
-        if rule.outcome is not Outcome.NATIVE:
-            raise Unsupported(f"{self.flavor.title} cannot set a VNC password: {rule.reason}", field="password")
-        new_spec = spec.with_device(spec.graphics.model_copy(update={"password": password}))
-        res = self._check_flavor(vm, new_spec, "graphics")
-        if dom.isActive():
-            gfx = self._rendered(res, spec.graphics.id)
-            try:
-                dom.updateDeviceFlags(etree.tostring(gfx.to_element(), encoding="unicode"),
-                                      libvirt.VIR_DOMAIN_AFFECT_LIVE)
-            except libvirt.libvirtError as exc:
-                raise from_libvirt(exc, "change the console password") from None
-        self._persist(vm, new_spec)
-        self.bus.publish("device", vm.uuid, vm.name, device_id=spec.graphics.id, change="password")
-        return self.info(vm, dom)
+    def _change_link(self, vm: Vm, dom: libvirt.virDomain, res: Any, nic: NicSpec, link: str) -> None:
+        if not dom.isActive():
+            return
+        if self.flavor.rule("nic.link_down", res.guest_type).value == "agent":
+            dev = next((d for d in self.live_devices(vm, dom) if d.device_id == nic.id), None)
+            if dev is None:
+                raise NotFound(f"NIC {nic.id} is not in the running domain")
+            self.links.set(self._vif(dom, dev), link)
+            return
+        iface = self._rendered(res, nic.id)
+        assert isinstance(iface, cfg.Interface)
+        iface.link_state = link
+        try:
+            dom.updateDeviceFlags(etree.tostring(iface.to_element(), encoding="unicode"),
+                                  libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            raise from_libvirt(exc, "change the NIC link") from None
 
     def hotplug(self, uuid: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         with self.vm_lock(uuid):
             vm, dom, spec = self.managed(uuid)
-            try:
-                device: DiskSpec | NicSpec = (DiskSpec if kind == "disk" else NicSpec).model_validate(data)
-            except Exception as exc:
-                raise SpecError.from_validation(exc, kind) from None  # type: ignore[arg-type]
-            if spec.device(device.id) is not None:
-                raise Conflict(f"VM {vm.name} already has a device {device.id}", field=f"{kind}.id")
-            if isinstance(device, NicSpec) and device.mac is None:
-                from corral.domain.resolve import mac_for
-
-                device = device.model_copy(update={"mac": mac_for(device.id, self.flavor.mac_prefix)})
-            update = {"disks": [*spec.disks, device]} if kind == "disk" else {"nics": [*spec.nics, device]}
-            new_spec = VmSpec.model_validate({**spec.model_dump(), **{k: [d.model_dump() for d in v]
-                                                                       for k, v in update.items()}})
+            device, new_spec = hotplugged(vm.name, spec, kind, data, self.flavor.mac_prefix)
             res = self._check_flavor(vm, new_spec, "disks" if kind == "disk" else "nics")
             if dom.isActive():
                 xml = etree.tostring(self._rendered(res, device.id).to_element(), encoding="unicode")
@@ -730,9 +683,7 @@ class VmManager:
     def unplug(self, uuid: str, device_id: str) -> dict[str, Any]:
         with self.vm_lock(uuid):
             vm, dom, spec = self.managed(uuid)
-            device = spec.device(device_id)
-            if not isinstance(device, DiskSpec | NicSpec):
-                raise NotFound(f"VM {vm.name} has no disk or NIC {device_id}", field="device_id")
+            _device, new_spec = unplugged(vm.name, spec, device_id)
             if dom.isActive():
                 live = next((d for d in self.live_devices(vm, dom) if d.device_id == device_id), None)
                 if live is not None:
@@ -742,10 +693,6 @@ class VmManager:
                         dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
                     except libvirt.libvirtError as exc:
                         raise from_libvirt(exc, "unplug the device") from None
-            new_spec = VmSpec.model_validate({
-                **spec.model_dump(),
-                "disks": [d.model_dump() for d in spec.disks if d.id != device_id],
-                "nics": [n.model_dump() for n in spec.nics if n.id != device_id]})
             self._persist(vm, new_spec)
             vm.links.pop(device_id, None)
             self.bus.publish("device", vm.uuid, vm.name, device_id=device_id, change="detached")
@@ -754,11 +701,7 @@ class VmManager:
     def set_memory(self, uuid: str, memory_mib: int) -> dict[str, Any]:
         with self.vm_lock(uuid):
             vm, dom, spec = self.managed(uuid)
-            if not 1 <= memory_mib <= spec.effective_max_memory_mib:
-                raise Invalid(f"memory_mib must be between 1 and the VM's max ({spec.effective_max_memory_mib})",
-                              field="memory_mib")
-            new_spec = spec.model_copy(update={"memory_mib": memory_mib,
-                                               "max_memory_mib": spec.effective_max_memory_mib})
+            new_spec = with_memory(spec, memory_mib)
             self._check_flavor(vm, new_spec, "")
             if dom.isActive():
                 try:
@@ -772,10 +715,7 @@ class VmManager:
     def set_vcpus(self, uuid: str, vcpus: int) -> dict[str, Any]:
         with self.vm_lock(uuid):
             vm, dom, spec = self.managed(uuid)
-            if not 1 <= vcpus <= spec.effective_max_vcpus:
-                raise Invalid(f"vcpus must be between 1 and the VM's max_vcpus ({spec.effective_max_vcpus})",
-                              field="vcpus")
-            new_spec = spec.model_copy(update={"vcpus": vcpus, "max_vcpus": spec.effective_max_vcpus})
+            new_spec = with_vcpus(spec, vcpus)
             self._check_flavor(vm, new_spec, "")
             if dom.isActive():
                 try:

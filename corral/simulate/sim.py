@@ -27,22 +27,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from corral.agent.errors import Conflict, Invalid, LibvirtFailed, NotFound, Refused, Unsupported
+from corral.agent.bodies import device_change, hotplugged, unplugged, with_memory, with_vcpus
+from corral.agent.errors import Conflict, LibvirtFailed, NotFound, Refused
 from corral.agent.events import EventBus
 from corral.agent.vms import LIBVIRT_STATES, state_name
 from corral.domain import config as cfg
-from corral.domain.flavors.base import Outcome
 from corral.domain.read import match_devices
 from corral.domain.render import render_resolution
 from corral.domain.resolve import RefusedError, Resolution, mac_for, resolve
 from corral.domain.spec import (
-    DiskDevice,
-    DiskSpec,
     GuestType,
     LifecycleAction,
-    LinkState,
-    NicSpec,
-    SpecError,
     VmSpec,
 )
 from corral.simulate.templates import (
@@ -618,61 +613,18 @@ class SimHost:
         vm = self.lookup(vm_id)
         async with self.locked(vm.uuid):
             vm, spec = self.managed(vm_id)
-            device = spec.device(device_id)
-            if device is None:
-                raise NotFound(f"VM {vm.name} has no device {device_id}", field="device_id")
-            if len(change) != 1:
-                raise Invalid("give exactly one of media, link, password", field="body")
-            key, value = next(iter(change.items()))
-            if key == "media" and isinstance(device, DiskSpec) and device.device is DiskDevice.CDROM:
-                if value is not None and not isinstance(value, str):
-                    raise Invalid("media must be a path or null", field="media")
-                try:
-                    new_disk = DiskSpec.model_validate({**device.model_dump(), "source": value})
-                except Exception as exc:  # pydantic.ValidationError
-                    raise Invalid(f"media: {exc}", field="media") from None
-                new_spec = spec.with_device(new_disk)
-                self._check_flavor(vm, new_spec, "disks")
-                self._persist(vm, new_spec)
-                self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="media", media=value)
-                return self.detail_json(vm)
-            if key == "link" and isinstance(device, NicSpec):
-                if value not in ("up", "down"):
-                    raise Invalid("link must be 'up' or 'down'", field="link")
-                new_spec = spec.with_device(device.model_copy(update={"link": LinkState(value)}))
-                self._check_flavor(vm, new_spec, "nics")
-                self._persist(vm, new_spec)
-                self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="link", link=value)
-                return self.detail_json(vm)
-            if key == "password" and spec.graphics is not None and device.id == spec.graphics.id:
-                if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 8):
-                    raise Invalid("password must be 1-8 characters or null", field="password")
-                flavor = self.profile.flavor
-                rule = flavor.rule("graphics.password", GuestType(vm.gt))
-                if rule.outcome is not Outcome.NATIVE:
-                    raise Unsupported(f"{flavor.title} cannot set a VNC password: {rule.reason}", field="password")
-                new_spec = spec.with_device(spec.graphics.model_copy(update={"password": value}))
-                self._check_flavor(vm, new_spec, "graphics")
-                self._persist(vm, new_spec)
-                self.bus.publish("device", vm.uuid, vm.name, device_id=spec.graphics.id, change="password")
-                return self.detail_json(vm)
-            raise Invalid(f"'{key}' cannot be changed on device {device_id} ({type(device).__name__})", field=key)
+            planned = device_change(vm.name, spec, device_id, change, self.profile.flavor, GuestType(vm.gt))
+            self._check_flavor(vm, planned.spec, planned.section)
+            self._persist(vm, planned.spec)
+            detail = {planned.key: planned.value} if planned.key != "password" else {}
+            self.bus.publish("device", vm.uuid, vm.name, device_id=planned.device.id, change=planned.key, **detail)
+            return self.detail_json(vm)
 
     async def hotplug(self, vm_id: str, kind: str, data: dict[str, Any]) -> str:
         vm = self.lookup(vm_id)
         async with self.locked(vm.uuid):
             vm, spec = self.managed(vm_id)
-            try:
-                device: DiskSpec | NicSpec = (DiskSpec if kind == "disk" else NicSpec).model_validate(data)
-            except Exception as exc:
-                raise SpecError.from_validation(exc, kind) from None  # type: ignore[arg-type]
-            if spec.device(device.id) is not None:
-                raise Conflict(f"VM {vm.name} already has a device {device.id}", field=f"{kind}.id")
-            if isinstance(device, NicSpec) and device.mac is None:
-                device = device.model_copy(update={"mac": mac_for(device.id, self.profile.flavor.mac_prefix)})
-            update = {"disks": [*spec.disks, device]} if kind == "disk" else {"nics": [*spec.nics, device]}
-            new_spec = VmSpec.model_validate({**spec.model_dump(), **{k: [d.model_dump() for d in v]
-                                                                       for k, v in update.items()}})
+            device, new_spec = hotplugged(vm.name, spec, kind, data, self.profile.flavor.mac_prefix)
             self._check_flavor(vm, new_spec, "disks" if kind == "disk" else "nics")
             self._persist(vm, new_spec)
             self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="attached", kind=kind)
@@ -682,13 +634,7 @@ class SimHost:
         vm = self.lookup(vm_id)
         async with self.locked(vm.uuid):
             vm, spec = self.managed(vm_id)
-            device = spec.device(device_id)
-            if not isinstance(device, DiskSpec | NicSpec):
-                raise NotFound(f"VM {vm.name} has no disk or NIC {device_id}", field="device_id")
-            new_spec = VmSpec.model_validate({
-                **spec.model_dump(),
-                "disks": [d.model_dump() for d in spec.disks if d.id != device_id],
-                "nics": [n.model_dump() for n in spec.nics if n.id != device_id]})
+            _device, new_spec = unplugged(vm.name, spec, device_id)
             self._persist(vm, new_spec)
             self.bus.publish("device", vm.uuid, vm.name, device_id=device_id, change="detached")
             return self.detail_json(vm)
@@ -697,11 +643,7 @@ class SimHost:
         vm = self.lookup(vm_id)
         async with self.locked(vm.uuid):
             vm, spec = self.managed(vm_id)
-            if not 1 <= memory_mib <= spec.effective_max_memory_mib:
-                raise Invalid(f"memory_mib must be between 1 and the VM's max ({spec.effective_max_memory_mib})",
-                              field="memory_mib")
-            new_spec = spec.model_copy(update={"memory_mib": memory_mib,
-                                               "max_memory_mib": spec.effective_max_memory_mib})
+            new_spec = with_memory(spec, memory_mib)
             self._check_flavor(vm, new_spec, "")
             self._persist(vm, new_spec)
             self.bus.publish("device", vm.uuid, vm.name, change="memory", memory_mib=memory_mib)
@@ -711,10 +653,7 @@ class SimHost:
         vm = self.lookup(vm_id)
         async with self.locked(vm.uuid):
             vm, spec = self.managed(vm_id)
-            if not 1 <= vcpus <= spec.effective_max_vcpus:
-                raise Invalid(f"vcpus must be between 1 and the VM's max_vcpus ({spec.effective_max_vcpus})",
-                              field="vcpus")
-            new_spec = spec.model_copy(update={"vcpus": vcpus, "max_vcpus": spec.effective_max_vcpus})
+            new_spec = with_vcpus(spec, vcpus)
             self._check_flavor(vm, new_spec, "")
             if vm.active:
                 vm.accrue(time.monotonic())
