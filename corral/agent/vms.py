@@ -360,22 +360,23 @@ class VmManager:
             if self.vms.setdefault(vm.uuid, vm) is not vm:
                 raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id")
         conn = self.conn
-        try:
-            dom = conn.defineXML(xml)
-        except libvirt.libvirtError as exc:
-            with self._lock:
-                self.vms.pop(vm.uuid, None)
-            if self._exists(conn.lookupByName, spec.name):
-                raise Conflict(f"a domain with name {spec.name!r} already exists on this host",
-                               field="name") from None
-            if self._exists(conn.lookupByUUIDString, spec.id):  # defined behind the agent's back
-                raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id") from None
-            raise from_libvirt(exc, "define") from None
-        vm.defining = False
-        if start:  # the domain just defined: no lookup, and inactive by definition
-            with self.vm_lock(vm.uuid):
+        with self.vm_lock(vm.uuid):  # no other action on it until it is defined (and started)
+            try:
+                dom = conn.defineXML(xml)
+            except libvirt.libvirtError as exc:
+                with self._lock:
+                    self.vms.pop(vm.uuid, None)
+                if self._exists(conn.lookupByName, spec.name):
+                    raise Conflict(f"a domain with name {spec.name!r} already exists on this host",
+                                   field="name") from None
+                if self._exists(conn.lookupByUUIDString, spec.id):  # defined behind the agent's back
+                    raise Conflict(f"a domain with id {spec.id!r} already exists on this host",
+                                   field="id") from None
+                raise from_libvirt(exc, "define") from None
+            vm.defining = False
+            if start:  # the domain just defined: no lookup, and inactive by definition
                 return self._start(vm, dom)
-        return self.info(vm, dom, devices=False)
+            return self.info(vm, dom, devices=False)
 
     @staticmethod
     def _exists(lookup: Callable[[str], libvirt.virDomain], key: str) -> bool:
