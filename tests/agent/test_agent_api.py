@@ -358,3 +358,20 @@ def test_listed_domain_id_follows_a_restart_behind_the_agents_back(api: Api) -> 
     assert fresh != first
     wait_for(lambda: next(v for v in api.get("/v1/vms").json()["items"] if v["id"] == vm_id)["domain_id"] == fresh,
              what="the listed domain id to follow the restart")
+
+
+def test_create_conflicts_with_domains_defined_behind_the_agents_back(api: Api) -> None:
+    """A name or id taken by a domain someone defined with virsh: 409 naming the field, nothing redefined."""
+    from corral.domain.flavors import get_flavor
+    from corral.domain.render import render
+    from corral.domain.spec import VmSpec
+
+    other = VmSpec.model_validate(spec(name="made-by-virsh"))
+    dom = api.conn().defineXML(render(other, get_flavor("kvm", accel="tcg")))
+    before = dom.XMLDesc(0)
+    body = api.post("/v1/vms", json=spec(name="made-by-virsh"), expect=409).json()
+    assert body["field"] == "name" and "made-by-virsh" in body["message"]
+    body = api.post("/v1/vms", json={**spec(name="another-name"), "id": other.id}, expect=409).json()
+    assert body["field"] == "id"
+    assert api.conn().lookupByUUIDString(other.id).XMLDesc(0) == before
+    assert [d.name() for d in api.conn().listAllDomains(0)].count("another-name") == 0
