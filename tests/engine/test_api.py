@@ -196,3 +196,28 @@ def test_hosts_add_unreachable_and_remove_rules(api: Api, db_url: str) -> None:
     api.call("DELETE", "/hosts/busyhost", 204)
     assert api.get(f"/vms/{vm['id']}")["last_host_id"] is None
     api.get("/hosts/busyhost", status=404)
+
+
+def test_vnc_password_is_write_only(api: Api, db_url: str) -> None:
+    """Stored (any host must render it), never shown back; a spec read, edited and written back keeps it."""
+    def stored(vm_id: str) -> Any:
+        db = Database(db_url)
+        try:
+            return db.read(lambda s: (s.get(Vm, vm_id).spec or {}).get("graphics", {}).get("password"))
+        finally:
+            db.dispose()
+
+    vm = api.post("/vms", spec("vnc1", graphics={"type": "vnc", "password": "s3cret"}), status=201)
+    assert vm["spec"]["graphics"]["password"] is None
+    assert api.get(f"/vms/{vm['id']}")["spec"]["graphics"]["password"] is None
+    assert stored(vm["id"]) == "s3cret"
+    edited = {**api.get(f"/vms/{vm['id']}")["spec"], "memory_mib": 512}
+    changed = api.call("PUT", f"/vms/{vm['id']}", 200, json=edited)
+    assert changed["spec"]["graphics"]["password"] is None and changed["memory_mib"] == 512  # type: ignore[index]
+    assert stored(vm["id"]) == "s3cret"  # kept: the spec written back had none
+    renewed = {**edited, "graphics": {**edited["graphics"], "password": "n3w"}}
+    api.call("PUT", f"/vms/{vm['id']}", 200, json=renewed)
+    assert stored(vm["id"]) == "n3w"
+    replaced = {**edited, "graphics": {"type": "vnc"}}  # another graphics device: nothing carried over
+    api.call("PUT", f"/vms/{vm['id']}", 200, json=replaced)
+    assert stored(vm["id"]) is None

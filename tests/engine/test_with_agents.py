@@ -145,3 +145,19 @@ def test_event_stream_brings_changes_before_the_poll(agents: dict[str, AgentProc
         time.sleep(0.5)  # let the stream connect
         assert agents["kvm-host"].call("POST", f"/v1/vms/{vm['id']}/destroy").status_code == 200
         eventually(lambda: api.get(f"/vms/{vm['id']}")["state"] == "down", timeout=5)
+
+
+def test_vnc_password_never_shown_back_by_a_running_vm(agents: dict[str, AgentProc], api: Api) -> None:
+    add_hosts(api, agents)
+    vm = api.post("/vms", {"name": "console", "memory_mib": 128, "vcpus": 1, "nics": [{"source": "br0"}],
+                           "graphics": {"type": "vnc", "password": "s3cret"}}, status=201)
+    task = api.wait_task(api.post(f"/vms/{vm['id']}/start", {"host": "kvm-host"}, status=202))
+    assert task["state"] == "succeeded", task
+    shown = api.get(f"/vms/{vm['id']}")
+    assert shown["devices_source"] == "live"
+    assert shown["spec"]["graphics"]["password"] is None and shown["live"]["spec"]["graphics"]["password"] is None
+    gfx = next(d for d in shown["devices"] if d["kind"] == "graphics")
+    assert gfx["password_set"] is True  # what the host says, without the secret
+    changed = api.call("PUT", f"/vms/{vm['id']}/memory", 200, json={"memory_mib": 96})  # answered by the host
+    assert changed["memory_mib"] == 96 and changed["spec"]["graphics"]["password"] is None  # type: ignore[index]
+    assert "s3cret" not in str(api.get(f"/vms/{vm['id']}")) and "s3cret" not in str(changed)

@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
+from corral.engine.api import redact
 from corral.engine.api.deps import Ctx, find_vm
 from corral.engine.api.schemas import ERRORS
 from corral.engine.db.models import Host, Vm
@@ -56,7 +57,7 @@ async def _call(ctx: Ctx, vm: str, method: str, path: str, body: dict[str, Any] 
                 spec=spec, memory_mib=spec.get("memory_mib"), vcpus=spec.get("vcpus")))
         record(s, "vm_device", f"VM {name}: {what} on {host_name}", object_type="vm", object_id=vm_id)
     await ctx.db.run(save)
-    return info
+    return redact.vm_answer(info) if isinstance(info, dict) else info
 
 
 @router.patch("/{vm}/devices/{device_id}")

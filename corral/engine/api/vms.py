@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from corral.domain.spec import SpecError, VmSpec, parse_spec
 from corral.engine import vmops
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
+from corral.engine.api import redact
 from corral.engine.api.clusters import default_cluster
 from corral.engine.api.deps import (
     After,
@@ -113,8 +114,14 @@ def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] 
         s.add(vm)
         s.flush()
         record(s, "vm_created", f"VM {vm.name} created", object_type="vm", object_id=vm.id)
-        return VmDetail.model_validate(vm)
+        return _detail(vm)
     return ctx.db.call(q)
+
+
+def _detail(row: Vm) -> VmDetail:
+    detail = VmDetail.model_validate(row)
+    detail.spec = redact.spec(detail.spec)
+    return detail
 
 
 @router.put("/{vm}", response_model=VmDetail)
@@ -125,7 +132,7 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
         data = dict(spec)
         if data.setdefault("id", row.id) != row.id:
             raise Invalid("the spec id cannot change", field="id")
-        parsed = _parse(data)
+        parsed = _parse(redact.keep_password(data, row.spec))
         if row.external:
             raise Conflict(f"VM {row.name} is external; Corral has no spec for it")
         if row.state not in EDITABLE:
@@ -136,7 +143,7 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
         row.memory_mib, row.vcpus = parsed.memory_mib, parsed.vcpus
         s.flush()
         record(s, "vm_updated", f"VM {row.name} updated", object_type="vm", object_id=row.id)
-        return VmDetail.model_validate(row)
+        return _detail(row)
     return ctx.db.call(q)
 
 
@@ -198,11 +205,11 @@ async def show_vm(ctx: Ctx, vm: str) -> Response:
         try:
             info = await ctx.agents.get_vm(target, out["id"])
         except AgentError:
-            return _json(out)
+            return _json(redact.vm_answer(out))
         out["devices"] = info.pop("devices", None)
         out["devices_source"] = "live" if out["devices"] is not None else "spec"
         out["live"] = info
-    return _json(out)
+    return _json(redact.vm_answer(out))
 
 
 @router.get("/{vm}/plan", response_model=PlanOut)
