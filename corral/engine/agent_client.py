@@ -183,9 +183,9 @@ class AgentClient:
             try:
                 status, content = await self._exchange(target, method, url, json_body, params, timeout)
             except (httpx.RemoteProtocolError, httpx.ReadError, aiohttp.ServerDisconnectedError,
-                    aiohttp.ClientOSError):
-                if method != "GET":
-                    raise
+                    aiohttp.ClientOSError) as exc:
+                if method != "GET" or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise  # a host that refuses or cannot be reached is not retried at once (one timeout)
                 # the agent closed a kept-alive connection as it was reused: a GET is safe to send again
                 status, content = await self._exchange(target, method, url, json_body, params, timeout)
         except (httpx.HTTPError, aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:

@@ -1030,13 +1030,14 @@ def ssh_placeholder_url(user: str, address: str, port: int) -> str:
 
 
 def stored_options(h: Host, override: DeployOptions | None = None) -> DeployOptions:
-    if override is not None:
-        return override
+    """The last deploy's options, with what ``override`` sets on top (an option it leaves out -- the agent
+    port, the agent URL behind NAT -- keeps its stored value instead of falling back to the default)."""
     raw = (h.deploy or {}).get("options") or {}
+    changes = override.model_dump(exclude_unset=True) if override is not None else {}
     try:
-        return DeployOptions.model_validate(raw)
+        return DeployOptions.model_validate({**raw, **changes})
     except ValueError:
-        return DeployOptions()
+        return DeployOptions.model_validate(changes)
 
 
 async def run_deploy(ctx: EngineContext, task: TaskContext, host_id: str, creds: Credentials,

@@ -221,3 +221,20 @@ def test_vnc_password_is_write_only(api: Api, db_url: str) -> None:
     replaced = {**edited, "graphics": {"type": "vnc"}}  # another graphics device: nothing carried over
     api.call("PUT", f"/vms/{vm['id']}", 200, json=replaced)
     assert stored(vm["id"]) is None
+
+
+def test_ssh_host_without_name_is_refused_naming_the_field(api: Api) -> None:
+    err = api.post("/hosts", {"ssh": {"address": "192.0.2.7", "password": "x"}}, status=422)
+    assert err["field"] == "name" and "needs a name" in err["message"]
+    assert api.get("/hosts")["items"] == []
+
+
+def test_reinstall_options_keep_what_the_override_leaves_out() -> None:
+    from corral.engine.deploy import DeployOptions, stored_options
+
+    host = Host(deploy={"options": {"agent_port": 9443, "agent_url": "https://nat.example:9443",
+                                    "libvirt_uri": "xen:///system"}})
+    merged = stored_options(host, DeployOptions.model_validate({"allow_tcg": True}))
+    assert (merged.allow_tcg, merged.agent_port, merged.agent_url, merged.libvirt_uri) == (
+        True, 9443, "https://nat.example:9443", "xen:///system")
+    assert stored_options(host).agent_port == 9443 and stored_options(Host(deploy={})).agent_port == 8470

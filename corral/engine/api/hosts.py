@@ -15,7 +15,7 @@ from corral.engine.api.clusters import default_cluster
 from corral.engine.api.deps import After, Ctx, Limit, cluster_id_of, find_cluster, find_host, page
 from corral.engine.api.schemas import ACCEPTED, ERRORS, HostDetail, HostIn, HostOut, HostReinstallIn, Page, TaskOut
 from corral.engine.db.models import RUNNING_STATES, Host, HostState, Vm
-from corral.engine.errors import Conflict
+from corral.engine.errors import Conflict, Invalid
 from corral.engine.events import record
 from corral.engine.ids import new_id
 from corral.engine.tasks import TaskContext
@@ -90,7 +90,11 @@ async def add_host(ctx: Ctx, body: HostIn, response: Response) -> Any:
 async def _deploy_host(ctx: Ctx, body: HostIn, response: Response) -> Any:
     """Deploy over SSH. Rerunning it for a host whose deploy failed resumes on the same row (same name and
     address): the pinned host key is enforced and finished work is not redone."""
-    assert body.ssh is not None and body.name is not None
+    assert body.ssh is not None
+    if body.name is None:
+        raise Invalid("a host deployed over SSH needs a name", field="name")
+    if ctx.pki is None:  # before the host row is written: a refusal changes nothing
+        raise Conflict("this engine has no data directory (no CA): deploy over SSH is unavailable")
     ssh, name = body.ssh, body.name
     address = ssh.address.strip("[]")
     options = body.options or deploy.DeployOptions()

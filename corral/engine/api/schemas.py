@@ -64,8 +64,6 @@ class HostIn(BaseModel):
     def _one_way(self) -> Self:
         if (self.url is None) == (self.ssh is None):
             raise ValueError("give either url (a running agent) or ssh (deploy the agent)")
-        if self.ssh is not None and self.name is None:
-            raise ValueError("a host deployed over SSH needs a name")
         return self
 
 
