@@ -107,8 +107,10 @@ def _letters(n: int) -> str:
 
 
 class _Walker:
-    def __init__(self, spec: VmSpec, flavor: Flavor, guest_type: GuestType, options: RenderOptions) -> None:
+    def __init__(self, spec: VmSpec, flavor: Flavor, guest_type: GuestType, options: RenderOptions,
+                 stored: VmSpec) -> None:
         self.spec, self.flavor, self.options = spec, flavor, options
+        self.stored = stored  # the caller's spec, kept in <metadata> as it was asked (its own guest type)
         self.res = Resolution(flavor=flavor, guest_type=guest_type)
 
     @property
@@ -147,7 +149,7 @@ class _Walker:
             return self.res
         self.res.guest_type = GuestType(rule.value or spec.guest_type.value)
         os_type, machine = flavor.os_type[self.gt]
-        meta = metadata_element(spec, flavor, self.gt)
+        meta = metadata_element(self.stored, flavor, self.gt)
         self.res.spec_text = meta[0].text or ""
         dom = cfg.Domain(type=flavor.domain_type, name=spec.name, uuid=spec.id, memory_kib=0,
                          os=cfg.Os(type=os_type, machine=machine), description=spec.description or None,
@@ -402,9 +404,10 @@ class _Walker:
 def resolve(spec: VmSpec, flavor: Flavor, guest_type: GuestType | None = None,
             options: RenderOptions | None = None) -> Resolution:
     """Decide every field of ``spec`` for ``flavor``; ``guest_type`` overrides the spec's."""
+    stored = spec
     if guest_type is not None and guest_type is not spec.guest_type:
         spec = spec.model_copy(update={"guest_type": guest_type})
-    return _Walker(spec, flavor, spec.guest_type, options or RenderOptions()).run()
+    return _Walker(spec, flavor, spec.guest_type, options or RenderOptions(), stored).run()
 
 
 __all__ = ["AGENT_CHANNEL", "ConsoleKind", "RefusedError", "RenderOptions", "Resolution", "mac_for", "resolve"]

@@ -375,3 +375,18 @@ def test_create_conflicts_with_domains_defined_behind_the_agents_back(api: Api) 
     assert body["field"] == "id"
     assert api.conn().lookupByUUIDString(other.id).XMLDesc(0) == before
     assert [d.name() for d in api.conn().listAllDomains(0)].count("another-name") == 0
+
+
+def test_spec_keeps_its_guest_type_through_changes(agent_factory: Any) -> None:
+    """A PV spec run as HVM by a KVM host: the answers and the <metadata> keep the spec's own guest type after
+    a change re-renders the definition (the guest type the host chose is apart, in ``guest_type``)."""
+    api = Api(agent_factory("kvm"))
+    data = spec(guest_type="pv", kernel="/boot/vmlinuz", memory_mib=256, max_memory_mib=512)
+    created = api.create(data)
+    assert created["spec"]["guest_type"] == "pv" and created["guest_type"] == "hvm"
+    changed = api.put(f"/v1/vms/{created['id']}/memory", json={"memory_mib": 384}, expect=200).json()
+    assert changed["spec"]["guest_type"] == "pv" and changed["guest_type"] == "hvm"
+    assert next(v for v in api.get("/v1/vms").json()["items"] if v["id"] == created["id"])["spec"]["guest_type"] == "pv"
+    persistent = api.conn().lookupByUUIDString(created["id"]).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    stored = read_metadata(cfg.Domain.from_xml(persistent))
+    assert stored is not None and stored.spec.guest_type.value == "pv"
