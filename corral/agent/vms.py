@@ -111,6 +111,14 @@ def _stats_answer(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 _INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
+
+
+def _rendered_device(res: Any, device_id: str) -> cfg.Device | None:
+    """The device a resolution rendered for a spec device, or None where the flavor renders none (yet)."""
+    for dev in res.domain.devices:
+        if dev.device_id == device_id or dev.alias == f"{cfg.ALIAS_PREFIX}{device_id}":
+            return dev  # type: ignore[no-any-return]
+    return None
 _JSON = msgspec.json.Decoder()
 
 
@@ -344,12 +352,14 @@ class VmManager:
             raise Refused(str(exc), field=exc.field, decisions=[d.as_dict() for d in exc.decisions]) from None
 
     def create(self, spec: VmSpec, start: bool = False) -> dict[str, Any]:
-        """Define (and start) a new VM. Its id must be new to the agent's registry, which holds every domain
-        of the host (recovered at start, then kept by libvirt's events); a name already taken makes libvirt
+        """Define (and start) a new VM. Its id must be new to the host: libvirt is asked (a ``defineXML`` of a
+        taken id and the same name would silently replace that domain); a name already taken makes libvirt
         refuse the definition, and that refusal is answered as a conflict on ``name``."""
+        conn = self.conn
         with self._lock:
-            if spec.id in self.vms:
-                raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id")
+            taken = spec.id in self.vms
+        if taken or self._exists(conn.lookupByUUIDString, spec.id):
+            raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id")
         spec = self._fill_macs(spec)
         xml, res = self._render(spec)
         xml = self.hooks.run("before_vm_define", xml, spec.id, spec.name).xml
@@ -359,7 +369,6 @@ class VmManager:
         with self._lock:  # known before libvirt's 'defined' event: its handler need not read the domain back
             if self.vms.setdefault(vm.uuid, vm) is not vm:
                 raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id")
-        conn = self.conn
         with self.vm_lock(vm.uuid):  # no other action on it until it is defined (and started)
             try:
                 dom = conn.defineXML(xml)
@@ -369,9 +378,6 @@ class VmManager:
                 if self._exists(conn.lookupByName, spec.name):
                     raise Conflict(f"a domain with name {spec.name!r} already exists on this host",
                                    field="name") from None
-                if self._exists(conn.lookupByUUIDString, spec.id):  # defined behind the agent's back
-                    raise Conflict(f"a domain with id {spec.id!r} already exists on this host",
-                                   field="id") from None
                 raise from_libvirt(exc, "define") from None
             vm.defining = False
             if start:  # the domain just defined: no lookup, and inactive by definition
@@ -610,10 +616,10 @@ class VmManager:
             return self.info(vm, dom)
 
     def _rendered(self, res: Any, device_id: str) -> cfg.Device:
-        for dev in res.domain.devices:
-            if dev.device_id == device_id or dev.alias == f"{cfg.ALIAS_PREFIX}{device_id}":
-                return dev  # type: ignore[no-any-return]
-        raise NotFound(f"device {device_id} is not rendered for this host")
+        dev = _rendered_device(res, device_id)
+        if dev is None:
+            raise NotFound(f"device {device_id} is not rendered for this host", field="device_id")
+        return dev
 
     def _change_media(self, vm: Vm, dom: libvirt.virDomain, res: Any, disk: DiskSpec, media: str | None) -> None:
         if not dom.isActive():
@@ -667,8 +673,10 @@ class VmManager:
             vm, dom, spec = self.managed(uuid)
             device, new_spec = hotplugged(vm.name, spec, kind, data, self.flavor.mac_prefix)
             res = self._check_flavor(vm, new_spec, "disks" if kind == "disk" else "nics")
-            if dom.isActive():
-                xml = etree.tostring(self._rendered(res, device.id).to_element(), encoding="unicode")
+            rendered = _rendered_device(res, device.id)
+            # not rendered: a drive the flavor adds only later (Xen PV: an empty CD-ROM until media goes in)
+            if dom.isActive() and rendered is not None:
+                xml = etree.tostring(rendered.to_element(), encoding="unicode")
                 xml = self.hooks.run("before_device_hotplug", xml, vm.uuid, vm.name).xml
                 try:
                     dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)

@@ -390,3 +390,13 @@ def test_spec_keeps_its_guest_type_through_changes(agent_factory: Any) -> None:
     persistent = api.conn().lookupByUUIDString(created["id"]).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     stored = read_metadata(cfg.Domain.from_xml(persistent))
     assert stored is not None and stored.spec.guest_type.value == "pv"
+
+
+def test_hot_plug_an_empty_cdrom_into_a_running_xen_pv_guest(agent_factory: Any) -> None:
+    """Xen PV has no drive for an empty CD-ROM until media goes in: the plug is saved, nothing attached yet."""
+    api = Api(agent_factory("xen"))
+    vm_id = api.create(spec(guest_type="pv", kernel="/boot/vmlinuz", nics=[]), start=True)["id"]
+    cd_id = str(uuid.uuid4())
+    info = api.post(f"/v1/vms/{vm_id}/devices", json={"disk": {"id": cd_id, "device": "cdrom"}}, expect=200).json()
+    assert any(d["id"] == cd_id and d["device"] == "cdrom" for d in info["spec"]["disks"])
+    assert all(d.get("id") != cd_id for d in info["devices"])  # no drive in the running domain yet
