@@ -4,10 +4,13 @@
 Three figures (issue 3), each against the same libvirt calls made directly with libvirt-python ("raw"):
 
 1. define+start+destroy of 200 VMs, in-process (``VmManager`` directly): goal <= 1.5x raw.
-2. the same through HTTP (the agent served by uvicorn in a process of its own, as in production, and one
-   httpx client here): goal p50 <= 2 ms per call.
+2. the same through HTTP (the agent served by uvicorn in a process of its own, as in production, called by
+   the engine's own ``AgentClient``; an httpx client's figures are printed apart): goal p50 <= 2 ms per call.
 3. one stats cycle (``VmManager.list()``) with 1,000 running domains against one raw
    ``getAllDomainStats``: goal <= 2x.
+
+A fourth row runs (1) with each spec's XML rendered before the clock starts: what the agent costs apart from
+turning a spec into domain XML.
 
 Each agent uses a private test driver (``test:///<node file>``); the raw calls use a plain connection to
 another private test driver of the same node file, on which nobody listens to events (the agent's event

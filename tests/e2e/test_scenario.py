@@ -405,7 +405,6 @@ def test_xen_on_crash_policies(engine: Engine, backend: Backend, policy: str, en
     spec = {"name": name, "memory_mib": 128, "guest_type": "pv", "kernel": b.kernel, "initrd": b.initrd,
             "cmdline": "console=hvc0 corral_crash=5", "consoles": [{"kind": "pv"}], "on_crash": policy}
     vm = engine.call("POST", "/vms", json=spec, expect=201)
-    first_id = None
     engine.run("POST", f"/vms/{vm['id']}/start", json={"host": host["id"]})
     first_id = b.sh(f"{b.virsh} domid {name}").strip()
     if end == "crashed":

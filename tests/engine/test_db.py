@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -61,37 +63,54 @@ def test_ids_are_time_ordered_uuids() -> None:
 
 def test_default_cluster_made_once_by_concurrent_first_needs(db_url: str) -> None:
     """Two requests that both need the default cluster in an empty database (two hosts added at once): both
-    succeed and there is one default cluster. Each waits inside its transaction until the other has looked."""
+    succeed and there is one default cluster. Each is held right after its lookup found nothing until the other
+    has looked too, so both go on to insert it."""
     import threading
 
     from sqlalchemy import select
+    from sqlalchemy.orm import Session
 
     from corral.engine.api.clusters import DEFAULT_CLUSTER, default_cluster
     from corral.engine.db.models import Cluster
 
+    looked = threading.Barrier(2, timeout=20)
+
+    class HeldAfterLookup:
+        """The session, but its first ``scalar`` (the lookup) waits for the other thread's."""
+
+        def __init__(self, session: Session) -> None:
+            self.session, self.first = session, True
+
+        def scalar(self, *args: Any, **kwargs: Any) -> Any:
+            found = self.session.scalar(*args, **kwargs)
+            if self.first:
+                self.first = False
+                assert found is None
+                looked.wait()
+            return found
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.session, name)
+
     db = Database(db_url)
     db.migrate()
-    looked = threading.Barrier(2, timeout=20)
     found: list[str] = []
     errors: list[BaseException] = []
 
     def need() -> None:
-        def work(s: object) -> str:
-            assert s is not None
-            looked.wait()  # both have a transaction open, neither has the cluster yet
-            return default_cluster(s).id  # type: ignore[arg-type]
         try:
-            found.append(db.call(work))
+            found.append(db.call(lambda s: default_cluster(HeldAfterLookup(s)).id))  # type: ignore[arg-type]
         except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=need) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert len(found) == 2 and found[0] == found[1]
-    assert db.read(lambda s: len(s.scalars(select(Cluster).where(Cluster.name == DEFAULT_CLUSTER)).all())) == 1
-    db.dispose()
-    db.engine.dispose()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert len(found) == 2 and found[0] == found[1]
+        assert db.read(lambda s: len(s.scalars(select(Cluster).where(Cluster.name == DEFAULT_CLUSTER)).all())) == 1
+    finally:
+        db.dispose()
