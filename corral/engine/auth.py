@@ -10,16 +10,29 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from corral.engine.db.models import ApiToken
+from corral.engine.db.models import ApiToken, User, utcnow
 from corral.engine.db.session import Database
 from corral.engine.ids import new_id
 
 TOKEN_PREFIX = "crl_"
 CACHE_SECONDS = 30.0
+# a portal login is a token named "portal:<username>" (corral.engine.portal.sessions), good for SESSION_TTL
+# and while its user is enabled -- wherever it is presented: the portal's cookie or the API's bearer header
+SESSION_PREFIX = "portal:"
+SESSION_TTL = timedelta(hours=12)
+
+
+def session_user(s: Session, name: str, created_at: datetime) -> User | None:
+    """The user of a portal-session token while the session lasts and the user is enabled, else None."""
+    if created_at < utcnow() - SESSION_TTL:
+        return None
+    user = s.scalar(select(User).where(User.username == name.removeprefix(SESSION_PREFIX)))
+    return user if user is not None and not user.disabled else None
 
 
 def hash_token(token: str) -> str:
@@ -60,11 +73,21 @@ class TokenChecker:
         expires = self._cache.get(digest)
         if expires is not None and expires > now:
             return True
-        found = self.db.call(lambda s: s.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)))
-        if found is None:
+        def q(s: Session) -> bool:
+            row = s.execute(select(ApiToken.name, ApiToken.created_at).where(ApiToken.token_hash == digest)).first()
+            if row is None:
+                return False
+            return not row.name.startswith(SESSION_PREFIX) or session_user(s, row.name, row.created_at) is not None
+
+        found = self.db.call(q)
+        if not found:
             self._cache.pop(digest, None)
             return False
         if len(self._cache) > 10000:
             self._cache.clear()
         self._cache[digest] = now + CACHE_SECONDS
         return True
+
+    def forget(self, digest: str) -> None:
+        """A token just deleted (a logout) is refused from now on, not when its cache entry expires."""
+        self._cache.pop(digest, None)

@@ -387,3 +387,33 @@ def test_novnc_files_are_served_when_installed(client: TestClient) -> None:
     escaped = client.get("/portal/novnc/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd")  # a literal ".." never leaves
     assert escaped.status_code == 404 and "root:" not in escaped.text
     assert client.get("/portal/novnc/package.json").status_code == 200
+
+
+def test_a_session_token_ends_on_the_api_as_in_the_portal(client: TestClient, db_url: str) -> None:
+    """A session cookie's token also works as an API bearer token -- only for as long as the session does."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from corral.engine.auth import SESSION_TTL, hash_token
+
+    token = login(client)
+    bearer = {"Authorization": f"Bearer {token}"}
+    client.cookies.clear()
+    assert client.get("/api/v1/hosts", headers=bearer).status_code == 200
+    db = Database(db_url)
+    row = ApiToken.token_hash == hash_token(token)
+    try:
+        made = db.read(lambda s: s.scalar(select(ApiToken.created_at).where(row)))
+        db.call(lambda s: s.execute(update(ApiToken).where(row).values(created_at=made - SESSION_TTL
+                                                                        - timedelta(minutes=1))))
+        client.app.state.corral.tokens.forget(hash_token(token))  # type: ignore[attr-defined]
+        assert client.get("/api/v1/hosts", headers=bearer).status_code == 401  # expired
+        db.call(lambda s: s.execute(update(ApiToken).where(row).values(created_at=made)))
+        client.app.state.corral.tokens.forget(hash_token(token))  # type: ignore[attr-defined]
+        assert client.get("/api/v1/hosts", headers=bearer).status_code == 200
+        db.call(lambda s: s.execute(update(User).values(disabled=True)))
+        client.app.state.corral.tokens.forget(hash_token(token))  # type: ignore[attr-defined]
+        assert client.get("/api/v1/hosts", headers=bearer).status_code == 401  # its user is disabled
+    finally:
+        db.dispose()

@@ -3,10 +3,11 @@
 At login the portal creates an API token named ``portal:<username>`` (only its SHA-256 is stored, like every
 API token) and puts the clear token in the session cookie. So a session survives an engine restart and works
 with several engine processes on one database, the portal can call the REST API on the user's behalf with
-the same credential, and logging out deletes the row, which ends the session everywhere at once. The
-portal accepts a portal token only for ``SESSION_TTL`` after its creation, and only while its user exists
-and is enabled; expired rows are swept at the next login. The CSRF token is derived from the session token
-with a keyed hash, so it needs no storage and a page from another site cannot know it.
+the same credential, and logging out deletes the row, which ends the session everywhere at once. The portal
+and the REST API accept a portal token only for ``SESSION_TTL`` after its creation, and only while its user
+exists and is enabled (``corral.engine.auth.session_user``); expired rows are swept at the next login. The
+CSRF token is derived from the session token with a keyed hash, so it needs no storage and a page from another
+site cannot know it.
 """
 
 from __future__ import annotations
@@ -14,20 +15,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from datetime import timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from corral.engine.auth import TOKEN_PREFIX, hash_token, new_token
-from corral.engine.db.models import ApiToken, User, utcnow
+from corral.engine.auth import SESSION_PREFIX, SESSION_TTL, TOKEN_PREFIX, hash_token, new_token, session_user
+from corral.engine.db.models import ApiToken, utcnow
 from corral.engine.db.session import Database
 from corral.engine.portal.users import Principal
 
 COOKIE = "corral_session"
-NAME_PREFIX = "portal:"
-SESSION_TTL = timedelta(hours=12)
+NAME_PREFIX = SESSION_PREFIX
 CACHE_SECONDS = 5.0
+__all__ = ["COOKIE", "SESSION_TTL", "SessionStore", "csrf_ok", "csrf_token"]
 
 
 def csrf_token(session_token: str) -> str:
@@ -64,12 +64,10 @@ class SessionStore:
 
         def q(s: Session) -> Principal | None:
             row = s.execute(select(ApiToken.name, ApiToken.created_at).where(ApiToken.token_hash == digest)).first()
-            if row is None or not row.name.startswith(NAME_PREFIX) or row.created_at < utcnow() - SESSION_TTL:
+            if row is None or not row.name.startswith(NAME_PREFIX):
                 return None
-            user = s.scalar(select(User).where(User.username == row.name.removeprefix(NAME_PREFIX)))
-            if user is None or user.disabled:
-                return None
-            return Principal(user.id, user.username, user.role)
+            user = session_user(s, row.name, row.created_at)
+            return Principal(user.id, user.username, user.role) if user is not None else None
 
         principal = self.db.call(q)
         if principal is None:

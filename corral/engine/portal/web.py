@@ -331,7 +331,7 @@ def build_router(portal: Portal) -> APIRouter:
             digest = await asyncio.to_thread(portal.sessions.end, token)
             ctx = getattr(portal.app.state, "corral", None)
             if digest and ctx is not None:
-                ctx.tokens._cache.pop(digest, None)  # the API's positive cache must forget it too
+                ctx.tokens.forget(digest)  # the API's positive cache must forget it too
         resp = RedirectResponse(PREFIX + "/login", status_code=303)
         resp.delete_cookie(COOKIE, path="/")
         return resp
