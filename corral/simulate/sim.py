@@ -161,6 +161,15 @@ def _stats_format(kvm: bool, active: bool, vcpus: int) -> str:
     return fmt
 
 
+class Raw:
+    """JSON text to put in an answer as it is."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
 class SimHost:
     """One simulated agent: its host document, its domains, its event log."""
 
@@ -312,9 +321,13 @@ class SimHost:
 
     def detail_json(self, vm: SimVm, **extra: Any) -> str:
         """``VmManager.info(vm, dom)``: with the devices read back from the live definition."""
-        text = self.info_json(vm)[:-1] + ',"devices":' + self.devices_json(vm)
+        return self.action_json(vm, devices=Raw(self.devices_json(vm)), **extra)
+
+    def action_json(self, vm: SimVm, **extra: Any) -> str:
+        """A lifecycle action's answer: ``VmManager.info(vm, dom, devices=False)`` and what the action adds."""
+        text = self.info_json(vm)[:-1]
         for key, value in extra.items():
-            text += f',"{key}":{compact(value)}'
+            text += f',"{key}":{value.text if isinstance(value, Raw) else compact(value)}'
         return text + "}"
 
     def devices_json(self, vm: SimVm) -> str:
@@ -476,7 +489,7 @@ class SimHost:
         self.lifecycle(vm, "defined", 0)
         if start:
             return await self.start(vm.uuid)
-        return self.detail_json(vm)
+        return self.action_json(vm)
 
     async def undefine(self, vm_id: str) -> None:
         vm = self.lookup(vm_id)
@@ -502,7 +515,7 @@ class SimHost:
                                     f"'{vm.name}'", libvirt_code=VIR_ERR_INTERNAL_ERROR)
             self.start_domain(vm)
             self.lifecycle(vm, "started", 0)
-            return self.detail_json(vm)
+            return self.action_json(vm)
 
     async def shutdown(self, vm_id: str, timeout: float = 60.0, force: bool = False) -> str:
         """Ask the guest to stop; it does after a moment (not while paused). ``force``: destroy at the timeout."""
@@ -520,12 +533,12 @@ class SimHost:
             how = "shutdown"
             if vm.active:
                 if not force:
-                    return self.detail_json(vm, stopped_by=None)
+                    return self.action_json(vm, stopped_by=None)
                 # Xen refuses VIR_DOMAIN_DESTROY_GRACEFUL ("unsupported flags"); QEMU accepts it
                 how = "destroy" if self.profile.xen else "destroy-graceful"
                 self.stop_domain(vm, SHUTOFF_DESTROYED)
                 self.lifecycle(vm, "stopped", STOPPED_DESTROYED)
-            return self.detail_json(vm, stopped_by=how)
+            return self.action_json(vm, stopped_by=how)
 
     def guest_shut_down(self, vm: SimVm) -> None:
         vm.shutdown_timer = None
@@ -546,7 +559,7 @@ class SimHost:
                 raise Conflict(f"VM {vm.name} is not running")
             self.stop_domain(vm, SHUTOFF_DESTROYED)
             self.lifecycle(vm, "stopped", STOPPED_DESTROYED)
-            return self.detail_json(vm)
+            return self.action_json(vm)
 
     async def simple(self, vm_id: str, action: str) -> str:
         """reboot, pause, resume: the state libvirt needs, else 409 naming the state it is in."""
@@ -561,7 +574,7 @@ class SimHost:
             elif action == "resume":
                 self.resume_domain(vm)
             # reboot: the guest restarts inside the same domain; libvirt sends no lifecycle event
-            return self.detail_json(vm)
+            return self.action_json(vm)
 
     def pause_domain(self, vm: SimVm, reason: int) -> None:
         vm.accrue(time.monotonic())

@@ -124,6 +124,27 @@ def test_vm_documents_have_the_agents_keys(real_client: TestClient, sim_client: 
             assert detail["spec"] == item["spec"]
 
 
+def test_action_answers_have_the_agents_keys(real_client: TestClient, sim_client: TestClient) -> None:
+    """Create and the lifecycle actions answer a VmInfo without devices (shutdown adds ``stopped_by``)."""
+    created = real_client.post("/v1/vms?start=true", json=vm_spec(fresh_name()))
+    assert created.status_code == 201, created.text
+    real, spec = created.json(), created.json()["spec"]  # the same ids for the simulated twin
+    simulated = sim_client.post(f"{KVM_HOST}/v1/vms?start=true", json=spec)
+    assert simulated.status_code == 201, simulated.text
+    sim = simulated.json()
+    try:
+        assert _keys(sim) == _keys(real) and "devices" not in real
+        for action, body in (("pause", None), ("resume", None), ("reboot", None), ("destroy", None),
+                             ("start", None), ("shutdown", {"timeout": 0, "force": True})):
+            answers = _both(real_client, sim_client, "POST", f"/v1/vms/{spec['id']}/{action}", json=body)
+            assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+            real, sim = (a.json() for a in answers)
+            assert _keys(sim) == _keys(real) and real["state"] == sim["state"], action
+    finally:
+        cleanup(real_client, REAL, spec["id"])
+        cleanup(sim_client, KVM_HOST, spec["id"])
+
+
 def _both(real_client: TestClient, sim_client: TestClient, method: str, path: str,
           **kwargs: Any) -> tuple[Any, Any]:
     real = real_client.request(method, path, **kwargs)
