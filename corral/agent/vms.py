@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,13 @@ def _stats_answer(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 _INACTIVE = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_NOSTATE)
+
+
+def _warned(info: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """An answer with the warnings of hooks that ran (an ``after_*`` hook's failure cannot undo the action)."""
+    if warnings:
+        info["warnings"] = warnings
+    return info
 
 
 def _rendered_device(res: Any, device_id: str) -> cfg.Device | None:
@@ -457,10 +464,7 @@ class VmManager:
         vm.domid = None
         self._reapply_links(vm, dom)
         after = self.hooks.run("after_vm_start", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-        info = self.info(vm, dom, devices=False)
-        if hooked.warnings or after.warnings:
-            info["warnings"] = hooked.warnings + after.warnings
-        return info
+        return _warned(self.info(vm, dom, devices=False), hooked.warnings + after.warnings)
 
     def _reapply_links(self, vm: Vm, dom: libvirt.virDomain) -> None:
         """Links the flavor emulates (Xen: vifD.N in dom0) are set again after every start."""
@@ -507,9 +511,11 @@ class VmManager:
                     info = self.info(vm, dom, devices=False)
                     info["stopped_by"] = None
                     return info
-                how = self._destroy_after_timeout(vm, dom)
-            self.hooks.run("after_vm_shutdown", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-            info = self.info(vm, dom, devices=False)
+                how, warnings = self._destroy_after_timeout(vm, dom)
+            else:
+                warnings = ()
+            after = self.hooks.run("after_vm_shutdown", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
+            info = _warned(self.info(vm, dom, devices=False), [*warnings, *after.warnings])
             info["stopped_by"] = how
             return info
 
@@ -519,7 +525,7 @@ class VmManager:
         except libvirt.libvirtError:
             return False
 
-    def _destroy_after_timeout(self, vm: Vm, dom: libvirt.virDomain) -> str:
+    def _destroy_after_timeout(self, vm: Vm, dom: libvirt.virDomain) -> tuple[str, Sequence[str]]:
         self.hooks.run("before_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
         try:
             dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
@@ -534,8 +540,7 @@ class VmManager:
                 how = "destroy"
             except libvirt.libvirtError as exc:
                 raise from_libvirt(exc, f"destroy {vm.name}") from None
-        self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-        return how
+        return how, self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name).warnings
 
     def destroy(self, uuid: str) -> dict[str, Any]:
         with self.vm_lock(uuid):
@@ -551,8 +556,8 @@ class VmManager:
                 if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not self._active(dom):
                     raise Conflict(f"VM {vm.name} is not running") from None
                 raise from_libvirt(exc, f"destroy {vm.name}") from None
-            self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-            return self.info(vm, dom, devices=False)
+            after = self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
+            return _warned(self.info(vm, dom, devices=False), after.warnings)
 
     def _simple(self, uuid: str, action: str) -> dict[str, Any]:
         with self.vm_lock(uuid):
@@ -674,6 +679,7 @@ class VmManager:
             device, new_spec = hotplugged(vm.name, spec, kind, data, self.flavor.mac_prefix)
             res = self._check_flavor(vm, new_spec, "disks" if kind == "disk" else "nics")
             rendered = _rendered_device(res, device.id)
+            warnings: list[str] = []
             # not rendered: a drive the flavor adds only later (Xen PV: an empty CD-ROM until media goes in)
             if dom.isActive() and rendered is not None:
                 xml = etree.tostring(rendered.to_element(), encoding="unicode")
@@ -682,17 +688,18 @@ class VmManager:
                     dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
                 except libvirt.libvirtError as exc:
                     raise from_libvirt(exc, f"hot-plug the {kind}") from None
-                self.hooks.run("after_device_hotplug", xml, vm.uuid, vm.name)
+                warnings = self.hooks.run("after_device_hotplug", xml, vm.uuid, vm.name).warnings
             self._persist(vm, new_spec)
             if isinstance(device, NicSpec):
                 vm.links[device.id] = device.link.value
             self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="attached", kind=kind)
-            return self.info(vm, dom)
+            return _warned(self.info(vm, dom), warnings)
 
     def unplug(self, uuid: str, device_id: str) -> dict[str, Any]:
         with self.vm_lock(uuid):
             vm, dom, spec = self.managed(uuid)
             _device, new_spec = unplugged(vm.name, spec, device_id)
+            warnings: list[str] = []
             if dom.isActive():
                 live = next((d for d in self.live_devices(vm, dom) if d.device_id == device_id), None)
                 if live is not None:
@@ -702,10 +709,11 @@ class VmManager:
                         dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
                     except libvirt.libvirtError as exc:
                         raise from_libvirt(exc, "unplug the device") from None
+                    warnings = self.hooks.run("after_device_unplug", xml, vm.uuid, vm.name).warnings
             self._persist(vm, new_spec)
             vm.links.pop(device_id, None)
             self.bus.publish("device", vm.uuid, vm.name, device_id=device_id, change="detached")
-            return self.info(vm, dom)
+            return _warned(self.info(vm, dom), warnings)
 
     def set_memory(self, uuid: str, memory_mib: int) -> dict[str, Any]:
         with self.vm_lock(uuid):

@@ -165,3 +165,17 @@ def test_no_hooks_dir_means_no_hooks(agent_factory: Callable[..., Agent], tmp_pa
     api = Api(agent_factory(hooks_dir=tmp_path / "does-not-exist"))
     info = api.create(spec(id=str(uuid.uuid4())), start=True)
     assert info["state"] == "up" and "warnings" not in info
+
+
+def test_failing_after_hooks_are_warnings_in_the_answers(hooked: Api, hooks_dir: Path) -> None:
+    """The action has happened when an after_* hook runs: its failure is reported in the answer, not an error.
+    (The device hooks run only around a live attach or detach, which the test driver does not have.)"""
+    vm_id = hooked.create(spec(), start=True)["id"]
+    for point in ("after_vm_destroy", "after_vm_shutdown"):
+        hook(hooks_dir, point, "10-fail", f"echo '{point} went wrong' >&2; exit 2")
+    destroyed = hooked.post(f"/v1/vms/{vm_id}/destroy", expect=200).json()
+    assert destroyed["state"] == "down" and any("after_vm_destroy went wrong" in w for w in destroyed["warnings"])
+    hooked.post(f"/v1/vms/{vm_id}/start", expect=200)
+    stopped = hooked.post(f"/v1/vms/{vm_id}/shutdown", json={"timeout": 0, "force": True}, expect=200).json()
+    assert stopped["state"] == "down"
+    assert any("after_vm_shutdown went wrong" in w for w in stopped["warnings"])
