@@ -61,6 +61,7 @@ async def activate(ctx: EngineContext, task: TaskContext, host_id: str, *, addin
                 "target": (h.agent_url, h.agent_token, h.last_event_seq)}
 
     result = await ctx.db.run(save)
+    ctx.scheduler.forget()  # the host's new state and capabilities count at the next placement
     url, token, seq = result.pop("target")
     w = ctx.monitor.watchers.get(host_id)
     if w is None:

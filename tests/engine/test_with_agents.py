@@ -161,3 +161,4 @@ def test_vnc_password_never_shown_back_by_a_running_vm(agents: dict[str, AgentPr
     changed = api.call("PUT", f"/vms/{vm['id']}/memory", 200, json={"memory_mib": 96})  # answered by the host
     assert changed["memory_mib"] == 96 and changed["spec"]["graphics"]["password"] is None  # type: ignore[index]
     assert "s3cret" not in str(api.get(f"/vms/{vm['id']}")) and "s3cret" not in str(changed)
+

@@ -199,6 +199,7 @@ def maintenance(ctx: Ctx, host: str) -> HostDetail:
         return _detail(s, h)
     out = ctx.db.call(q)
     ctx.monitor.set_host_state(out.id, out.state)
+    ctx.scheduler.forget()  # no placement on it from now on, not after the scheduler's next read
     return out
 
 
@@ -236,4 +237,5 @@ async def remove_host(ctx: Ctx, host: str) -> Response:
         return h.id
     host_id = await ctx.db.run(q)
     await ctx.monitor.unwatch(host_id)
+    ctx.scheduler.forget()
     return Response(status_code=204)
