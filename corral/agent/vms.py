@@ -409,9 +409,13 @@ class VmManager:
                 for n in spec.nics]
         return spec.model_copy(update={"nics": nics})
 
-    def _persist(self, vm: Vm, spec: VmSpec) -> None:
-        """Re-render the persistent definition (and its metadata) from the new spec."""
-        xml, res = self._render(spec, vm.guest_type)
+    def _persist(self, vm: Vm, spec: VmSpec, res: Any = None) -> None:
+        """Define the persistent definition (and its metadata) of the new spec: from ``res``, the resolution a
+        flavor check just made of it, or rendered here."""
+        if res is None:
+            xml, res = self._render(spec, vm.guest_type)
+        else:
+            xml = res.domain.to_xml(False)
         try:
             self.conn.defineXML(xml)
         except libvirt.libvirtError as exc:
@@ -613,7 +617,7 @@ class VmManager:
                                           libvirt.VIR_DOMAIN_AFFECT_LIVE)
                 except libvirt.libvirtError as exc:
                     raise from_libvirt(exc, "change the console password") from None
-            self._persist(vm, planned.spec)
+            self._persist(vm, planned.spec, res)
             if planned.key == "link":
                 vm.links[planned.device.id] = planned.value
             detail = {planned.key: planned.value} if planned.key != "password" else {}
@@ -689,7 +693,7 @@ class VmManager:
                 except libvirt.libvirtError as exc:
                     raise from_libvirt(exc, f"hot-plug the {kind}") from None
                 warnings = self.hooks.run("after_device_hotplug", xml, vm.uuid, vm.name).warnings
-            self._persist(vm, new_spec)
+            self._persist(vm, new_spec, res)
             if isinstance(device, NicSpec):
                 vm.links[device.id] = device.link.value
             self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="attached", kind=kind)
@@ -719,13 +723,13 @@ class VmManager:
         with self.vm_lock(uuid):
             vm, dom, spec = self.managed(uuid)
             new_spec = with_memory(spec, memory_mib)
-            self._check_flavor(vm, new_spec, "")
+            res = self._check_flavor(vm, new_spec, "")
             if dom.isActive():
                 try:
                     dom.setMemoryFlags(memory_mib * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
                 except libvirt.libvirtError as exc:
                     raise from_libvirt(exc, "set the balloon target") from None
-            self._persist(vm, new_spec)
+            self._persist(vm, new_spec, res)
             self.bus.publish("device", vm.uuid, vm.name, change="memory", memory_mib=memory_mib)
             return self.info(vm, dom)
 
@@ -733,13 +737,13 @@ class VmManager:
         with self.vm_lock(uuid):
             vm, dom, spec = self.managed(uuid)
             new_spec = with_vcpus(spec, vcpus)
-            self._check_flavor(vm, new_spec, "")
+            res = self._check_flavor(vm, new_spec, "")
             if dom.isActive():
                 try:
                     dom.setVcpusFlags(vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE)
                 except libvirt.libvirtError as exc:
                     raise from_libvirt(exc, "set vCPUs") from None
-            self._persist(vm, new_spec)
+            self._persist(vm, new_spec, res)
             self.bus.publish("device", vm.uuid, vm.name, change="vcpus", vcpus=vcpus)
             return self.info(vm, dom)
 
