@@ -77,22 +77,19 @@ class Vm:
     # the running domain's id and the CPU time it had when read: asked of libvirt again after any lifecycle
     # event, a start by the agent, or CPU time going backwards (a restart whose event was missed)
     domid: tuple[int, int] | None = None
-    # (spec, guest type, the spec as JSON, the guest type's name): made once per spec object, shared by answers
+    # Made from ``spec`` once per spec object (a spec is replaced, never changed), each tagged with the spec
+    # and guest type it was made for: (spec, guest type, the spec as JSON, the guest type's name) for answers,
+    # (spec, guest type, rendered devices) for matching live devices.
     answer_cache: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
-    # what is derived from ``spec`` alone, computed once per spec object (a spec is replaced, never changed)
-    _derived: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False, compare=False)
+    devices_cache: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
+    key: bytes = field(init=False, repr=False, compare=False)  # the uuid as libvirt's 16 raw bytes
+
+    def __post_init__(self) -> None:
+        self.key = uuidlib.UUID(self.uuid).bytes  # virDomain.UUID() is a third of UUIDString()'s cost
 
     @property
     def external(self) -> bool:
         return self.spec is None
-
-    @property
-    def key(self) -> bytes:
-        """The uuid as libvirt's 16 raw bytes (``virDomain.UUID()``), cheaper to ask libvirt for than text."""
-        cached = self._derived.get("key")
-        if cached is None:
-            cached = self._derived["key"] = (uuidlib.UUID(self.uuid).bytes,)
-        return cached[0]  # type: ignore[no-any-return]
 
 
 # the keys of one stats record (libvirt's, e.g. "balloon.current") -> (key, answer key) pairs ("balloon_current";
@@ -302,7 +299,7 @@ class VmManager:
         """The resolution just rendered is the one ``_expected_devices`` would compute again, and its spec
         JSON the one answers carry (decoded: a third of the cost of dumping the spec again)."""
         if res.domain is not None:
-            vm._derived["devices"] = (vm.spec, vm.guest_type, res.domain.devices)
+            vm.devices_cache = (vm.spec, vm.guest_type, res.domain.devices)
         spec = vm.spec
         if spec is not None and res.spec_text and not (spec.graphics is not None and spec.graphics.password):
             vm.answer_cache = (spec, vm.guest_type, _JSON.decode(res.spec_text),
@@ -312,10 +309,10 @@ class VmManager:
         """The devices the spec renders to, which live devices are matched against: resolved once per spec
         (``read_domain`` resolved the spec and re-validated the metadata's copy of it on every read)."""
         assert vm.spec is not None
-        cached = vm._derived.get("devices")
+        cached = vm.devices_cache
         if cached is None or cached[0] is not vm.spec or cached[1] != vm.guest_type:
             res = resolve(vm.spec, self.flavor, vm.guest_type)
-            cached = vm._derived["devices"] = (vm.spec, vm.guest_type, res.domain.devices if res.domain else [])
+            cached = vm.devices_cache = (vm.spec, vm.guest_type, res.domain.devices if res.domain else [])
         return cached[2]  # type: ignore[no-any-return]
 
     def list(self) -> list[dict[str, Any]]:
