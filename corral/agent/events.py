@@ -2,6 +2,12 @@
 
 libvirt callbacks arrive on the event-loop thread; HTTP streams wait in asyncio. ``publish`` is thread-safe
 and wakes every waiting stream with ``call_soon_threadsafe``.
+
+The log lives in memory, so its sequence numbers start again at 1 when the agent restarts. Every event
+carries the log's ``epoch`` (an id drawn when the agent started): a client that kept ``(epoch, seq)`` knows,
+from the first event it reads after reconnecting, whether the numbers it holds still mean anything. A
+client asking for events after a number this log never reached (``after`` > the last sequence) holds a
+position from an earlier run: it gets the whole log, every event of which came after what it saw.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections import deque
 from typing import Any
 
@@ -17,19 +24,21 @@ class Event:
     """One event. A plain slotted class: libvirt's event thread makes one per lifecycle change, and a frozen
     dataclass (``object.__setattr__`` per field) cost several times as much to build."""
 
-    __slots__ = ("detail", "seq", "state", "time", "type", "vm_id", "vm_name")
+    __slots__ = ("detail", "epoch", "seq", "state", "time", "type", "vm_id", "vm_name")
 
     def __init__(self, seq: int, time: float, type: str, vm_id: str | None = None,
-                 vm_name: str | None = None, state: str | None = None, detail: dict[str, Any] | None = None) -> None:
+                 vm_name: str | None = None, state: str | None = None, detail: dict[str, Any] | None = None,
+                 epoch: str = "") -> None:
         self.seq, self.time, self.type = seq, time, type
         self.vm_id, self.vm_name, self.state = vm_id, vm_name, state
         self.detail: dict[str, Any] = detail if detail is not None else {}
+        self.epoch = epoch
 
     def __repr__(self) -> str:
         return f"Event({self.as_dict()!r})"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "time": self.time, "type": self.type, "vm_id": self.vm_id,
+        return {"seq": self.seq, "epoch": self.epoch, "time": self.time, "type": self.type, "vm_id": self.vm_id,
                 "vm_name": self.vm_name, "state": self.state, "detail": dict(self.detail)}
 
 
@@ -37,6 +46,7 @@ class EventBus:
     def __init__(self, keep: int = 10_000) -> None:
         self._events: deque[Event] = deque(maxlen=keep)
         self._seq = 0
+        self.epoch = uuid.uuid4().hex  # this run of the log: sequence numbers restart with the agent
         self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
@@ -48,7 +58,7 @@ class EventBus:
                 state: str | None = None, **detail: Any) -> Event:
         with self._lock:
             self._seq += 1
-            event = Event(self._seq, time.time(), type_, vm_id, vm_name, state, detail)
+            event = Event(self._seq, time.time(), type_, vm_id, vm_name, state, detail, self.epoch)
             self._events.append(event)
             if not self._waiters:
                 return event
@@ -62,7 +72,10 @@ class EventBus:
         return event
 
     def since(self, after: int, limit: int = 1000) -> list[Event]:
+        """Events numbered above ``after``; all of them for an ``after`` from an earlier run (see above)."""
         with self._lock:
+            if after > self._seq:
+                after = 0
             if not self._events or after >= self._seq:
                 return []
             first = self._events[0].seq

@@ -195,7 +195,7 @@ def libvirt_bridges(conn: libvirt.virConnect) -> list[str]:
 
 
 def capabilities(conn: libvirt.virConnect, det: Detection, probe: HostProbe, extra_bridges: list[str],
-                 allow_tcg: bool = False) -> dict[str, Any]:
+                 allow_tcg: bool = False, host_uuid: str | None = None) -> dict[str, Any]:
     caps = etree.fromstring(conn.getCapabilities().encode())
     info = conn.getInfo()
     cpu = _caps_cpu(caps)
@@ -212,6 +212,7 @@ def capabilities(conn: libvirt.virConnect, det: Detection, probe: HostProbe, ext
         free = None
     return {
         "hostname": socket.gethostname() if not det.emulated else conn.getHostname(),
+        "host_uuid": host_uuid or (caps.findtext("host/uuid") or "").strip() or None,  # corral.agent.identity
         "hypervisor": det.hypervisor,
         "emulated": det.emulated,
         "flavor": det.flavor.name,

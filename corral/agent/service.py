@@ -15,6 +15,7 @@ from corral.agent.connection import Connection, Unavailable
 from corral.agent.events import EventBus
 from corral.agent.hooks import Hooks
 from corral.agent.host import Detection, HostProbe, capabilities, detect
+from corral.agent.identity import host_uuid
 from corral.agent.netlink import LinkControl
 from corral.agent.vms import VmManager, state_name
 from corral.agent.watchdog import DeviceModelWatchdog
@@ -114,6 +115,7 @@ class Agent:
         self.vms: VmManager | None = None
         self.watchdog: DeviceModelWatchdog | None = None
         self._callbacks: list[int] = []
+        self.host_uuid: str | None = None
 
     def start(self) -> None:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +126,7 @@ class Agent:
         if self.settings.accel not in ("auto", "kvm", "tcg"):
             raise ValueError(f"accel: expected auto, kvm or tcg, got {self.settings.accel!r}")
         self.detection = detect(conn, self.probe, self.settings.emulate, self.settings.accel)
+        self.host_uuid = host_uuid(conn, self.settings.state_dir, self.detection.emulated)
         if self.settings.libvirt.startswith("test:"):
             self._load_test_state(conn)
         self.vms = VmManager(lambda: self.connection.conn, self.detection, self.bus,
@@ -241,7 +244,7 @@ class Agent:
     def host(self) -> dict[str, Any]:
         assert self.detection is not None
         return capabilities(self.connection.conn, self.detection, self.probe, self.settings.bridges,
-                            self.settings.allow_tcg or self.settings.accel == "tcg")
+                            self.settings.allow_tcg or self.settings.accel == "tcg", self.host_uuid)
 
     def host_stats(self) -> dict[str, Any]:
         conn = self.connection.conn
