@@ -7,18 +7,20 @@ makes it print ``CORRAL-GUEST-POWERBUTTON`` and power off.
 
 Usage in a test::
 
-    from tests.qemulab import qemu_lab
+    from tests.qemulab import lab_unavailable_reason, qemu_lab
+    from tests.require import unavailable
 
     @pytest.mark.qemulab
     def test_something() -> None:
         lab = qemu_lab()
         if lab is None:
-            pytest.skip(f"QEMU lab unavailable: {lab_unavailable_reason()}")
+            unavailable(f"QEMU lab unavailable: {lab_unavailable_reason()}")
         ...  # libvirt.open(lab.uri); boot lab.kernel + lab.initrd; attach lab.disk (copy it first if
              # the guest should write to it)
 
 ``qemu_lab()`` runs ``labs/qemu/start`` at most once per process; later calls return the same answer.
-Set ``CORRAL_QEMULAB=0`` to make it return None without trying.
+Set ``CORRAL_QEMULAB=0`` to make it return None without trying. ``unavailable`` (tests/require.py) skips
+with the reason, or fails the test when ``CORRAL_REQUIRE_LABS=1`` (CI).
 """
 
 from __future__ import annotations
