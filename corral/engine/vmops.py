@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import parse_spec
+from corral.engine import macs
 from corral.engine.agent_client import AgentError, AgentTarget
 from corral.engine.context import EngineContext
 from corral.engine.db.models import Host, Severity, Task, Vm, VmState, utcnow
@@ -110,6 +111,8 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
                                                          claimed.cluster_id, None)
         else:
             spec_json, name, former, cluster_id, only = await ctx.db.run(load)
+        if any(not n.get("mac") for n in spec_json.get("nics") or []):  # stored before the engine chose MACs
+            spec_json = await macs.run(ctx.db, lambda s: macs.fill_before_start(s, vm_id))
         spec = parse_spec(spec_json)
         policy, candidates = await ctx.scheduler.candidates(ctx.db, cluster_id)
         placement = await ctx.scheduler.place(spec, candidates, flavor_policy=policy, only_host=only)

@@ -10,15 +10,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from sqlalchemy import update
+from pydantic import ValidationError
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from corral.domain.spec import NicSpec, SpecError
+from corral.engine import macs
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.api import redact
 from corral.engine.api.deps import Ctx, find_vm
 from corral.engine.api.schemas import ERRORS
 from corral.engine.db.models import Host, Vm
-from corral.engine.errors import ApiError, BadGateway, Conflict
+from corral.engine.errors import ApiError, BadGateway, Conflict, invalid_from_spec
 from corral.engine.events import record
 
 router = APIRouter(prefix="/vms", tags=["vms"], responses=ERRORS)
@@ -55,8 +58,9 @@ async def _call(ctx: Ctx, vm: str, method: str, path: str, body: dict[str, Any] 
         if spec is not None:
             s.execute(update(Vm).where(Vm.id == vm_id).values(
                 spec=spec, memory_mib=spec.get("memory_mib"), vcpus=spec.get("vcpus")))
+            macs.sync(s, vm_id, spec)
         record(s, "vm_device", f"VM {name}: {what} on {host_name}", object_type="vm", object_id=vm_id)
-    await ctx.db.run(save)
+    await macs.run(ctx.db, save)
     return redact.vm_answer(info) if isinstance(info, dict) else info
 
 
@@ -69,8 +73,31 @@ async def change_device(ctx: Ctx, vm: str, device_id: str, body: Obj) -> Any:
 
 @router.post("/{vm}/devices")
 async def plug_device(ctx: Ctx, vm: str, body: Obj) -> Any:
-    """Hot-plug ``{"disk": DiskSpec}`` or ``{"nic": NicSpec}``."""
-    return await _call(ctx, vm, "POST", "/devices", body, f"{'/'.join(sorted(body))} plugged")
+    """Hot-plug ``{"disk": DiskSpec}`` or ``{"nic": NicSpec}``. A NIC's MAC is taken from the engine's pool
+    before the host sees it (or, given, refused with 409 when another VM uses it)."""
+    what = f"{'/'.join(sorted(body))} plugged"
+    if not isinstance(body.get("nic"), dict):
+        return await _call(ctx, vm, "POST", "/devices", body, what)
+    vm_id, nic = await macs.run(ctx.db, lambda s: _hold_nic(s, vm, body["nic"]))
+    try:
+        return await _call(ctx, vm, "POST", "/devices", {**body, "nic": nic}, what)
+    except BaseException:
+        await macs.run(ctx.db, lambda s: _release(s, vm_id))
+        raise
+
+
+def _hold_nic(s: Session, vm: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    row = find_vm(s, vm)
+    try:
+        nic = NicSpec.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_from_spec(SpecError.from_validation(exc, "nic")) from None
+    return row.id, macs.hold_one(s, row.id, nic).model_dump(mode="json")
+
+
+def _release(s: Session, vm_id: str) -> None:
+    """The plug failed: the VM holds again the MACs of its stored spec only."""
+    macs.sync(s, vm_id, s.scalar(select(Vm.spec).where(Vm.id == vm_id)))
 
 
 @router.delete("/{vm}/devices/{device_id}")

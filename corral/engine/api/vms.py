@@ -10,7 +10,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import SpecError, VmSpec, parse_spec
-from corral.engine import vmops
+from corral.engine import macs, vmops
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.api import redact
 from corral.engine.api.clusters import default_cluster
@@ -109,13 +109,14 @@ def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] 
         if _name_taken(s, parsed.name):
             raise Conflict(f"VM {parsed.name!r} exists", field="name")
         vm = Vm(id=parsed.id, name=parsed.name, cluster_id=c.id, external=False,
-                spec=parsed.model_dump(mode="json"), memory_mib=parsed.memory_mib, vcpus=parsed.vcpus,
+                spec=None, memory_mib=parsed.memory_mib, vcpus=parsed.vcpus,
                 state=VmState.DOWN.value, state_reason="")
         s.add(vm)
-        s.flush()
+        s.flush()  # the row first: its NICs' MACs refer to it (and on SQLite the write lock is then held)
+        vm.spec = macs.hold(s, vm.id, parsed).model_dump(mode="json")
         record(s, "vm_created", f"VM {vm.name} created", object_type="vm", object_id=vm.id)
         return _detail(vm)
-    return ctx.db.call(q)
+    return macs.call(ctx.db, q)
 
 
 def _detail(row: Vm) -> VmDetail:
@@ -139,12 +140,15 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
             raise Conflict(f"VM {row.name} is {row.state}; stop it before changing its spec", state=row.state)
         if parsed.name != row.name and _name_taken(s, parsed.name, but=row.id):
             raise Conflict(f"VM {parsed.name!r} exists", field="name")
+        # a NIC sent without its MAC keeps the one it has
+        had = {n.get("id"): n.get("mac") for n in (row.spec or {}).get("nics") or [] if n.get("mac")}
+        parsed = macs.hold(s, row.id, parsed, prefer=had)
         row.name, row.spec = parsed.name, parsed.model_dump(mode="json")
         row.memory_mib, row.vcpus = parsed.memory_mib, parsed.vcpus
         s.flush()
         record(s, "vm_updated", f"VM {row.name} updated", object_type="vm", object_id=row.id)
         return _detail(row)
-    return ctx.db.call(q)
+    return macs.call(ctx.db, q)
 
 
 @router.delete("/{vm}", status_code=204, response_class=Response)

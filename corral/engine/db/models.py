@@ -190,6 +190,19 @@ class Vm(Base):
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class VmMac(Base):
+    """One NIC MAC address a managed VM holds. The primary key makes a MAC belong to one VM at a time, engine
+    wide, on every database: two transactions that check and take the same MAC at once cannot both commit
+    (``corral.engine.macs``). Stored lower case; deleted with its VM."""
+
+    __tablename__ = "vm_macs"
+    __table_args__ = (Index(None, "vm_id"),)
+
+    mac: Mapped[str] = mapped_column(String(17), primary_key=True)
+    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id", ondelete="CASCADE"))
+    device_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
 class Event(Base):
     """An audit/event log line about one object (vm, host, cluster, task)."""
 
