@@ -16,6 +16,7 @@ from corral.engine.app import create_app
 from corral.engine.auth import create_token
 from corral.engine.monitor import MonitorSettings
 from tests.deploy.sshhost import SshHost, unavailable_reason
+from tests.require import unavailable
 
 FAST = MonitorSettings(poll_interval=0.5, flush_interval=0.05, full_every=3, unreachable_after=2,
                        sync_interval=1.0)
@@ -71,13 +72,13 @@ def api(engine_dir: Path, tmp_path: Path) -> Iterator[Api]:
 def sshhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
     reason = unavailable_reason()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     host = SshHost(tmp_path_factory.mktemp("sshhost"))
     try:
         host.start()
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         host.stop([])
-        pytest.skip(f"cannot start the SSH host in a network namespace: {exc}")
+        unavailable(f"cannot start the SSH host in a network namespace: {exc}")
     roots: list[Path] = []
     host.roots = roots  # type: ignore[attr-defined]
     try:

@@ -20,9 +20,11 @@ import pytest
 from tests.deploy.conftest import Api
 
 try:
+    from tests.require import unavailable
     from tests.xenlab import SSH_OPTIONS, XenLab, lab_unavailable_reason, xen_lab
 except ImportError:  # run as a plain file
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.require import unavailable
     from tests.xenlab import SSH_OPTIONS, XenLab, lab_unavailable_reason, xen_lab
 
 pytestmark = pytest.mark.xenlab
@@ -35,7 +37,7 @@ DOM0_PORT = 8471
 def lab() -> XenLab:
     lab = xen_lab()
     if lab is None:
-        pytest.skip(f"Xen lab unavailable: {lab_unavailable_reason()}")
+        unavailable(f"Xen lab unavailable: {lab_unavailable_reason()}")
     return lab
 
 

@@ -30,9 +30,11 @@ import pytest
 
 try:
     from tests.qemulab import lab_unavailable_reason, qemu_lab
+    from tests.require import unavailable
 except ImportError:  # run as a plain file (rootdir not on sys.path)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.qemulab import lab_unavailable_reason, qemu_lab
+    from tests.require import unavailable
 
 pytestmark = pytest.mark.qemulab
 
@@ -128,7 +130,7 @@ def _console(agent: AgentProcess, vm_id: str) -> str:
 def test_the_agent_runs_a_vm_on_real_qemu(tmp_path: Path) -> None:
     lab = qemu_lab()
     if lab is None:
-        pytest.skip(f"QEMU lab unavailable: {lab_unavailable_reason()}")
+        unavailable(f"QEMU lab unavailable: {lab_unavailable_reason()}")
     import libvirt
 
     conn = libvirt.open(lab.uri)
@@ -164,7 +166,7 @@ def test_the_agent_runs_a_vm_on_real_qemu(tmp_path: Path) -> None:
         assert host["hypervisor"] == "qemu" and host["accel"] == "tcg" and host["emulated"] is False
         assert host["flavor"] == "kvm" and host["uri"] == lab.uri
         if bridge is None:
-            pytest.skip("cannot add a bridge on this host: the hardware check would fail for want of one")
+            unavailable("cannot add a bridge on this host: the hardware check would fail for want of one")
         assert bridge in host["bridges"]
         check = host["hardware_check"]
         assert check["ok"] is True, check

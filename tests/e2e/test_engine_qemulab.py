@@ -26,10 +26,12 @@ import pytest
 try:
     from tests.cli.support import CORRAL, Cli, clean_env, eventually, free_port
     from tests.qemulab import lab_unavailable_reason, qemu_lab
+    from tests.require import unavailable
 except ImportError:  # run as a plain file (rootdir not on sys.path)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.cli.support import CORRAL, Cli, clean_env, eventually, free_port
     from tests.qemulab import lab_unavailable_reason, qemu_lab
+    from tests.require import unavailable
 
 pytestmark = pytest.mark.qemulab
 
@@ -67,14 +69,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def test_engine_runs_a_vm_on_real_qemu(tmp_path: Path) -> None:
     lab = qemu_lab()
     if lab is None:
-        pytest.skip(f"QEMU lab unavailable: {lab_unavailable_reason()}")
+        unavailable(f"QEMU lab unavailable: {lab_unavailable_reason()}")
     import libvirt
 
     bridge = "corralen" + uuid.uuid4().hex[:4]
     ip = shutil.which("ip") or "/sbin/ip"
     if subprocess.run([ip, "link", "add", "name", bridge, "type", "bridge"], capture_output=True,
                       check=False).returncode != 0:
-        pytest.skip("cannot add a bridge on this host: the KVM host's hardware check would fail for want of one")
+        unavailable("cannot add a bridge on this host: the KVM host's hardware check would fail for want of one")
     conn = libvirt.open(lab.uri)
     procs: list[subprocess.Popen[bytes]] = []
     vm_id: str | None = None

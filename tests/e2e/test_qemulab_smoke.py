@@ -12,9 +12,11 @@ from lxml import etree
 
 try:
     from tests.qemulab import QemuLab, lab_unavailable_reason, qemu_lab
+    from tests.require import unavailable
 except ImportError:  # run as a plain file (rootdir not on sys.path)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.qemulab import QemuLab, lab_unavailable_reason, qemu_lab
+    from tests.require import unavailable
 
 BOOT_TIMEOUT_S = 60
 MARKER = "CORRAL-GUEST-UP"
@@ -50,7 +52,7 @@ def _domain_xml(lab: QemuLab, name: str, serial_log: Path) -> str:
 def test_lab_guest_boots_and_prints_marker(tmp_path: Path) -> None:
     lab = qemu_lab()
     if lab is None:
-        pytest.skip(f"QEMU lab unavailable: {lab_unavailable_reason()}")
+        unavailable(f"QEMU lab unavailable: {lab_unavailable_reason()}")
     import libvirt
 
     name = f"corral-qemulab-smoke-{uuid.uuid4().hex[:8]}"

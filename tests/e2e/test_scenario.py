@@ -119,11 +119,12 @@ class Backend:
 
 
 def _xen_backend() -> Backend:
+    from tests.require import unavailable
     from tests.xenlab import lab_unavailable_reason, xen_lab
 
     lab = xen_lab()
     if lab is None:
-        pytest.skip(f"Xen lab unavailable: {lab_unavailable_reason()}")
+        unavailable(f"Xen lab unavailable: {lab_unavailable_reason()}")
 
     def sh(cmd: str) -> str:
         proc = lab.ssh(cmd, timeout=180)
@@ -141,10 +142,11 @@ def _xen_backend() -> Backend:
 
 def _qemu_backend(tmp: Path) -> Backend:
     from tests.qemulab import lab_unavailable_reason, qemu_lab
+    from tests.require import unavailable
 
     lab = qemu_lab()
     if lab is None:
-        pytest.skip(f"QEMU lab unavailable: {lab_unavailable_reason()}")
+        unavailable(f"QEMU lab unavailable: {lab_unavailable_reason()}")
     bridge = "corraltest0"
     subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], capture_output=True)
     subprocess.run(["ip", "link", "set", bridge, "up"], check=True)

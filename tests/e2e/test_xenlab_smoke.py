@@ -14,9 +14,11 @@ import pytest
 from lxml import etree
 
 try:
+    from tests.require import unavailable
     from tests.xenlab import XenLab, lab_unavailable_reason, xen_lab
 except ImportError:  # run as a plain file (rootdir not on sys.path)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.require import unavailable
     from tests.xenlab import XenLab, lab_unavailable_reason, xen_lab
 
 pytestmark = pytest.mark.xenlab
@@ -29,7 +31,7 @@ GUEST_TIMEOUT_S = 180  # 10-15 s on an idle host; 50 s seen with load 6 on 2 cor
 def lab() -> XenLab:
     lab = xen_lab()
     if lab is None:
-        pytest.skip(f"Xen lab unavailable: {lab_unavailable_reason()}")
+        unavailable(f"Xen lab unavailable: {lab_unavailable_reason()}")
     return lab
 
 

@@ -17,6 +17,7 @@ from corral.engine.auth import create_token
 from corral.engine.monitor import MonitorSettings
 from tests.engine.agents import AgentProc
 from tests.engine.pg import PgCluster, pg_bin
+from tests.require import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'engine.db'}"
     cluster = request.getfixturevalue("pg_cluster")
     if cluster is None:
-        pytest.skip("PostgreSQL is not installed (no initdb)")
+        unavailable("PostgreSQL is not installed (no initdb)")
     return str(cluster.new_database())
 
 

@@ -36,6 +36,7 @@ from tests.portal.support import (
     start_qemu_host,
     wait_task,
 )
+from tests.require import unavailable
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 if not Path(CHROMIUM).exists():
@@ -365,7 +366,7 @@ def test_portal_console_on_a_real_vnc_server(engine: AllInOne, page: Page, shots
     t0 = time.monotonic()
     host = qemu_host.result(timeout=900)
     if isinstance(host, str):
-        pytest.skip(f"no real VNC server here: {host}")
+        unavailable(f"no real VNC server here: {host}")
     with engine.api() as api:
         _real_console(page, shots, api, engine.info["url"], host)
     print(f"console on the QEMU lab: {time.monotonic() - t0:.1f} s")
