@@ -87,19 +87,33 @@ def test_polling_with_after_returns_only_later_events(api: Api) -> None:
 
 
 def test_long_poll_wakes_up_on_an_event(agent_factory: Callable[..., Agent]) -> None:
+    """The event is published only once the server's long poll is waiting (it registered a waiter on the bus),
+    so an answer holding it proves the poll waited and was woken by it: a poll that timed out answers []."""
     agent = agent_factory()
     api = Api(agent)
     last = agent.bus.last_seq
-    timer = threading.Timer(0.3, lambda: agent.bus.publish("agent", state="ping"))
-    timer.start()
-    t0 = time.monotonic()
-    body = api.get("/v1/events", params={"after": last, "wait": 10}, expect=200).json()
-    timer.join()
-    assert time.monotonic() - t0 < 5
+    waited = threading.Event()
+
+    def publish_once_the_poll_waits() -> None:
+        deadline = time.monotonic() + 60
+        while not agent.bus._waiters:  # registered by the server's long poll when it has nothing to answer
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        waited.set()
+        agent.bus.publish("agent", state="ping")
+
+    publisher = threading.Thread(target=publish_once_the_poll_waits)
+    publisher.start()
+    body = api.get("/v1/events", params={"after": last, "wait": 60}, expect=200).json()
+    publisher.join()
+    assert waited.is_set(), "the long poll answered without waiting"
     assert [e["state"] for e in body["items"]] == ["ping"]
-    t0 = time.monotonic()
-    assert api.get("/v1/events", params={"after": body["last"], "wait": 0.3}, expect=200).json()["items"] == []
-    assert time.monotonic() - t0 >= 0.25
+    assert body["last"] == agent.bus.last_seq
+    # a long poll that nothing wakes up answers an empty list and the same position
+    assert api.get("/v1/events", params={"after": body["last"], "wait": 0.3}, expect=200).json() == {
+        "items": [], "last": body["last"]}
+    assert not agent.bus._waiters  # the waiters are gone with their requests
 
 
 def test_the_bus_keeps_the_last_events_only() -> None:

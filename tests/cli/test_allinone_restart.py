@@ -52,9 +52,8 @@ def test_ctrl_c_stops_everything_and_a_restart_finds_the_same_state(tmp_path: Pa
         kinds = sorted(next((k for k in ("agent serve", "engine serve") if f"corral {k}" in c), c)
                        for c in kids.values())
         assert kinds == ["agent serve", "agent serve", "engine serve"], kids
-        t0 = time.monotonic()
+        # (how long this takes is printed by benchmarks/latencies.py, not asserted here)
         assert server.interrupt() == 0, server.log.read_text()
-        assert time.monotonic() - t0 < 30
         assert [pid for pid in kids if alive(pid)] == [], kids
         assert "stopping" in server.log.read_text()
         try:
