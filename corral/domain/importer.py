@@ -2,12 +2,24 @@
 
 Importing is how existing domains come under Corral. Whatever the XML holds that a VmSpec cannot say is
 reported as a warning with its XML path; nothing is dropped silently.
+
+How that is guaranteed rather than hoped for: the importer reads the XML only through ``_Node``, which records
+every element and attribute it reads (``used``: it went into the spec) or recognises as what the host's flavor
+re-creates anyway (``derived``: addresses, aliases, the emulator, default controllers...). After the import, a
+sweep walks the whole document and turns every element or attribute that was neither used, derived nor already
+warned about into a warning of its own. A setting the importer has never heard of therefore still gets a
+warning naming its path; only an explicit decision in this module can make something disappear quietly.
+
+Paths are XPath-like, relative to ``<domain>``: ``devices/disk[2]/target/@dev`` is the ``dev`` attribute of
+the target of the second ``<disk>``. Device elements always carry their position among the devices of the
+same tag; other elements only when their parent holds more than one of that tag.
 """
 
 from __future__ import annotations
 
 import re
 import uuid as uuidlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,31 +27,46 @@ from lxml import etree
 from pydantic import ValidationError
 
 from corral.domain import config as cfg
+from corral.domain.flavors import all_flavors
+from corral.domain.flavors.base import BUS_PREFIX
 from corral.domain.read import read_metadata
 from corral.domain.resolve import AGENT_CHANNEL
 from corral.domain.spec import SpecError, VmSpec
 
 _OS_GUEST = {"hvm": "hvm", "linux": "pv", "xen": "pv", "xenpvh": "pvh"}
 _PREFIX_BUS = (("xvd", "xen"), ("vd", "virtio"), ("hd", "ide"), ("sd", "scsi"), ("fd", "fdc"))
+_DISK_BUSES = ("virtio", "xen", "ide", "sata", "scsi")
 _NIC_MODELS = {"virtio": "virtio", "virtio-net-pci": "virtio", "e1000": "e1000", "rtl8139": "rtl8139",
                "netfront": "netfront"}
 _CPU_POLICY = {"require": "require", "force": "require", "disable": "disable", "forbid": "disable"}
-_SILENT_DEVICES = {"emulator"}  # the flavor's own
 # controllers every flavor adds as its devices need them; others (a USB controller of a chosen model, a
 # smart-card reader...) are settings a VmSpec cannot hold, and are reported
 _DERIVED_CONTROLLERS = {"pci", "ide", "sata", "scsi", "virtio-serial", "xenbus", "fdc"}
 # the USB controllers libvirt writes into a QEMU domain by itself (the machine type's default)
 _DEFAULT_USB = {"piix3-uhci", "qemu-xhci", "ich9-ehci1", "ich9-uhci1", "ich9-uhci2", "ich9-uhci3"}
-_VIDEO_MODELS = {"vga", "cirrus", "qxl", "xen"}  # each flavor picks one of these for the graphics type
+# the framebuffer of a paravirtual guest, which libxl reports as a video device of this model
+_PV_FRAMEBUFFER_MODELS = {"xen"}
+# names libvirt gives a NIC's host side by itself (QEMU's tap devices, libxl's vifs): nothing chosen
+_HOST_NAMED_VIF = re.compile(r"^(vnet|macvtap|macvlan|tap)\d+$|^vif\d+\.\d+(-emu)?$")
 _NIC_CHILDREN = {
     "driver": "the NIC's backend and queues are the flavor's",
     "backenddomain": "Corral's NICs are served by dom0, not by a driver domain",
+    "ip": "a VmSpec has no addresses: the guest configures its own",
+    "bandwidth": "a VmSpec has no rate limits: the NIC runs unlimited",
+}
+_DISK_CHILDREN = {
+    "boot": "a per-device boot order is not represented; the VM's boot list (os/boot) orders by device kind",
+    "shareable": "a shared disk is not represented; Corral opens each disk for one VM",
+    "serial": "a disk serial number is not represented; the guest sees none",
 }
 _GRAPHICS_PARTS = {
     "@port": "a fixed port is not represented; Corral's consoles take a free port",
-    "@tlsPort": "a fixed TLS port is not represented",
+    "@tlsPort": "a fixed TLS port is not represented; Corral's consoles take a free port",
 }
+_FIRMWARE = ("loader", "nvram", "bootmenu", "smbios", "bios", "acpi", "initarg", "dtb")
 _DEFAULT_FEATURES = {"acpi", "apic", "pae"}
+_BALLOONS = {"virtio", "virtio-transitional", "virtio-non-transitional", "xen"}  # each flavor renders its own
+_COMMON_DERIVED = ("address", "alias")  # a device's place on its bus and its name: the host assigns both
 
 
 @dataclass
@@ -53,258 +80,626 @@ class ImportWarning:
 
 @dataclass
 class ImportResult:
+    """The spec, what could not go into it (``warnings``), and the accounting behind that promise.
+
+    ``used`` holds the paths (elements and attributes) whose values went into the spec; ``derived`` the roots of
+    the subtrees recognised as what the host re-creates by itself. Every element and attribute of the input is
+    in ``used``, or lies under a path in ``derived`` or under a warning's path.
+    """
+
     spec: VmSpec
     warnings: list[ImportWarning] = field(default_factory=list)
+    used: frozenset[str] = frozenset()
+    derived: frozenset[str] = frozenset()
 
 
-class _Importer:
-    def __init__(self, root: etree._Element) -> None:
-        self.root = root
-        self.dom = cfg.Domain.from_element(root)
+def xml_path(elem: etree._Element) -> str:
+    """The path the importer names an element by (``""`` for ``<domain>`` itself)."""
+    parts: list[str] = []
+    node = elem
+    parent = node.getparent()
+    while parent is not None:
+        name = _name(node)
+        same = [c for c in parent if c.tag == node.tag]
+        grand = parent.getparent()
+        if len(same) > 1 or (parent.tag == "devices" and grand is not None and grand.getparent() is None):
+            name += f"[{same.index(node) + 1}]"
+        parts.append(name)
+        node, parent = parent, parent.getparent()
+    return "/".join(reversed(parts))
+
+
+def _name(elem: etree._Element) -> str:
+    qname = etree.QName(elem)
+    return f"{elem.prefix}:{qname.localname}" if elem.prefix else qname.localname
+
+
+def _join(path: str, part: str) -> str:
+    return f"{path}/{part}" if path else part
+
+
+def _elements(elem: etree._Element) -> Iterator[etree._Element]:
+    return (c for c in elem if isinstance(c.tag, str))
+
+
+class _Ledger:
+    """What the import has read, recognised or warned about, by path."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.derived: set[str] = set()
         self.warnings: list[ImportWarning] = []
 
     def warn(self, path: str, message: str) -> None:
         self.warnings.append(ImportWarning(path, message))
 
+    def covered(self, path: str) -> bool:
+        """True when the path, or an element it lies in, is derived or warned about."""
+        cut = {w.path for w in self.warnings} | self.derived
+        while True:
+            if path in cut:
+                return True
+            if not path:
+                return False
+            path = path.rpartition("/")[0]
+
+
+class _Node:
+    """One element of the imported XML; reading it through these methods records what was read."""
+
+    def __init__(self, ledger: _Ledger, elem: etree._Element, path: str) -> None:
+        self.ledger, self.elem, self.path = ledger, elem, path
+        ledger.used.add(path)
+
+    @property
+    def tag(self) -> str:
+        return str(self.elem.tag)
+
+    def attr(self, name: str, default: str | None = None) -> str | None:
+        value = self.elem.get(name)
+        if value is None:
+            return default
+        self.ledger.used.add(_join(self.path, f"@{name}"))
+        return value
+
+    def text(self) -> str | None:
+        return (self.elem.text or "").strip() or None
+
+    def child(self, tag: str) -> _Node | None:
+        elem = self.elem.find(tag)
+        return None if elem is None else _Node(self.ledger, elem, xml_path(elem))
+
+    def children(self, tag: str) -> list[_Node]:
+        return [_Node(self.ledger, e, xml_path(e)) for e in self.elem.findall(tag)]
+
+    def has(self, tag: str) -> bool:
+        """Whether a child exists, without reading it."""
+        return self.elem.find(tag) is not None
+
+    def peek(self, name: str) -> str | None:
+        """An attribute's value, without counting it as read (to decide how to read the rest)."""
+        return self.elem.get(name)
+
+    def derive(self, *parts: str) -> None:
+        """Children (``tag``) or attributes (``@name``) the host re-creates by itself; ``derive()``: all of it."""
+        if not parts:
+            self.ledger.derived.add(self.path)
+            return
+        for part in parts:
+            if part.startswith("@"):
+                if self.elem.get(part[1:]) is not None:
+                    self.ledger.derived.add(_join(self.path, part))
+            else:
+                self.ledger.derived.update(xml_path(e) for e in self.elem.findall(part))
+
+    def warn(self, message: str, part: str = "") -> None:
+        self.ledger.warn(_join(self.path, part) if part else self.path, message)
+
+
+class _Importer:
+    def __init__(self, root: etree._Element) -> None:
+        self.ledger = _Ledger()
+        self.root_elem = root
+        self.root = _Node(self.ledger, root, "")
+
     def run(self) -> ImportResult:
-        meta = read_metadata(self.dom)
-        if meta is not None:
-            return ImportResult(meta.spec)
-        dom = self.dom
-        data: dict[str, Any] = {"name": self._name(), "id": self._uuid(),
-                                "description": (dom.description or "")[:4096]}
+        if self.root_elem.find("metadata") is not None:
+            meta = read_metadata(cfg.Domain.from_element(self.root_elem))
+            if meta is not None:  # a domain Corral rendered: it carries its own spec
+                return ImportResult(meta.spec, derived=frozenset({""}))
+        root = self.root
+        root.derive("@type", "@id")  # the hypervisor is the host's; the id is the running domain's
+        data: dict[str, Any] = {"name": self._name(), "id": self._uuid()}
+        self._description(data)
         self._memory(data)
         self._os(data)
         self._cpu(data)
         for event in ("on_poweroff", "on_reboot", "on_crash"):
-            value = getattr(dom, event)
-            if value:
-                data[event] = value
+            node = root.child(event)
+            if node is not None and node.text():
+                data[event] = node.text()
         self._top_level()
         self._devices(data)
         try:
-            return ImportResult(VmSpec.model_validate(data), self.warnings)
+            spec = VmSpec.model_validate(data)
         except ValidationError as exc:
             raise SpecError.from_validation(exc) from None
+        self._sweep(self.root_elem, "")
+        # what was read and then derived or warned about after all is not "used": the spec does not hold it
+        used = frozenset(p for p in self.ledger.used if not self.ledger.covered(p))
+        return ImportResult(spec, self._in_document_order(), used, frozenset(self.ledger.derived))
+
+    # -- what nothing above read --------------------------------------------------------------------------
+
+    def _sweep(self, elem: etree._Element, path: str) -> None:
+        """Warn about every element or attribute that was neither used, derived nor warned about."""
+        ledger = self.ledger
+        if ledger.covered(path):
+            return
+        if path not in ledger.used:
+            ledger.warn(path, f"{_show(elem)} is not represented in a VmSpec and is dropped; the host's "
+                              "default applies")
+            return
+        for key, value in elem.attrib.items():
+            name = str(key)
+            attr = _join(path, f"@{name}")
+            if attr not in ledger.used and not ledger.covered(attr):
+                ledger.warn(attr, f"{name}={value!r} is not represented in a VmSpec and is dropped; the host's "
+                                  "default applies")
+        for child in _elements(elem):
+            self._sweep(child, xml_path(child))
+
+    def _in_document_order(self) -> list[ImportWarning]:
+        order: dict[str, int] = {}
+        for elem in self.root_elem.iter():
+            if isinstance(elem.tag, str):
+                path = xml_path(elem)
+                order.setdefault(path, len(order))
+                for name in elem.attrib:
+                    order.setdefault(_join(path, f"@{name!s}"), len(order))
+        return sorted(self.ledger.warnings, key=lambda w: order.get(w.path, len(order)))
+
+    # -- the domain's own settings ------------------------------------------------------------------------
 
     def _name(self) -> str:
-        name = self.dom.name
+        node = self.root.child("name")
+        name = node.text() if node is not None else None
+        if not name:
+            raise cfg.XmlError("name", "missing")
         clean = re.sub(r"[^A-Za-z0-9._-]", "-", name)[:64]
         if clean != name:
-            self.warn("name", f"{name!r} renamed {clean!r} (letters, digits, '.', '_', '-', at most 64)")
+            self.ledger.warn("name", f"{name!r} renamed {clean!r} (letters, digits, '.', '_', '-', at most 64)")
         return clean
 
     def _uuid(self) -> str:
+        node = self.root.child("uuid")
+        text = (node.text() if node is not None else None) or ""
         try:
-            return str(uuidlib.UUID(self.dom.uuid))
+            return str(uuidlib.UUID(text))
         except ValueError:
             new = str(uuidlib.uuid4())
-            self.warn("uuid", f"missing or invalid ({self.dom.uuid!r}); a new one was given: {new}")
+            self.ledger.warn("uuid", f"missing or invalid ({text!r}); a new one was given: {new}")
             return new
 
+    def _description(self, data: dict[str, Any]) -> None:
+        node = self.root.child("description")
+        text = (node.text() if node is not None else None) or ""
+        if len(text) > 4096:
+            self.ledger.warn("description", f"cut to its first 4096 of {len(text)} characters")
+        data["description"] = text[:4096]
+
+    def _kib(self, tag: str) -> int | None:
+        node = self.root.child(tag)
+        if node is None:
+            return None
+        node.attr("unit")
+        return cfg.to_kib(node.elem, tag)
+
     def _memory(self, data: dict[str, Any]) -> None:
-        dom = self.dom
-        max_mib = max(1, dom.memory_kib // 1024)
-        cur_mib = max(1, (dom.current_memory_kib or dom.memory_kib) // 1024)
+        memory_kib = self._kib("memory")
+        if memory_kib is None:
+            raise cfg.XmlError("memory", "missing")
+        current_kib = self._kib("currentMemory")
+        max_mib = max(1, memory_kib // 1024)
+        cur_mib = max(1, (current_kib or memory_kib) // 1024)
         data["memory_mib"] = min(cur_mib, max_mib)
         if max_mib > data["memory_mib"]:
             data["max_memory_mib"] = max_mib
-        current = dom.current_vcpus or dom.vcpus
-        data["vcpus"] = min(current, dom.vcpus)
-        if dom.vcpus > data["vcpus"]:
-            data["max_vcpus"] = dom.vcpus
+        vcpus, current = 1, None
+        node = self.root.child("vcpu")
+        if node is not None:
+            try:
+                vcpus = int(node.text() or "1")
+                current_text = node.attr("current")
+                current = int(current_text) if current_text else None
+            except ValueError:
+                raise cfg.XmlError("vcpu", f"not an integer: {node.elem.text!r}") from None
+            if node.peek("placement") == "static":
+                node.derive("@placement")  # libvirt's default: no pinning
+        data["vcpus"] = min(current or vcpus, vcpus)
+        if vcpus > data["vcpus"]:
+            data["max_vcpus"] = vcpus
 
     def _os(self, data: dict[str, Any]) -> None:
-        os = self.dom.os
-        guest = _OS_GUEST.get(os.type)
+        os = self.root.child("os")
+        if os is None:
+            raise cfg.XmlError("os", "missing <os>")
+        typ = os.child("type")
+        os_type = typ.text() if typ is not None else None
+        if typ is None or os_type is None:
+            raise cfg.XmlError("os/type", "missing")
+        guest = _OS_GUEST.get(os_type)
         if guest is None:
-            self.warn("os/type", f"guest type {os.type!r} is not represented; imported as hvm")
+            typ.warn(f"guest type {os_type!r} is not represented; imported as hvm")
             guest = "hvm"
         data["guest_type"] = guest
-        boot = []
-        for dev in os.boot:
+        self._machine(typ)
+        boot: list[str] = []
+        for node in os.children("boot"):
+            dev = node.attr("dev", "")
             if dev in ("hd", "cdrom", "network") and dev not in boot:
                 boot.append(dev)
             else:
-                self.warn("os/boot", f"boot device {dev!r} is not represented")
+                node.warn(f"boot device {dev!r} is not represented; the other boot devices are kept in order")
         if boot:
             data["boot"] = boot
         for key in ("kernel", "initrd", "cmdline"):
-            value = getattr(os, key)
-            if value:
-                data[key] = value
-        if self.dom.bootloader:
-            data["bootloader"] = self.dom.bootloader
-        for tag in ("loader", "nvram", "bootmenu", "smbios", "bios", "acpi", "initarg", "dtb"):
-            if self.root.find(f"os/{tag}") is not None:
-                self.warn(f"os/{tag}", "not represented; the host's flavor chooses the firmware")
+            part = os.child(key)
+            if part is not None and part.text():
+                data[key] = part.text()
+        for tag in _FIRMWARE:
+            for node in os.children(tag):
+                node.warn("not represented; the host's flavor chooses the firmware")
+        loader = self.root.child("bootloader")
+        if loader is not None and loader.text():
+            data["bootloader"] = loader.text()
+        args = self.root.child("bootloader_args")
+        if args is not None:
+            args.warn(f"{args.text() or ''!r} is not represented; Corral runs the bootloader without arguments")
+
+    def _machine(self, typ: _Node) -> None:
+        arch = typ.peek("arch")
+        if arch in (None, "x86_64"):
+            typ.derive("@arch")
+        else:
+            typ.warn(f"architecture {arch!r} is not represented; Corral guests are x86_64", "@arch")
+        machine = typ.peek("machine")
+        known = {m for f in all_flavors() for _, m in f.os_type.values() if m}
+        # "pc" is libvirt's alias of the newest pc-i440fx-X.Y, which it writes back expanded
+        if machine is None or machine in known or machine.startswith("pc-i440fx-"):
+            typ.derive("@machine")
+        else:
+            typ.warn(f"machine type {machine!r} is not represented; the host's flavor picks the machine type "
+                     f"({', '.join(sorted(known))})", "@machine")
 
     def _cpu(self, data: dict[str, Any]) -> None:
-        cpu = self.dom.cpu
+        cpu = self.root.child("cpu")
         if cpu is None:
             return
-        mode = cpu.mode
+        model = cpu.child("model") if cpu.has("model") else None
+        mode = cpu.attr("mode") or ("custom" if model is not None else "host-model")
         if mode == "maximum":
-            self.warn("cpu", "mode 'maximum' imported as 'host-passthrough'")
+            cpu.warn("mode 'maximum' imported as 'host-passthrough'", "@mode")
             mode = "host-passthrough"
         if mode not in ("host-model", "host-passthrough", "custom"):
-            self.warn("cpu", f"mode {mode!r} is not represented")
+            cpu.warn(f"mode {mode!r} is not represented; the host's flavor picks the CPU model")
             return
+        cpu.derive("@check")  # how strictly libvirt compares: its own default
+        if cpu.peek("match") in (None, "exact"):
+            cpu.derive("@match")  # Corral renders a custom model with match='exact'
+        if model is not None:
+            if mode == "custom":
+                model.derive("@fallback")
+            else:
+                model.derive()  # what libvirt resolved host-model/passthrough to on the host it last ran on
         features = []
-        for feat in cpu.features:
-            policy = _CPU_POLICY.get(feat.policy)
+        for feat in cpu.children("feature"):
+            name, policy_text = feat.attr("name", ""), feat.attr("policy", "require")
+            policy = _CPU_POLICY.get(policy_text or "require")
             if policy is None:
-                self.warn(f"cpu/feature[@name='{feat.name}']", f"policy {feat.policy!r} is not represented")
+                feat.warn(f"policy {policy_text!r} of CPU feature {name!r} is not represented; the feature is left "
+                          "to the CPU model")
                 continue
-            features.append({"name": feat.name, "policy": policy})
-        data["cpu"] = {"mode": mode, "model": cpu.model if mode == "custom" else None, "features": features}
-        for tag in ("topology", "numa", "cache", "vendor"):
-            if self.root.find(f"cpu/{tag}") is not None:
-                self.warn(f"cpu/{tag}", "not represented")
+            features.append({"name": name, "policy": policy})
+        data["cpu"] = {"mode": mode, "model": model.text() if model is not None and mode == "custom" else None,
+                       "features": features}
 
     def _top_level(self) -> None:
-        for tag in self.dom.unknown:
-            self.warn(tag, "not represented")
-        extra = [f for f in self.dom.features if f not in _DEFAULT_FEATURES]
-        for feat in extra:
-            self.warn(f"features/{feat}", "not represented; the flavor sets the guest's features")
-        clock = self.root.find("clock")
-        if clock is not None and (clock.get("offset", "utc") != "utc" or len(clock)):
-            self.warn("clock", "not represented; guests get a UTC clock with the driver's default timers")
+        feats = self.root.child("features")
+        if feats is not None:
+            for elem in _elements(feats.elem):
+                node = _Node(self.ledger, elem, xml_path(elem))
+                if node.tag in _DEFAULT_FEATURES:
+                    if not node.elem.attrib and not len(node.elem):
+                        node.derive()  # anything inside (apic's eoi...) is swept up as a warning
+                else:
+                    node.warn("not represented; the flavor sets the guest's features")
+        clock = self.root.child("clock")
+        if clock is not None:
+            if clock.attr("offset", "utc") != "utc" or len(clock.elem) or len(clock.elem.attrib) > 1:
+                clock.warn("not represented; guests get a UTC clock with the driver's default timers")
+        label = self.root_elem.find("seclabel")
+        if label is not None and label.get("type") == "dynamic":
+            self.ledger.derived.add(xml_path(label))  # the host's security driver labels every VM
+        meta = self.root.child("metadata")
+        if meta is not None:
+            meta.warn("other applications' metadata is not represented; Corral keeps its own")
+
+    # -- devices ------------------------------------------------------------------------------------------
 
     def _devices(self, data: dict[str, Any]) -> None:
         disks: list[dict[str, Any]] = []
         nics: list[dict[str, Any]] = []
         consoles: list[dict[str, Any]] = []
-        serial_count = 0
-        for index, dev in enumerate(self.dom.devices):
-            where = f"devices/{_tag(dev)}[{index}]"
-            if isinstance(dev, cfg.Disk):
-                disk = self._disk(dev, where)
+        videos: list[_Node] = []
+        devices = self.root.child("devices")
+        elems = list(_elements(devices.elem)) if devices is not None else []
+        has_serial = any(e.tag == "serial" for e in elems)
+        slots: dict[str, int] = {}
+        for elem in elems:
+            dev = _Node(self.ledger, elem, xml_path(elem))
+            dev.derive(*_COMMON_DERIVED)
+            tag = dev.tag
+            if tag == "disk":
+                disk = self._disk(dev, slots)
                 if disk:
                     disks.append(disk)
-            elif isinstance(dev, cfg.Interface):
-                nic = self._nic(dev, where)
+            elif tag == "interface":
+                nic = self._nic(dev)
                 if nic:
                     nics.append(nic)
-            elif isinstance(dev, cfg.Graphics):
-                if dev.type not in ("vnc", "spice"):
-                    self.warn(where, f"graphics type {dev.type!r} is not represented")
-                elif "graphics" in data:
-                    self.warn(where, "a second graphics device is not represented")
-                else:
-                    gfx: dict[str, Any] = {"type": dev.type, "password": dev.passwd or None}
-                    if dev.listen:
-                        gfx["listen"] = dev.listen
-                    data["graphics"] = gfx
-                    for part in dev.unknown:
-                        self.warn(f"{where}/{part}", _GRAPHICS_PARTS.get(part, "not represented"))
-            elif isinstance(dev, cfg.CharDevice):
-                self._char(dev, where, data, consoles, serial_count)
-                serial_count += dev.element == "serial"
-            elif isinstance(dev, cfg.Memballoon):
-                if dev.model != "none":
+            elif tag == "graphics":
+                self._graphics(dev, data)
+            elif tag in ("serial", "console", "channel"):
+                self._char(dev, data, consoles, has_serial)
+            elif tag == "memballoon":
+                model = dev.attr("model", "virtio")
+                if model in _BALLOONS:
                     data["balloon"] = {}
-            elif isinstance(dev, cfg.OtherDevice) and dev.element == "input":
-                if dev.type not in ("mouse", "keyboard"):
-                    self.warn(where, f"input {dev.type!r} is not represented")
-            elif isinstance(dev, cfg.Controller):
-                if dev.type == "usb" and dev.model is not None and dev.model not in _DEFAULT_USB:
-                    self.warn(where, f"USB controller model {dev.model!r} is not represented; the hypervisor's "
-                                     "default USB controller is used")
-                elif dev.type not in _DERIVED_CONTROLLERS and dev.type != "usb":
-                    self.warn(where, f"controller {dev.type!r} is not represented")
-            elif isinstance(dev, cfg.Video):
-                if dev.model not in _VIDEO_MODELS:
-                    self.warn(where, f"video model {dev.model!r} is not represented; the flavor picks the "
-                                     "graphics type's video model")
-            elif _tag(dev) not in _SILENT_DEVICES:
-                self.warn(where, "device not represented")
+                elif model != "none":
+                    dev.warn(f"balloon model {model!r} is not represented; the flavor's balloon is used")
+                    data["balloon"] = {}
+            elif tag == "input":
+                kind = dev.attr("type")
+                if kind in ("mouse", "keyboard"):
+                    dev.derive("@bus")  # the flavor's mouse and keyboard
+                else:
+                    dev.warn(f"input {kind!r} is not represented; the guest gets the flavor's mouse and keyboard")
+            elif tag == "controller":
+                self._controller(dev)
+            elif tag == "video":
+                videos.append(dev)
+            elif tag == "emulator":
+                dev.derive()  # the flavor's own
+            else:
+                dev.warn(f"device <{tag}> is not represented; the VM will not have it")
+        self._videos(videos, data)
         if "balloon" not in data:
             data["balloon"] = None
         data["disks"], data["nics"], data["consoles"] = disks, nics, consoles
 
-    def _disk(self, dev: cfg.Disk, where: str) -> dict[str, Any] | None:
-        if dev.type not in ("file", "block"):
-            self.warn(where, f"disk of type {dev.type!r} (source {dev.source or dev.unknown}) is not represented")
+    def _disk(self, dev: _Node, slots: dict[str, int]) -> dict[str, Any] | None:
+        kind, device = dev.attr("type", "file") or "file", dev.attr("device", "disk") or "disk"
+        if kind not in ("file", "block"):
+            found = dev.elem.find("source")
+            attrs = ", ".join(f"{k!s}={v!s}" for k, v in found.attrib.items()) if found is not None else "none"
+            dev.warn(f"a disk of type {kind!r} (source {attrs}) is not represented; Corral's disks are files "
+                     "or block devices")
             return None
-        if dev.device not in ("disk", "cdrom", "floppy"):
-            self.warn(where, f"device {dev.device!r} is not represented")
+        if device not in ("disk", "cdrom", "floppy"):
+            dev.warn(f"device {device!r} is not represented; Corral's disks are disks, cdroms or floppies")
             return None
-        fmt = dev.driver_type or "raw"
+        fmt = "raw"
+        driver = dev.child("driver")
+        if driver is not None:
+            driver.derive("@name")  # the backend (qemu, phy, tap...) is the flavor's choice
+            fmt = driver.attr("type") or "raw"
+            for name in driver.elem.attrib:
+                if name not in ("name", "type"):
+                    driver.warn("not represented; the flavor sets the disk's cache and I/O modes", f"@{name!s}")
         if fmt == "aio":  # old Xen spelling of a raw file through blktap
             fmt = "raw"
         if fmt not in ("raw", "qcow2"):
-            self.warn(where, f"disk format {fmt!r} is not represented (raw or qcow2)")
+            dev.warn(f"disk format {fmt!r} is not represented (raw or qcow2)")
             return None
-        bus = dev.target_bus
+        source = dev.child("source")
+        path = None
+        if source is not None:
+            path = source.attr("file" if kind == "file" else "dev") or source.attr("file") or source.attr("dev")
+        if path is None and device != "cdrom":
+            dev.warn(f"{device} without a source is not represented")
+            return None
+        target = dev.child("target")
+        target_dev = (target.attr("dev") if target is not None else None) or ""
+        bus = self._disk_bus(target, target_dev, device)
+        if target is not None and target_dev:
+            self._slot(target, target_dev, bus, device, slots)
+        dev.derive("backingStore")  # the image's own header names its backing chain
+        for tag, message in _DISK_CHILDREN.items():
+            for node in dev.children(tag):
+                node.warn(message)
+        return {"device": device, "source_type": kind, "source": path, "format": fmt, "bus": bus,
+                "readonly": dev.child("readonly") is not None}
+
+    def _disk_bus(self, target: _Node | None, target_dev: str, device: str) -> str:
+        bus = target.attr("bus") if target is not None else None
         if bus is None:
-            bus = next((b for p, b in _PREFIX_BUS if dev.target_dev.startswith(p)), "auto")
-        if bus == "fdc" or bus == "usb":
-            bus = "auto"
-        if bus not in ("virtio", "xen", "ide", "sata", "scsi", "auto"):
-            self.warn(where, f"bus {bus!r} imported as 'auto'")
-            bus = "auto"
-        for tag in dev.unknown:
-            self.warn(f"{where}/{tag}", "not represented")
-        if dev.source is None and dev.device != "cdrom":
-            self.warn(where, f"{dev.device} without a source is not represented")
-            return None
-        return {"device": dev.device, "source_type": dev.type, "source": dev.source, "format": fmt, "bus": bus,
-                "readonly": dev.readonly}
+            return next((b for p, b in _PREFIX_BUS if target_dev.startswith(p)), "auto")
+        if bus == "fdc" and device == "floppy":
+            return "auto"  # a floppy's only bus
+        if bus not in _DISK_BUSES and target is not None:
+            target.warn(f"bus {bus!r} is not represented; imported as 'auto' (the flavor picks the bus)", "@bus")
+            return "auto"
+        return bus
 
-    def _nic(self, dev: cfg.Interface, where: str) -> dict[str, Any] | None:
-        if dev.type not in ("bridge", "network") or not dev.source:
-            self.warn(where, f"interface of type {dev.type!r} without a bridge or network is not represented")
+    def _slot(self, target: _Node, target_dev: str, bus: str, device: str, slots: dict[str, int]) -> None:
+        """Corral names a bus's disks in order (vda, vdb...); a disk elsewhere on its bus changes slot."""
+        prefix = BUS_PREFIX.get("fdc" if device == "floppy" else bus)
+        if prefix is None:  # 'auto': the flavor picks the bus; count it under the name it had
+            prefix = next((p for p, _ in _PREFIX_BUS if target_dev.startswith(p)), target_dev.rstrip("abcdefgh"))
+        index = slots.get(prefix, 0)
+        slots[prefix] = index + 1
+        becomes = prefix + _letters(index)
+        if becomes != target_dev:
+            target.warn(f"slot {target_dev!r} is not represented; Corral names the disks of a bus in order, so "
+                        f"this {device} becomes {becomes!r}", "@dev")
+
+    def _nic(self, dev: _Node) -> dict[str, Any] | None:
+        kind = dev.attr("type", "bridge")
+        source = dev.child("source") if dev.has("source") else None
+        name = None
+        if source is not None and kind in ("bridge", "network"):
+            name = source.attr(kind)
+        if kind not in ("bridge", "network") or not name:
+            dev.warn(f"interface of type {kind!r} without a bridge or network is not represented; the VM will not "
+                     "have this NIC")
             return None
+        mac = dev.child("mac")
+        address = mac.attr("address") if mac is not None else None
         model = "auto"
-        if dev.model:
-            model = _NIC_MODELS.get(dev.model, "")
+        node = dev.child("model")
+        given = node.attr("type") if node is not None else None
+        if node is not None and given:
+            model = _NIC_MODELS.get(given, "")
             if not model:
-                self.warn(f"{where}/model", f"model {dev.model!r} imported as 'auto'")
+                node.warn(f"model {given!r} imported as 'auto' (the flavor picks the NIC model)")
                 model = "auto"
-        for tag in dev.unknown:
-            self.warn(f"{where}/{tag}", _NIC_CHILDREN.get(tag, "not represented"))
-        nic_elem = self.root.findall("devices/interface")
-        for elem in nic_elem:
-            script = elem.find("script")
-            mac = elem.find("mac")
-            if script is not None and mac is not None and mac.get("address", "").lower() == dev.mac:
-                if not script.get("path", "").endswith("vif-bridge"):
-                    self.warn(f"{where}/script", f"script {script.get('path')!r} is not represented")
-        return {"mac": dev.mac, "source_type": dev.type, "source": dev.source, "model": model,
-                "link": dev.link_state or "up", "filter": dev.filterref}
-
-    def _char(self, dev: cfg.CharDevice, where: str, data: dict[str, Any], consoles: list[dict[str, Any]],
-              serial_count: int) -> None:
-        if dev.element == "channel":
-            if dev.target_name == AGENT_CHANNEL and "guest_agent" not in data:
-                data["guest_agent"] = {}
+        link = dev.child("link")
+        filt = dev.child("filterref")
+        target = dev.child("target")
+        vif = target.peek("dev") if target is not None else None
+        if target is not None and vif is not None:
+            if _HOST_NAMED_VIF.match(vif):
+                target.derive("@dev")
             else:
-                self.warn(where, f"channel {dev.target_name or dev.target_type!r} is not represented")
+                target.warn(f"vif name {vif!r} is not represented; the host names the vif", "@dev")
+        for script in dev.children("script"):
+            path = script.peek("path") or ""
+            if path.endswith("vif-bridge"):
+                script.derive()  # the flavor's own hotplug script for a bridge
+            else:
+                script.warn(f"script {path!r} is not represented; the host's default vif script runs")
+        for tag, message in _NIC_CHILDREN.items():
+            for part in dev.children(tag):
+                part.warn(message)
+        return {"mac": address.lower() if address else None, "source_type": kind, "source": name, "model": model,
+                "link": (link.attr("state") if link is not None else None) or "up",
+                "filter": filt.attr("filter") if filt is not None else None}
+
+    def _graphics(self, dev: _Node, data: dict[str, Any]) -> None:
+        kind = dev.attr("type", "vnc")
+        if kind not in ("vnc", "spice"):
+            dev.warn(f"graphics type {kind!r} is not represented; the VM gets no display")
             return
-        if dev.element == "serial":
-            if dev.type != "pty":
-                self.warn(where, f"serial of type {dev.type!r} imported as a pty console")
+        if "graphics" in data:
+            dev.warn("a second graphics device is not represented; the first is kept")
+            return
+        gfx: dict[str, Any] = {"type": kind, "password": dev.attr("passwd") or None}
+        listen = dev.attr("listen")
+        node = dev.child("listen") if dev.has("listen") else None
+        if node is not None:
+            if node.attr("type", "address") == "address":
+                address = node.attr("address")
+                if listen and address and address != listen:
+                    node.warn(f"{address!r} differs from the graphics' listen attribute; {listen!r} is kept",
+                              "@address")
+                listen = listen or address
+            else:
+                node.warn(f"a listen of type {node.peek('type')!r} is not represented; the console listens on the "
+                          "host's loopback")
+        if listen:
+            gfx["listen"] = listen
+        data["graphics"] = gfx
+        dev.derive("@autoport")
+        port = dev.peek("port") or ""
+        if dev.peek("autoport") == "no" and port.isdigit() and int(port) > 0:
+            dev.warn(_GRAPHICS_PARTS["@port"], "@port")
+        else:
+            dev.derive("@port")
+        if dev.peek("tlsPort") is not None:
+            dev.warn(_GRAPHICS_PARTS["@tlsPort"], "@tlsPort")
+
+    def _videos(self, videos: list[_Node], data: dict[str, Any]) -> None:
+        """The flavor renders the video device of the graphics type; a different model is reported."""
+        gfx = data.get("graphics")
+        for i, dev in enumerate(videos):
+            node = dev.child("model") if dev.has("model") else None
+            model = (node.peek("type") if node is not None else None) or "vga"
+            if i:
+                dev.warn(f"a second video device ({model!r}) is not represented; the VM gets one")
+            elif gfx is None:
+                dev.warn(f"video model {model!r} is not represented; without graphics the VM gets no video device")
+            elif data.get("guest_type") != "hvm" and model in _PV_FRAMEBUFFER_MODELS:
+                dev.derive()
+            else:
+                rendered = {f.video[gfx["type"]][0] for f in all_flavors() if gfx["type"] in f.video}
+                if rendered == {model}:
+                    dev.derive()  # what every flavor renders anyway; its video RAM is the flavor's too
+                else:
+                    dev.warn(f"video model {model!r} is not represented; the flavor renders "
+                             f"{' or '.join(sorted(map(repr, rendered)))} for {gfx['type']} graphics")
+
+    def _controller(self, dev: _Node) -> None:
+        kind, model = dev.peek("type") or "", dev.peek("model")
+        if kind == "usb" and model is not None and model not in _DEFAULT_USB:
+            dev.warn(f"USB controller model {model!r} is not represented; the hypervisor's default USB controller "
+                     "is used")
+        elif kind in _DERIVED_CONTROLLERS or kind == "usb":
+            dev.derive()
+        else:
+            dev.warn(f"controller {kind!r} is not represented; the VM will not have it")
+
+    def _char(self, dev: _Node, data: dict[str, Any], consoles: list[dict[str, Any]], has_serial: bool) -> None:
+        tag = dev.tag
+        target = dev.child("target") if dev.has("target") else None
+        if tag == "channel":
+            name = target.peek("name") if target is not None else None
+            if name == AGENT_CHANNEL and "guest_agent" not in data and target is not None:
+                target.attr("name")
+                data["guest_agent"] = {}
+                dev.derive("@type", "source")  # the flavor places the agent's socket
+                target.derive("@type")  # virtio-serial or the Xen PV console: the flavor's
+            else:
+                what = name or (target.peek("type") if target is not None else None)
+                dev.warn(f"channel {what!r} is not represented; the VM will not have it")
+            return
+        kind = dev.attr("type", "pty")
+        dev.derive("@tty", "source", "log")  # a pty's live path; console logs are the flavor's
+        if target is not None:
+            target.derive("@port", "model")
+        if kind != "pty":
+            dev.warn(f"{tag} of type {kind!r} imported as a pty console")
+        if tag == "serial":
+            if target is not None:
+                target.derive("@type")
             consoles.append({"kind": "serial"})
             return
-        target = dev.target_type
-        has_serial = serial_count or any(isinstance(d, cfg.CharDevice) and d.element == "serial"
-                                         for d in self.dom.devices)
-        if target in (None, "serial") and has_serial:
-            return  # the console view of the first serial port, which libvirt adds itself
-        if target == "serial" or (target is None and self.dom.os.type == "hvm"):
+        target_type = target.attr("type") if target is not None else None
+        if target_type in (None, "serial") and has_serial:
+            dev.derive()  # the console view of the first serial port, which libvirt adds itself
+        elif target_type == "serial" or (target_type is None and data.get("guest_type") == "hvm"):
             consoles.append({"kind": "serial"})
-        elif target in ("xen", "virtio", None):
+        elif target_type in ("xen", "virtio", None):
             consoles.append({"kind": "pv"})
         else:
-            self.warn(where, f"console target {target!r} is not represented")
+            dev.warn(f"console target {target_type!r} is not represented; the VM will not have this console")
 
 
-def _tag(dev: cfg.Device) -> str:
-    if isinstance(dev, cfg.CharDevice | cfg.OtherDevice):
-        return dev.element
-    return dev.tag
+def _letters(n: int) -> str:
+    """0 -> a, 25 -> z, 26 -> aa: libvirt's disk naming, as Corral renders it."""
+    out = ""
+    n += 1
+    while n:
+        n, rem = divmod(n - 1, 26)
+        out = chr(ord("a") + rem) + out
+    return out
+
+
+def _show(elem: etree._Element) -> str:
+    """An element as the operator wrote it, on one line and cut short."""
+    text = etree.tostring(elem, encoding="unicode", with_tail=False)
+    text = re.sub(r"\s+", " ", re.sub(r">\s+<", "><", text)).strip()
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def import_domain(xml: str | bytes) -> ImportResult:

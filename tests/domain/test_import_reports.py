@@ -48,7 +48,7 @@ def test_dropped_setting_is_reported(extra: str, path: str, words: tuple[str, ..
     "<controller type='usb' index='0' model='piix3-uhci'/>",  # libvirt writes the machine's default itself
     "<controller type='pci' index='0' model='pci-root'/>",
     "<controller type='virtio-serial' index='0'/>",
-    "<video><model type='cirrus' vram='16384' heads='1'/></video>",
+    "<graphics type='vnc' autoport='yes'/><video><model type='vga' vram='16384' heads='1' primary='yes'/></video>",
     "<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'><listen type='address' "
     "address='127.0.0.1'/></graphics>",
     "<interface type='bridge'><mac address='52:54:00:00:00:02'/><source bridge='br0'/>"

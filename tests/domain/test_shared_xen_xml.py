@@ -55,11 +55,16 @@ def _warned(result: ImportResult, path: str) -> bool:
     return any(w.path == path for w in result.warnings)
 
 
+def _where(dev: etree._Element) -> str:
+    """A device's path as the importer names it: XPath's, its position among the devices of its tag."""
+    return f"devices/{dev.tag}[{sum(1 for _ in dev.itersiblings(dev.tag, preceding=True)) + 1}]"
+
+
 def _unrepresentable(root: etree._Element) -> list[str]:
     """Paths (as the importer names them) of what a VmSpec cannot say, found in the file by XPath."""
     out = []
-    for i, dev in enumerate(_devices(root)):
-        where = f"devices/{dev.tag}[{i}]"
+    for dev in _devices(root):
+        where = _where(dev)
         disk_format = dev.findtext("driver[@type]") is not None and dev.find("driver").get("type")
         whole = {
             "disk": dev.get("type") not in ("file", "block") or disk_format not in (False, "raw", "qcow2"),
@@ -71,8 +76,10 @@ def _unrepresentable(root: etree._Element) -> list[str]:
         if whole.get(str(dev.tag), False) or usb_model not in (None, "piix3-uhci", "qemu-xhci"):
             out.append(where)
         elif dev.tag == "interface":
-            out += [f"{where}/{tag}" for tag in ("ip", "bandwidth", "driver", "backenddomain")
-                    if dev.find(tag) is not None]
+            for tag in ("ip", "bandwidth", "driver", "backenddomain"):
+                found = dev.findall(tag)
+                numbered = len(found) > 1
+                out += [f"{where}/{tag}[{n}]" if numbered else f"{where}/{tag}" for n in range(1, len(found) + 1)]
         elif dev.tag == "graphics" and dev.get("type") in ("vnc", "spice"):
             out += [f"{where}/{child.tag}" for child in dev if child.tag != "listen"]
             out += [f"{where}/@{name}" for name in dev.attrib
@@ -139,11 +146,11 @@ def test_network_disk_hostdev_and_foreign_formats_are_reported(name: str, tag: s
     if not path.exists():
         pytest.skip(f"{path} is absent")
     xml = path.read_text()
-    index = next(i for i, e in enumerate(_devices(parse(xml))) if e.tag == tag and (
+    where = next(_where(e) for e in _devices(parse(xml)) if e.tag == tag and (
         tag != "disk" or e.get("type") == "network" or e.find("driver[@type='qed']") is not None)
         and (tag != "interface" or e.get("type") == "hostdev"))
-    warnings = [w for w in import_domain(xml).warnings if w.path == f"devices/{tag}[{index}]"]
-    assert warnings, f"devices/{tag}[{index}] dropped without a warning"
+    warnings = [w for w in import_domain(xml).warnings if w.path == where]
+    assert warnings, f"{where} dropped without a warning"
     assert all(word in warnings[0].message for word in words), warnings[0]
 
 
@@ -179,10 +186,10 @@ def test_import_represents_each_device_or_warns(path: Path) -> None:
         assert _warned(result, where), f"{where} is not represented and not reported: {result.warnings}"
 
     disks, macs = [], []
-    for i, elem in enumerate(_devices(root)):
-        if elem.tag == "disk" and not _warned(result, f"devices/disk[{i}]"):
+    for elem in _devices(root):
+        if elem.tag == "disk" and not _warned(result, _where(elem)):
             disks.append((_source(elem), elem.get("device", "disk")))
-        if elem.tag == "interface" and not _warned(result, f"devices/interface[{i}]"):
+        if elem.tag == "interface" and not _warned(result, _where(elem)):
             macs.append(_mac(elem))
     assert [(d.source, d.device.value) for d in spec.disks] == disks
     assert [n.mac for n in spec.nics] == macs
