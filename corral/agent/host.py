@@ -1,17 +1,23 @@
-"""Host capabilities, hypervisor detection and a hardware check that fits the hypervisor.
+"""Host capabilities, hypervisor detection, and the facts the flavor's host checks judge.
 
-A Xen dom0 has no ``/dev/kvm`` and needs none: it is recognised by ``/proc/xen/capabilities`` holding
-``control_d``, ``/sys/hypervisor/type`` saying ``xen`` and libvirt's ``getType()`` being ``Xen``. A KVM host
-needs ``/dev/kvm``. On libvirt's test driver, ``--emulate xen|kvm`` makes the agent present itself as that
+A Xen dom0 has no ``/dev/kvm`` and needs none: it is recognised by libvirt's ``getType()`` being ``Xen`` (with
+``/proc/xen/capabilities`` holding ``control_d`` and ``/sys/hypervisor/type`` saying ``xen`` as evidence). A KVM
+host needs ``/dev/kvm``. On libvirt's test driver, ``--emulate xen|kvm`` makes the agent present itself as that
 hypervisor (and use its flavor) so that plans and placement can be seen without hardware.
+
+The hardware check is not written here: the agent reads the facts ``corral.domain.hostcheck`` declares (under
+``HostProbe.root``, which tests point at a fake tree) and evaluates the flavor's ``host_checks`` -- the same
+checks the deploy runs on facts it reads over SSH.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +25,10 @@ from typing import Any
 import libvirt
 from lxml import etree
 
+from corral.domain import hostcheck
 from corral.domain.flavors import get_flavor
 from corral.domain.flavors.base import Flavor
+from corral.domain.hostcheck import HostCheckReport, HostFacts, KvmDevice, LibvirtAnswer, Setting
 from corral.domain.matrix import flavor_matrix
 
 
@@ -31,6 +39,7 @@ class Detection:
     accel: str | None
     emulated: bool
     evidence: list[dict[str, str]] = field(default_factory=list)
+    kvm_detail: str = ""  # why /dev/kvm is not used, where it exists
 
 
 @dataclass
@@ -47,6 +56,10 @@ class HostProbe:
 
     def exists(self, rel: str) -> bool:
         return (self.root / rel.lstrip("/")).exists()
+
+    def glob(self, pattern: str) -> list[str]:
+        """Host paths (as seen on the host, without the root) matching ``pattern``."""
+        return sorted("/" + str(p.relative_to(self.root)) for p in self.root.glob(pattern.lstrip("/")))
 
     def kvm_usable(self) -> bool:
         return os.access(self.root / "dev/kvm", os.R_OK | os.W_OK)
@@ -65,39 +78,43 @@ class HostProbe:
         except OSError:
             return []
 
-    def process_running(self, name: str) -> bool:
-        proc = self.root / "proc"
+    def processes(self, names: Iterable[str]) -> set[str]:
+        """Which of ``names`` run (``/proc/PID/comm``), in one pass over ``/proc``."""
+        wanted, found = set(names), set()
         try:
-            for pid in proc.iterdir():
+            for pid in (self.root / "proc").iterdir():
                 if pid.name.isdigit():
                     try:
-                        if (pid / "comm").read_text().strip() == name:
-                            return True
+                        comm = (pid / "comm").read_text().strip()
                     except OSError:
                         continue
+                    if comm in wanted:
+                        found.add(comm)
         except OSError:
             pass
-        return False
+        return found
+
+    def process_running(self, name: str) -> bool:
+        return bool(self.processes([name]))
 
 
 def detect(conn: libvirt.virConnect, probe: HostProbe, emulate: str | None = None,
            accel: str = "auto") -> Detection:
-    """What hypervisor this is. ``accel='tcg'`` is the operator saying KVM must not be used here (e.g. a
-    nested host where /dev/kvm opens but guests do not run)."""
+    """What hypervisor this is, from libvirt's driver. ``accel='tcg'`` is the operator saying KVM must not be
+    used here (e.g. a nested host where /dev/kvm opens but guests do not run)."""
     driver = conn.getType()
     evidence = [{"source": "libvirt getType()", "value": driver}]
     if emulate:
         if driver != "TEST":
             raise ValueError(f"--emulate is only for libvirt's test driver, not {driver}")
         evidence.append({"source": "--emulate", "value": emulate})
-        return Detection(emulate, get_flavor("xen" if emulate == "xen" else "kvm"),
-                         "kvm" if emulate == "kvm" else None, True, evidence)
+        flavor = get_flavor(emulate)
+        return Detection(emulate, flavor, flavor.accel, True, evidence)
     if driver == "Xen":
-        caps = probe.read("/proc/xen/capabilities")
-        hv_type = probe.read("/sys/hypervisor/type")
-        evidence += [{"source": "/proc/xen/capabilities", "value": caps if caps is not None else "(absent)"},
-                     {"source": "/sys/hypervisor/type", "value": hv_type if hv_type is not None else "(absent)"}]
-        return Detection("xen", get_flavor("xen"), None, False, evidence)
+        for key in ("xen_caps", "hv_type"):
+            evidence.append({"source": hostcheck.FILES[key], "value": _or_absent(probe.read(hostcheck.FILES[key]))})
+        flavor = get_flavor("xen")
+        return Detection(flavor.domain_type, flavor, flavor.accel, False, evidence)
     if driver == "QEMU":
         present = probe.kvm_usable()
         # /dev/kvm can exist and open while KVM still cannot run guests (nested setups): libvirt's own
@@ -109,51 +126,60 @@ def detect(conn: libvirt.virConnect, probe: HostProbe, emulate: str | None = Non
         evidence.append({"source": "/dev/kvm", "value": "usable" if present else "absent or not accessible"})
         evidence.append({"source": "libvirt capabilities", "value": "kvm domains offered" if offered
                          else "no kvm domains offered (TCG only)"})
-        return Detection("kvm" if kvm else "qemu", get_flavor("kvm", accel="kvm" if kvm else "tcg"),
-                         "kvm" if kvm else "tcg", False, evidence)
+        flavor = get_flavor("kvm", accel="kvm" if kvm else "tcg")
+        why = "" if kvm else ("the agent's accel setting is tcg" if present and offered
+                              else "libvirt offers no kvm domains" if present else "not accessible")
+        return Detection(flavor.domain_type, flavor, flavor.accel, False, evidence, why)
     if driver == "TEST":
-        return Detection("test", get_flavor("kvm", accel="tcg"), "tcg", True, evidence)
+        flavor = get_flavor("kvm", accel="tcg")
+        return Detection("test", flavor, flavor.accel, True, evidence)
     raise ValueError(f"libvirt driver {driver!r} is not supported by Corral (xen, qemu, test)")
 
 
-def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
-    return {"name": name, "ok": ok, "detail": detail}
+def _or_absent(value: str | None) -> str:
+    return value if value is not None else "(absent)"
+
+
+def gather_facts(det: Detection, conn: libvirt.virConnect, probe: HostProbe, bridges: list[str]) -> HostFacts:
+    """The facts ``corral.domain.hostcheck`` declares, read on this host (under the probe's root), and libvirt's
+    answer on this connection. ``xl info`` is asked only where Xen's sysfs does not say what it runs."""
+    files = {key: (" ".join(text.split()) if (text := probe.read(path)) is not None else None)
+             for key, path in hostcheck.FILES.items()}
+    if det.accel == "kvm" and not det.emulated:
+        kvm, kvm_detail = KvmDevice.USABLE, ""
+    elif probe.exists("/dev/kvm"):
+        kvm, kvm_detail = KvmDevice.PRESENT, det.kvm_detail or "not used"
+    else:
+        kvm, kvm_detail = KvmDevice.ABSENT, ""
+    xl_info: dict[str, str] = {}
+    if (not files.get("hv_caps") and files.get("xen_caps") is not None and probe.root == Path("/")
+            and shutil.which("xl")):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            for line in run(["xl", "info"], timeout=30).stdout.splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() in hostcheck.XL_INFO_KEYS:
+                    xl_info[key.strip()] = " ".join(value.split())
+    libxl = [v for path in hostcheck.LIBXL_GLOBS for p in probe.glob(path) if (v := hostcheck.libxl_version(p))]
+    try:
+        answer = LibvirtAnswer(conn.getURI(), True, f"{conn.getType()} {_version(conn.getVersion())}")
+    except libvirt.libvirtError as exc:
+        answer = LibvirtAnswer("?", False, error=str(exc))
+    return HostFacts(files=files, cpu_flags=frozenset(probe.cpu_flags() & set(hostcheck.VIRT_FLAGS)), kvm=kvm,
+                     kvm_detail=kvm_detail,
+                     daemons=frozenset(probe.processes(hostcheck.DAEMONS)), libxl_versions=tuple(libxl),
+                     xl_info=xl_info, bridges=tuple(bridges), libvirt=answer)
+
+
+def host_check(det: Detection, conn: libvirt.virConnect, probe: HostProbe, bridges: list[str],
+               allow_tcg: bool = False) -> HostCheckReport:
+    """The flavor's host checks (the same ones the deploy runs over SSH) on this host's facts."""
+    facts = gather_facts(det, conn, probe, bridges)
+    return hostcheck.evaluate(det.flavor, facts, Setting(allow_tcg, det.hypervisor if det.emulated else None))
 
 
 def hardware_check(det: Detection, conn: libvirt.virConnect, probe: HostProbe, bridges: list[str],
                    allow_tcg: bool = False) -> dict[str, Any]:
-    items: list[dict[str, Any]] = []
-    if det.emulated:
-        items.append(_check("emulated", True, f"libvirt's test driver presenting a {det.hypervisor} host"))
-    elif det.hypervisor == "xen":
-        caps = probe.read("/proc/xen/capabilities") or ""
-        items.append(_check("xen dom0", "control_d" in caps,
-                            "/proc/xen/capabilities holds control_d" if "control_d" in caps
-                            else "/proc/xen/capabilities lacks control_d: not the control domain"))
-        hv = probe.read("/sys/hypervisor/type")
-        items.append(_check("hypervisor", hv == "xen", f"/sys/hypervisor/type = {hv!r}"))
-        version = _version(conn.getVersion())
-        items.append(_check("libxl driver", True, f"libvirt answers on {conn.getURI()} (Xen {version})"))
-        for daemon in ("xenstored", "xenconsoled"):
-            running = probe.process_running(daemon) or (daemon == "xenstored" and probe.process_running("oxenstored"))
-            items.append(_check(daemon, running, "running" if running else "not running"))
-        items.append(_check("no /dev/kvm needed", True, "a Xen dom0 runs guests through Xen, not KVM"))
-    else:
-        kvm = det.accel == "kvm"
-        flags = probe.cpu_flags()
-        virt = sorted(flags & {"vmx", "svm"})
-        if kvm:
-            items.append(_check("/dev/kvm", True, "present and usable"))
-        elif allow_tcg:
-            items.append(_check("/dev/kvm", True, "not used; TCG allowed by the agent's configuration (slow)"))
-        else:
-            items.append(_check("/dev/kvm", False, "no /dev/kvm on a KVM host"))
-        items.append(_check("cpu virtualization", bool(virt) or allow_tcg,
-                            f"cpu flags: {', '.join(virt) or 'no vmx/svm'}"))
-        items.append(_check("qemu driver", True, f"libvirt answers on {conn.getURI()}"))
-    items.append(_check("bridge", bool(bridges), f"bridges: {', '.join(bridges)}" if bridges
-                        else "no bridge for the management network"))
-    return {"ok": all(i["ok"] for i in items), "items": items}
+    return host_check(det, conn, probe, bridges, allow_tcg).as_dict()
 
 
 def _version(number: int) -> str:
@@ -210,6 +236,7 @@ def capabilities(conn: libvirt.virConnect, det: Detection, probe: HostProbe, ext
         free = conn.getFreeMemory() // (1024 * 1024)
     except libvirt.libvirtError:
         free = None
+    check = host_check(det, conn, probe, bridges, allow_tcg)
     return {
         "hostname": socket.gethostname() if not det.emulated else conn.getHostname(),
         "host_uuid": host_uuid or (caps.findtext("host/uuid") or "").strip() or None,  # corral.agent.identity
@@ -227,7 +254,9 @@ def capabilities(conn: libvirt.virConnect, det: Detection, probe: HostProbe, ext
         "numa_cells": _numa(caps),
         "bridges": bridges,
         "capabilities": flavor_matrix(det.flavor),
-        "hardware_check": hardware_check(det, conn, probe, bridges, allow_tcg),
+        "hardware_check": check.as_dict(),
+        # the flavor's guest types this host runs (a PV-only dom0: ["pv"]); the scheduler filters on it
+        "guest_types": [g.value for g in check.guest_types],
         "tools": {name: shutil.which(name) is not None for name in ("ip", "xenstore-read", "qemu-img")},
     }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from corral.engine.deploy import detect, parse_probe
+from corral.engine.deploy.probe import detect, parse_probe
 from corral.engine.pki import ENGINE_CN, EnginePki
 from corral.engine.wheels import corral_wheel
 
@@ -60,7 +60,7 @@ def test_corral_wheel_is_a_valid_wheel(tmp_path: Path) -> None:
     assert wheel.path.name.endswith("-py3-none-any.whl")
     with zipfile.ZipFile(wheel.path) as zf:
         names = set(zf.namelist())
-        assert "corral/engine/deploy.py" in names
+        assert "corral/engine/deploy/deployer.py" in names
         info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
         assert "Requires-Dist: asyncssh" in zf.read(f"{info}/METADATA").decode()
         assert "corral = corral.cli:main" in zf.read(f"{info}/entry_points.txt").decode()
@@ -74,9 +74,8 @@ def test_corral_wheel_is_a_valid_wheel(tmp_path: Path) -> None:
 
 
 XEN_DOM0 = """uid=0
-xen_caps=control_d
-hv_type=xen
-xl=/usr/sbin/xl
+file.xen_caps=control_d
+file.hv_type=xen
 python=3.11 linux-x86_64
 bridge=xenbr0
 """
@@ -84,9 +83,10 @@ bridge=xenbr0
 
 def test_detection_from_probe() -> None:
     assert detect(parse_probe(XEN_DOM0), False).kind == "xen"  # no /dev/kvm and that is fine
-    assert detect(parse_probe("kvm_dev=1\nkvm_chr=1\ncpu_virt=vmx\n"), False).kind == "kvm"
-    assert detect(parse_probe("cpu_virt=svm\n"), False).kind == "kvm"  # kvm module not loaded: the check says so
+    assert detect(parse_probe(XEN_DOM0), False).flavor.default_uri == "xen:///system"  # type: ignore[union-attr]
+    assert detect(parse_probe("kvm=usable\ncpu_flag=vmx\n"), False).kind == "kvm"
+    assert detect(parse_probe("cpu_flag=svm\n"), False).kind == "kvm"  # kvm module not loaded: the check says so
     assert detect(parse_probe("uid=0\n"), False).kind == "none"
     assert detect(parse_probe("uid=0\n"), True).kind == "qemu"
-    domu = detect(parse_probe("xen_caps=\nhv_type=xen\n"), False)
+    domu = detect(parse_probe("file.xen_caps=\nfile.hv_type=xen\n"), False)
     assert domu.kind == "none"  # a Xen domU is not a host

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from corral.engine import deploy
+from corral.engine.deploy import units
 
 VENV = Path(sys.prefix)
 
@@ -27,9 +27,9 @@ def free_port() -> int:
 
 
 def unit_text(config: Path) -> str:
-    values = {"service": deploy.SERVICE, "venv": shlex.quote(str(VENV)), "config": shlex.quote(str(config)),
+    values = {"service": units.SERVICE, "venv": shlex.quote(str(VENV)), "config": shlex.quote(str(config)),
               "pidfile": "/run/corral-agent.pid", "log": "/var/log/corral/agent.log"}
-    return deploy.UNIT.format(**values)
+    return units.UNIT.format(**values)
 
 
 def agent_config(tmp_path: Path, port: int) -> Path:
@@ -37,7 +37,7 @@ def agent_config(tmp_path: Path, port: int) -> Path:
     token = tmp_path / "token"
     token.write_text("unit-test-token-0123456789")
     config = tmp_path / "agent.toml"
-    config.write_text(deploy._toml({"libvirt": "test:///default", "listen": f"127.0.0.1:{port}",
+    config.write_text(units.agent_toml({"libvirt": "test:///default", "listen": f"127.0.0.1:{port}",
                                     "token_file": str(token), "state_dir": str(tmp_path / "state"),
                                     "allow_tcg": True}))
     return config
@@ -49,7 +49,7 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed (Debian package systemd)")
     if not (VENV / "bin" / "corral").exists():
         pytest.skip(f"no corral command in {VENV}/bin (the project is not installed in this Python)")
-    unit = tmp_path / f"{deploy.SERVICE}.service"
+    unit = tmp_path / f"{units.SERVICE}.service"
     unit.write_text(unit_text(agent_config(tmp_path, free_port())))
     done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
