@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from corral.agent.errors import Conflict, Invalid, NotFound, Unsupported
 from corral.domain.flavors.base import Flavor, Outcome
+from corral.domain.flavors.features import Feature
 from corral.domain.resolve import mac_for
 from corral.domain.spec import Device, DiskDevice, DiskSpec, GuestType, LinkState, NicSpec, SpecError, VmSpec
 
@@ -75,7 +76,7 @@ def device_change(vm_name: str, spec: VmSpec, device_id: str, change: dict[str, 
     if key == "password" and spec.graphics is not None and device.id == spec.graphics.id:
         if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 8):
             raise Invalid("password must be 1-8 characters or null", field="password")
-        rule = flavor.rule("graphics.password", guest_type)
+        rule = flavor.rule(Feature.GRAPHICS_PASSWORD, guest_type)
         if rule.outcome is not Outcome.NATIVE:
             raise Unsupported(f"{flavor.title} cannot set a VNC password: {rule.reason}", field="password")
         new_spec = spec.with_device(spec.graphics.model_copy(update={"password": value}))

@@ -35,6 +35,12 @@ class Unsupported(AgentError):
     status, code = 409, "unsupported"
 
 
+class TimedOut(AgentError):
+    """An action did not reach its end state in the time given; the answer says the state it is in."""
+
+    status, code = 409, "timeout"
+
+
 class Invalid(AgentError):
     status, code = 422, "invalid"
 

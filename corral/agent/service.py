@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -133,9 +134,10 @@ class Agent:
                              Hooks(self.settings.hooks_dir, self.settings.hook_timeout),
                              LinkControl(self.detection.emulated), self.settings.state_dir,
                              self.settings.xen_console_dir)
+        self.vms.log_root = self.probe.root  # the host's logs a failed start quotes (corral.agent.startlog)
         counts = self.vms.recover()
         log.info("recovered %s", counts)
-        if self.detection.hypervisor == "xen" and not self.detection.emulated:
+        if self.detection.flavor.device_model_watchdog and not self.detection.emulated:
             self.watchdog = DeviceModelWatchdog(self.vms)
             self.watchdog.start()
 
@@ -218,6 +220,8 @@ class Agent:
                     vm = None
             if vm is not None:
                 vm.domid = None  # started, stopped, restarted: the domain id is read again
+                if kind == "started" and vms.needs_after_start(vm):  # a guest reboot or on_crash restart too
+                    threading.Thread(target=vms.restarted, args=(uuid,), name="after-start", daemon=True).start()
         if kind == "crashed" or (kind == "stopped" and detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
             label = "crashed"
         elif kind == "undefined":

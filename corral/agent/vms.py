@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,16 @@ import libvirt
 import msgspec
 from lxml import etree
 
+from corral.agent import startlog
 from corral.agent.bodies import device_change, hotplugged, unplugged, with_memory, with_vcpus
-from corral.agent.errors import Conflict, NotFound, Refused, Unsupported, from_libvirt
+from corral.agent.errors import Conflict, NotFound, Refused, TimedOut, Unsupported, from_libvirt
 from corral.agent.events import EventBus
 from corral.agent.hooks import Hooks
 from corral.agent.host import Detection
-from corral.agent.netlink import LinkControl
+from corral.agent.netlink import LinkControl as HostLinks
 from corral.agent.stats import StatsReader
 from corral.domain import config as cfg
+from corral.domain.flavors.features import CdromDevice, Feature, LinkControl, MemoryAtStart
 from corral.domain.read import LiveDevice, match_devices, read_domain, read_metadata
 from corral.domain.render import render_resolution
 from corral.domain.resolve import RefusedError, RenderOptions, resolve
@@ -161,7 +164,7 @@ def _answer(vm: Vm, dom: libvirt.virDomain, stats: dict[str, Any]) -> dict[str, 
 
 class VmManager:
     def __init__(self, get_conn: Callable[[], libvirt.virConnect], det: Detection, bus: EventBus, hooks: Hooks,
-                 links: LinkControl, state_dir: Path, xen_console_dir: Path = Path("/var/log/xen/console")) -> None:
+                 links: HostLinks, state_dir: Path, console_dir: Path = Path("/var/log/xen/console")) -> None:
         self._get_conn = get_conn
         self.det = det
         self.flavor = det.flavor
@@ -169,12 +172,16 @@ class VmManager:
         self.hooks = hooks
         self.links = links
         self.state_dir = state_dir
-        self.xen_console_dir = xen_console_dir
+        self.console_dir = console_dir  # where the flavor's console daemon logs (Flavor.console_daemon_log)
+        self.log_root = Path("/")  # under which Flavor.driver_logs are read (the Agent sets its HostProbe.root)
         self.vms: dict[str, Vm] = {}
         self.stats = StatsReader()
         self._lock = threading.RLock()
         self._vm_locks: dict[str, threading.Lock] = {}
         self._options: tuple[float, RenderOptions | None] = (0.0, None)  # (when read, options)
+        # VMs the agent itself is stopping, rebooting or restarting: their device model may go away on purpose,
+        # and the device-model watchdog must not take that for a loss (it reads this, under the VM's lock)
+        self.stopping: set[str] = set()
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -280,13 +287,21 @@ class VmManager:
              devices: bool = True) -> dict[str, Any]:
         out = _answer(vm, dom, stats if stats is not None else self.stats.one(self.conn, dom))
         if devices:
-            out["devices"] = [self._device_dict(vm, d) for d in self.live_devices(vm, dom)]
+            out["devices"] = [self._device_dict(vm, d, dom) for d in self.live_devices(vm, dom)]
         return out
 
-    def _device_dict(self, vm: Vm, dev: LiveDevice) -> dict[str, Any]:
+    def _agent_links(self, vm: Vm) -> bool:
+        """Whether this VM's NIC links are made real by the agent (libvirt ignores <link state>)."""
+        gt = vm.guest_type or GuestType.HVM
+        return self.flavor.rule(Feature.NIC_LINK_DOWN, gt).value == LinkControl.AGENT
+
+    def _device_dict(self, vm: Vm, dev: LiveDevice, dom: libvirt.virDomain) -> dict[str, Any]:
         data = dev.as_dict()
-        if data["kind"] == "nic" and dev.device_id in vm.links and self.flavor.name == "xen":
-            data["link"] = vm.links[dev.device_id]
+        if data["kind"] == "nic" and dev.device_id in vm.links and self._agent_links(vm):
+            # the host side's real state where it can be read (a running domain's vif), else the requested one
+            real = self.links.state(self._vif(dom, dev)) if self._active(dom) else None
+            data["link"] = real or vm.links[dev.device_id]
+            data["link_requested"] = vm.links[dev.device_id]
         return data
 
     def live_devices(self, vm: Vm, dom: libvirt.virDomain) -> list[LiveDevice]:
@@ -451,6 +466,8 @@ class VmManager:
         # SECURE: a hook's rewrite is defined as is; without the VNC password in it, the password would be lost
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
         hooked = self.hooks.run("before_vm_start", lambda: dom.XMLDesc(flags), vm.uuid, vm.name)
+        # the host's logs that say why a start failed (libxl answers only "failed to create new domain")
+        logs = startlog.mark(() if self.det.emulated else self.flavor.driver_logs, vm.name, self.log_root)
         try:
             if hooked.changed:
                 dom = self.conn.defineXML(hooked.xml)
@@ -460,20 +477,68 @@ class VmManager:
                 (self.state_dir / "channels").mkdir(parents=True, exist_ok=True)
             dom.create()
         except libvirt.libvirtError as exc:
-            raise from_libvirt(exc, f"start {vm.name}") from None
+            raise startlog.explain(from_libvirt(exc, f"start {vm.name}"), logs) from None
         vm.fault = None
         vm.domid = None
-        self._reapply_links(vm, dom)
+        warnings = self._after_start(vm, dom)
         after = self.hooks.run("after_vm_start", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-        return _warned(self.info(vm, dom, devices=False), hooked.warnings + after.warnings)
+        return _warned(self.info(vm, dom, devices=False), [*hooked.warnings, *warnings, *after.warnings])
 
-    def _reapply_links(self, vm: Vm, dom: libvirt.virDomain) -> None:
-        """Links the flavor emulates (Xen: vifD.N in dom0) are set again after every start."""
-        if vm.spec is None or self.flavor.rule("nic.link_down", vm.guest_type or GuestType.HVM).value != "agent":
-            return
+    def _after_start(self, vm: Vm, dom: libvirt.virDomain) -> Sequence[str]:
+        """What the flavor leaves to the agent once a domain runs: links libvirt ignores, and the balloon target
+        of a guest the flavor starts at its maximum. Runs after every start: the agent's own, a guest reboot,
+        an on_crash restart, a watchdog restart (each is a new domain on Xen)."""
+        warnings: list[str] = []
+        spec = vm.spec
+        if spec is None:
+            return warnings
+        gt = vm.guest_type or GuestType.HVM
+        target = spec.memory_mib
+        if target < spec.effective_max_memory_mib and \
+                self.flavor.rule(Feature.MEMORY_BALLOON_HEADROOM, gt).value == MemoryAtStart.AT_MAX_THEN_BALLOON:
+            try:
+                dom.setMemoryFlags(target * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            except libvirt.libvirtError as exc:
+                msg = f"started at {spec.effective_max_memory_mib} MiB; setting the balloon to {target} MiB " \
+                      f"failed: {exc.get_error_message()}"
+                log.warning("VM %s: %s", vm.name, msg)
+                warnings.append(msg)
+        warnings += self._reapply_links(vm, dom)
+        return warnings
+
+    def needs_after_start(self, vm: Vm) -> bool:
+        """Whether ``_after_start`` has anything to do for this VM (cheap: asked on every start event)."""
+        spec = vm.spec
+        if spec is None:
+            return False
+        if any(state == "down" for state in vm.links.values()) and self._agent_links(vm):
+            return True
+        return spec.memory_mib < spec.effective_max_memory_mib and self.flavor.rule(
+            Feature.MEMORY_BALLOON_HEADROOM, vm.guest_type or GuestType.HVM).value == MemoryAtStart.AT_MAX_THEN_BALLOON
+
+    def after_restart(self, vm: Vm, dom: libvirt.virDomain) -> None:
+        """A restart by another part of the agent (the watchdog), which holds the VM's lock."""
+        vm.domid = None
+        self._after_start(vm, dom)
+
+    def restarted(self, uuid: str) -> None:
+        """A domain started without the agent asking (guest reboot, on_crash restart): redo ``_after_start``."""
+        with self.vm_lock(uuid):
+            try:
+                vm, dom = self.lookup(uuid)
+            except (NotFound, Conflict):
+                return
+            if self._active(dom):
+                self._after_start(vm, dom)
+
+    def _reapply_links(self, vm: Vm, dom: libvirt.virDomain) -> Sequence[str]:
+        """Links the flavor leaves to the agent (Xen: vifD.N in dom0) are set again after every start."""
+        if vm.spec is None or not self._agent_links(vm):
+            return []
         down = [nid for nid, state in vm.links.items() if state == "down"]
         if not down:
-            return
+            return []
+        warnings = []
         devices = {d.device_id: d for d in self.live_devices(vm, dom)}
         for nid in down:
             dev = devices.get(nid)
@@ -482,6 +547,8 @@ class VmManager:
                     self.links.set(self._vif(dom, dev), "down")
                 except Unsupported as exc:
                     log.warning("VM %s NIC %s: %s", vm.name, nid, exc)
+                    warnings.append(f"NIC {nid} link down: {exc.message}")
+        return warnings
 
     def _vif(self, dom: libvirt.virDomain, dev: LiveDevice) -> str:
         assert isinstance(dev.config, cfg.Interface)
@@ -492,8 +559,9 @@ class VmManager:
         return f"vif{dom.ID()}.{index}"
 
     def shutdown(self, uuid: str, timeout: float = 60.0, force: bool = False) -> dict[str, Any]:
-        """Ask the guest to stop; with ``force``, destroy it once ``timeout`` has passed."""
-        with self.vm_lock(uuid):
+        """Ask the guest to stop; with ``force``, destroy it once ``timeout`` has passed. A guest still running
+        at the timeout without ``force`` is a failure (``TimedOut``), never an answer that looks like success."""
+        with self.vm_lock(uuid), self._stopping(uuid):
             vm, dom = self.lookup(uuid)
             if not dom.isActive():
                 raise Conflict(f"VM {vm.name} is not running")
@@ -509,9 +577,10 @@ class VmManager:
             how = "shutdown"
             if self._active(dom):
                 if not force:
-                    info = self.info(vm, dom, devices=False)
-                    info["stopped_by"] = None
-                    return info
+                    state = state_name(*dom.state())
+                    raise TimedOut(f"VM {vm.name} did not stop within {timeout:g} s of the shutdown request: it is "
+                                   f"still {state} (the guest ignored the request or is still shutting down); "
+                                   f"shut down again with force, or stop it", field="timeout", state=state)
                 how, warnings = self._destroy_after_timeout(vm, dom)
             else:
                 warnings = ()
@@ -528,13 +597,13 @@ class VmManager:
 
     def _destroy_after_timeout(self, vm: Vm, dom: libvirt.virDomain) -> tuple[str, Sequence[str]]:
         self.hooks.run("before_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
-        try:
-            dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
-            how = "destroy-graceful"
-        except libvirt.libvirtError as exc:
-            # Xen: "unsupported flags (0x1) in function libxlDomainDestroyFlags" [L16]
-            log.info("VM %s: graceful destroy refused (%s); destroying", vm.name, exc.get_error_message())
-            how = "destroy"
+        how = "destroy"
+        if self.flavor.graceful_destroy:  # libxl: "unsupported flags (0x1) in libxlDomainDestroyFlags" [L16]
+            try:
+                dom.destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+                how = "destroy-graceful"
+            except libvirt.libvirtError as exc:
+                log.info("VM %s: graceful destroy refused (%s); destroying", vm.name, exc.get_error_message())
         if self._active(dom):
             try:
                 dom.destroy()
@@ -544,7 +613,7 @@ class VmManager:
         return how, self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name).warnings
 
     def destroy(self, uuid: str) -> dict[str, Any]:
-        with self.vm_lock(uuid):
+        with self.vm_lock(uuid), self._stopping(uuid):
             vm, dom = self.lookup(uuid)
             # libvirt refuses to destroy an inactive domain (OPERATION_INVALID, every driver): asking it first
             # is needed only when a before_vm_destroy hook would otherwise run for nothing
@@ -559,6 +628,15 @@ class VmManager:
                 raise from_libvirt(exc, f"destroy {vm.name}") from None
             after = self.hooks.run("after_vm_destroy", lambda: dom.XMLDesc(0), vm.uuid, vm.name)
             return _warned(self.info(vm, dom, devices=False), after.warnings)
+
+    @contextmanager
+    def _stopping(self, uuid: str) -> Iterator[None]:
+        """Marks an action of the agent that ends or replaces the domain (and its device model)."""
+        self.stopping.add(uuid)
+        try:
+            yield
+        finally:
+            self.stopping.discard(uuid)
 
     def _simple(self, uuid: str, action: str) -> dict[str, Any]:
         with self.vm_lock(uuid):
@@ -630,7 +708,7 @@ class VmManager:
     def _change_media(self, vm: Vm, dom: libvirt.virDomain, res: Any, disk: DiskSpec, media: str | None) -> None:
         if not dom.isActive():
             return
-        if self.flavor.rule("cdrom.device", res.guest_type).value == "disk":
+        if self.flavor.rule(Feature.CDROM_DEVICE, res.guest_type).value == CdromDevice.READONLY_DISK:
             self._replug_media(vm, dom, res, disk.id, media)
             return
         elem = self._rendered(res, disk.id)
@@ -659,7 +737,7 @@ class VmManager:
     def _change_link(self, vm: Vm, dom: libvirt.virDomain, res: Any, nic: NicSpec, link: str) -> None:
         if not dom.isActive():
             return
-        if self.flavor.rule("nic.link_down", res.guest_type).value == "agent":
+        if self.flavor.rule(Feature.NIC_LINK_DOWN, res.guest_type).value == LinkControl.AGENT:
             dev = next((d for d in self.live_devices(vm, dom) if d.device_id == nic.id), None)
             if dev is None:
                 raise NotFound(f"NIC {nic.id} is not in the running domain")
@@ -751,8 +829,8 @@ class VmManager:
             if isinstance(dev, cfg.CharDevice) and (dev.log_file or (dev.type == "file" and dev.source_path)):
                 path = Path(dev.log_file or dev.source_path or "")
                 break
-        if path is None and self.flavor.name == "xen":
-            path = self.xen_console_dir / f"guest-{vm.name}.log"
+        if path is None and self.flavor.console_daemon_log is not None:
+            path = self.console_dir / self.flavor.console_daemon_log.format(name=vm.name)
         if path is None:
             return {"path": None, "log": ""}
         try:

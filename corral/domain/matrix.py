@@ -6,6 +6,7 @@ from typing import Any
 
 from corral.domain.flavors import all_flavors
 from corral.domain.flavors.base import Flavor
+from corral.domain.flavors.features import Feature
 
 
 def _columns() -> list[tuple[str, Flavor, Any]]:
@@ -30,7 +31,7 @@ def flavor_matrix(flavor: Flavor) -> dict[str, dict[str, dict[str, str | None]]]
 
 def matrix_json() -> dict[str, Any]:
     cols = _columns()
-    features: list[str] = []
+    features: list[Feature] = []
     for _, flavor, _ in cols:
         features += [f for f in flavor.features() if f not in features]
     rows = []

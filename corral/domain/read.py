@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from corral.domain import config as cfg
-from corral.domain.flavors import UnknownFlavor, get_flavor
+from corral.domain.flavors import UnknownFlavor, flavor_for_domain_type, get_flavor
 from corral.domain.resolve import resolve
 from corral.domain.spec import GuestType, VmSpec
 
@@ -162,9 +162,10 @@ def read_domain(xml: str | bytes, spec: VmSpec | None = None, flavor: str | None
         spec = meta.spec
     if spec is None:
         return dom, [LiveDevice(kind=_kind(d), config=d) for d in dom.devices]
-    flavor_name = flavor or (meta.flavor if meta else None) or ("xen" if dom.type == "xen" else "kvm")
+    flavor_name = flavor or (meta.flavor if meta else None)
+    by_type = flavor_for_domain_type(dom.type)
     try:
-        fl = get_flavor(flavor_name, accel="tcg" if dom.type == "qemu" else "kvm")
+        fl = by_type if flavor_name is None else get_flavor(flavor_name, accel=by_type.accel or "kvm")
     except UnknownFlavor as exc:
         raise cfg.XmlError("metadata/corral:vm", str(exc)) from None
     gt = guest_type or (meta.guest_type if meta else None)

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from lxml import etree
 
 from corral.domain import config as cfg
+from corral.domain.flavors import features as feat
 from corral.domain.flavors.base import BUS_PREFIX, Decision, Flavor, Outcome, Rule
+from corral.domain.flavors.features import (
+    AgentChannel,
+    BootOrder,
+    Check,
+    ConsoleLog,
+    Feature,
+    GraphicsPassword,
+    LinkControl,
+    MemoryAtStart,
+)
 from corral.domain.spec import (
     SPEC_FORMAT_VERSION,
     ConsoleKind,
@@ -28,7 +40,7 @@ from corral.domain.spec import (
 )
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
-_DECIDED_MAX = 4096
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class Resolution:
     decisions: list[Decision] = field(default_factory=list)
     domain: cfg.Domain | None = None
     nic_link_down: list[str] = field(default_factory=list)  # NIC ids the agent must set down itself
+    balloon_target_mib: int | None = None  # started at max: the agent sets the balloon to this after the start
     spec_text: str = ""  # the spec as JSON, as stored in <metadata> (without a VNC password)
 
     @property
@@ -96,6 +109,23 @@ def metadata_element(spec: VmSpec, flavor: Flavor, guest_type: GuestType) -> etr
     return root
 
 
+@lru_cache(maxsize=4096)
+def _decision(flavor: Flavor, path: str, feature: Feature, guest_type: GuestType,
+              asked: str | None) -> tuple[Rule, Decision]:
+    """One rule applied to one field: a pure function of its arguments (flavors are immutable and hashed by
+    identity), memoised because an agent renders the same few shapes of VM over and over. Bounded: asked
+    values are open-ended (paths, bridges)."""
+    rule = flavor.rule(feature, guest_type)
+    if rule.outcome is Outcome.TRANSLATED:
+        becomes = f" -> {rule.value}" if rule.value else ""
+        detail = f"{asked}{becomes}: {rule.reason}" if asked else f"{rule.reason}"
+    elif rule.outcome is Outcome.NATIVE:
+        detail = ", ".join(x for x in (asked or rule.value, rule.reason) if x)
+    else:
+        detail = rule.reason
+    return rule, Decision(path, feature, rule.outcome, detail)
+
+
 def _letters(n: int) -> str:
     """0 -> a, 25 -> z, 26 -> aa: libvirt's disk naming."""
     out = ""
@@ -117,34 +147,17 @@ class _Walker:
     def gt(self) -> GuestType:
         return self.res.guest_type
 
-    def decide(self, path: str, feature: str, asked: str | None = None) -> Rule:
-        key = (path, feature, self.gt, asked)
-        known = self.flavor.decided.get(key)
-        if known is None:
-            known = self._decide(path, feature, asked)
-            if len(self.flavor.decided) >= _DECIDED_MAX:
-                self.flavor.decided.clear()  # asked values are open-ended (paths, bridges): keep it bounded
-            self.flavor.decided[key] = known
-        self.res.decisions.append(known[1])
-        return known[0]
+    def decide(self, path: str, feature: Feature, asked: str | None = None) -> Rule:
+        rule, decision = _decision(self.flavor, path, feature, self.gt, asked)
+        self.res.decisions.append(decision)
+        return rule
 
-    def _decide(self, path: str, feature: str, asked: str | None) -> tuple[Rule, Decision]:
-        rule = self.flavor.rule(feature, self.gt)
-        if rule.outcome is Outcome.TRANSLATED:
-            becomes = f" -> {rule.value}" if rule.value else ""
-            detail = f"{asked}{becomes}: {rule.reason}" if asked else f"{rule.reason}"
-        elif rule.outcome is Outcome.NATIVE:
-            detail = ", ".join(x for x in (asked or rule.value, rule.reason) if x)
-        else:
-            detail = rule.reason
-        return rule, Decision(path, feature, rule.outcome, detail)
-
-    def note(self, path: str, feature: str, outcome: Outcome, detail: str) -> None:
+    def note(self, path: str, feature: Feature | Check, outcome: Outcome, detail: str) -> None:
         self.res.decisions.append(Decision(path, feature, outcome, detail))
 
     def run(self) -> Resolution:
         spec, flavor = self.spec, self.flavor
-        rule = self.decide("guest_type", f"guest_type.{spec.guest_type.value}", spec.guest_type.value)
+        rule = self.decide("guest_type", feat.GUEST_TYPE[spec.guest_type], spec.guest_type.value)
         if rule.outcome is Outcome.REFUSED:
             return self.res
         self.res.guest_type = GuestType(rule.value or spec.guest_type.value)
@@ -177,30 +190,30 @@ class _Walker:
     def _boot(self, dom: cfg.Domain) -> None:
         spec = self.spec
         if spec.kernel:
-            self.decide("kernel", "boot.kernel", spec.kernel)
+            self.decide("kernel", Feature.BOOT_KERNEL, spec.kernel)
             dom.os.kernel, dom.os.initrd, dom.os.cmdline = spec.kernel, spec.initrd, spec.cmdline
         if spec.bootloader:
-            if self.decide("bootloader", "boot.bootloader", spec.bootloader).outcome is Outcome.NATIVE:
+            if self.decide("bootloader", Feature.BOOT_BOOTLOADER, spec.bootloader).outcome is Outcome.NATIVE:
                 dom.bootloader = spec.bootloader
         if self.gt is not GuestType.HVM and not spec.kernel and not spec.bootloader:
-            self.note("kernel", "boot.kernel", Outcome.REFUSED,
+            self.note("kernel", Check.NEEDS_BOOT, Outcome.REFUSED,
                       f"a {self.gt.value} guest needs a kernel or a bootloader")
         if spec.boot and not spec.kernel:
             order = [str(b) for b in spec.boot]  # StrEnum: str() is the value, without the enum property
-            rule = self.decide("boot", "boot.order", ",".join(order))
-            if rule.value == "os":
+            rule = self.decide("boot", Feature.BOOT_ORDER, ",".join(order))
+            if rule.value == BootOrder.OS:
                 dom.os.boot = order
 
     def _cpu(self, dom: cfg.Domain) -> None:
         cpu = self.spec.cpu
         if cpu is None:
             return
-        rule = self.decide("cpu.mode", f"cpu.{cpu.mode.value}", cpu.mode.value)
+        rule = self.decide("cpu.mode", feat.CPU_MODE[cpu.mode], cpu.mode.value)
         if rule.outcome is Outcome.REFUSED:
             return
         mode = rule.value
         if cpu.features:
-            feat_rule = self.decide("cpu.features", "cpu.features", ",".join(f.name for f in cpu.features))
+            feat_rule = self.decide("cpu.features", Feature.CPU_FEATURES, ",".join(f.name for f in cpu.features))
             if feat_rule.outcome is Outcome.REFUSED:
                 return
         if mode is None:
@@ -212,7 +225,7 @@ class _Walker:
         spec = self.spec
         for event in ("on_poweroff", "on_reboot", "on_crash"):
             action: LifecycleAction = getattr(spec, event)
-            feature = f"on_crash.{action.value}" if event == "on_crash" else f"lifecycle.{action.value}"
+            feature = (feat.ON_CRASH if event == "on_crash" else feat.LIFECYCLE)[action]
             if self.decide(event, feature, action.value).outcome is not Outcome.REFUSED:
                 setattr(dom, event, action.value)
 
@@ -224,31 +237,34 @@ class _Walker:
         for i, disk in enumerate(self.spec.disks):
             path = f"disks.{i}"
             if disk.device is DiskDevice.FLOPPY:
-                rule = self.decide(f"{path}.device", "floppy", "floppy")
+                rule = self.decide(f"{path}.device", Feature.FLOPPY, "floppy")
                 if rule.outcome is Outcome.REFUSED:
                     continue
                 bus = rule.value or "fdc"
             else:
-                kind = "cdrom" if disk.device is DiskDevice.CDROM else "disk"
-                rule = self.decide(f"{path}.bus", f"{kind}.bus.{disk.bus.value}", disk.bus.value)
+                buses = feat.CDROM_BUS if disk.device is DiskDevice.CDROM else feat.DISK_BUS
+                rule = self.decide(f"{path}.bus", buses[disk.bus], disk.bus.value)
                 if rule.outcome is Outcome.REFUSED:
                     continue
                 bus = rule.value or disk.bus.value
             device = disk.device.value
             if disk.device is DiskDevice.CDROM:
-                device = self.decide(f"{path}.device", "cdrom.device", "cdrom").value or device
+                device = self.decide(f"{path}.device", Feature.CDROM_DEVICE, "cdrom").value or device
             prefix = BUS_PREFIX[bus]
             index = counters.get(prefix, 0)
             counters[prefix] = index + 1  # taken even by a drive not rendered now: names stay stable
             if disk.source is None:
-                empty = self.decide(f"{path}.source", "cdrom.empty", "empty")
+                empty = self.decide(f"{path}.source", Feature.CDROM_EMPTY, "empty")
                 if empty.outcome is Outcome.TRANSLATED:
                     continue
             if disk.format is DiskFormat.QCOW2:
-                driver = self.decide(f"{path}.format", "disk.format.qcow2", "qcow2")
+                driver = self.decide(f"{path}.format", Feature.DISK_FORMAT_QCOW2, "qcow2")
             else:
-                src = "block" if disk.source_type is DiskSource.BLOCK else "file"
-                driver = self.flavor.rule(f"disk.format.raw.{src}", self.gt)
+                driver = self.flavor.rule(feat.RAW_SOURCE[disk.source_type], self.gt)
+            if disk.device is DiskDevice.CDROM:
+                cdrom_driver = self.flavor.rule(Feature.CDROM_DRIVER, self.gt)
+                if cdrom_driver.value is not None and cdrom_driver.value != driver.value:
+                    driver = self.decide(f"{path}.driver", Feature.CDROM_DRIVER, driver.value)
             used[bus] = used.get(bus, 0) + 1
             needs_scsi |= bus == "scsi"
             out.append(cfg.Disk(
@@ -258,7 +274,7 @@ class _Walker:
                 alias=alias_of(disk.id)))
         for bus, slots in self.flavor.bus_slots.items():
             if used.get(bus, 0) > slots:
-                self.note("disks", f"disk.bus.{bus}", Outcome.REFUSED,
+                self.note("disks", Check.BUS_SLOTS, Outcome.REFUSED,
                           f"{used[bus]} devices on {bus}, which has {slots} slots; put disks on another bus")
         if needs_scsi:
             out.append(cfg.Controller(type="scsi", model="virtio-scsi", index=0))
@@ -268,23 +284,23 @@ class _Walker:
         out: list[cfg.Device] = []
         for i, nic in enumerate(self.spec.nics):
             path = f"nics.{i}"
-            model = self.decide(f"{path}.model", f"nic.model.{nic.model.value}", nic.model.value)
-            self.decide(f"{path}.source", f"nic.source.{nic.source_type.value}", nic.source)
+            model = self.decide(f"{path}.model", feat.NIC_MODEL[nic.model], nic.model.value)
+            self.decide(f"{path}.source", feat.NIC_SOURCE[nic.source_type], nic.source)
             mac = nic.mac
             if mac is None:
                 mac = mac_for(nic.id, self.flavor.mac_prefix)
-                self.note(f"{path}.mac", "nic.mac", Outcome.NATIVE,
+                self.note(f"{path}.mac", Check.NIC_MAC, Outcome.NATIVE,
                           f"generated {mac} ({self.flavor.mac_prefix} is {self.flavor.title}'s prefix)")
             link_state = None
             if nic.link is LinkState.DOWN:
-                link = self.decide(f"{path}.link", "nic.link_down", "down")
-                if link.value == "xml":
+                link = self.decide(f"{path}.link", Feature.NIC_LINK_DOWN, "down")
+                if link.value == LinkControl.XML:
                     link_state = "down"
-                elif link.value == "agent":
+                elif link.value == LinkControl.AGENT:
                     self.res.nic_link_down.append(nic.id)
             filterref = None
             if nic.filter:
-                if self.decide(f"{path}.filter", "nic.filter", nic.filter).outcome is Outcome.NATIVE:
+                if self.decide(f"{path}.filter", Feature.NIC_FILTER, nic.filter).outcome is Outcome.NATIVE:
                     filterref = nic.filter
             out.append(cfg.Interface(
                 type="bridge" if nic.source_type is NicSource.BRIDGE else "network", mac=mac, source=nic.source,
@@ -295,15 +311,27 @@ class _Walker:
         gfx = self.spec.graphics
         if gfx is None:
             return [], 0
-        rule = self.decide("graphics.type", f"graphics.{gfx.type.value}", gfx.type.value)
+        rule = self.decide("graphics.type", feat.GRAPHICS[gfx.type], gfx.type.value)
         if rule.outcome is Outcome.REFUSED:
             return [], 0
-        self.decide("graphics.listen", "graphics.listen", gfx.listen)
-        passwd = None
+        passwd, listen = None, gfx.listen
+        relayed = False
         if gfx.password:
-            if self.decide("graphics.password", "graphics.password", "set").value == "xml":
+            how = self.decide("graphics.password", Feature.GRAPHICS_PASSWORD, "set").value
+            if how == GraphicsPassword.XML:
                 passwd = gfx.password
-        out: list[cfg.Device] = [_identify(cfg.Graphics(type=gfx.type.value, listen=gfx.listen, passwd=passwd),
+            elif how == GraphicsPassword.RELAY:
+                relayed = True
+        if relayed and listen != LOOPBACK:
+            # never an open console: a password the flavor cannot render is replaced by a loopback-only listen
+            listen = LOOPBACK
+            self.note("graphics.listen", Feature.GRAPHICS_LISTEN, Outcome.TRANSLATED,
+                      f"{gfx.listen or 'default'} -> {LOOPBACK}: the password cannot be rendered on "
+                      f"{self.flavor.title}, so the console listens on the host's loopback only and is reached "
+                      f"through the console proxy")
+        else:
+            self.decide("graphics.listen", Feature.GRAPHICS_LISTEN, gfx.listen)
+        out: list[cfg.Device] = [_identify(cfg.Graphics(type=gfx.type.value, listen=listen, passwd=passwd),
                                            gfx.id)]
         video_mib = 0
         if self.gt is GuestType.HVM:
@@ -318,20 +346,20 @@ class _Walker:
         serial_port = 0
         for i, con in enumerate(self.spec.consoles):
             path = f"consoles.{i}"
-            rule = self.decide(path, f"console.{con.kind.value}", con.kind.value)
+            rule = self.decide(path, feat.CONSOLE[con.kind], con.kind.value)
             if rule.outcome is Outcome.REFUSED:
                 continue
             target = rule.value or "serial"
-            if target == "xen" and "xen" in targets_taken:
-                self.note(path, f"console.{con.kind.value}", Outcome.REFUSED,
-                          "this guest already has its single Xen PV console")
+            if target in self.flavor.single_console_targets and target in targets_taken:
+                self.note(path, Check.SINGLE_CONSOLE, Outcome.REFUSED,
+                          f"this guest already has its single {target} console on {self.flavor.title}")
                 continue
             targets_taken.add(target)
-            log_rule = self.flavor.rule("console.log", self.gt)
+            log_rule = self.flavor.rule(Feature.CONSOLE_LOG, self.gt)
             log_file = None
-            if log_rule.value == "xml" and self.options.console_log_dir:
+            if log_rule.value == ConsoleLog.VIRTLOGD and self.options.console_log_dir:
                 log_file = f"{self.options.console_log_dir}/{self.spec.name}-{con.id}.log"
-            if target == "serial" and log_rule.value == "file":
+            if target == "serial" and log_rule.value == ConsoleLog.FILE:
                 path = f"{self.options.console_log_dir or '/var/log/corral'}/{self.spec.name}-{con.id}.log"
                 out.append(cfg.CharDevice(element="serial", type="file", source_path=path, target_port=serial_port,
                                           alias=alias_of(con.id)))
@@ -344,18 +372,18 @@ class _Walker:
                 out.append(cfg.CharDevice(element="console", target_type=target, log_file=log_file,
                                           alias=alias_of(con.id)))
         if out:
-            self.decide("consoles", "console.log")
+            self.decide("consoles", Feature.CONSOLE_LOG)
         return out
 
     def _channel(self) -> list[cfg.Device]:
         chan = self.spec.guest_agent
         if chan is None:
             return []
-        rule = self.decide("guest_agent", "guest_agent", "virtio-serial")
+        rule = self.decide("guest_agent", Feature.GUEST_AGENT, "virtio-serial")
         if rule.outcome is Outcome.REFUSED:
             return []
         path = None
-        if rule.value == "xen":
+        if rule.value == AgentChannel.UNIX_SOCKET:
             path = f"{self.options.channel_dir}/{self.spec.id}.agent"
         return [cfg.CharDevice(element="channel", type="unix", target_type=rule.value, target_name=AGENT_CHANNEL,
                                source_path=path, alias=alias_of(chan.id))]
@@ -363,7 +391,7 @@ class _Walker:
     def _balloon(self) -> list[cfg.Device]:
         if self.spec.balloon is None:
             return []
-        rule = self.decide("balloon", "balloon", "virtio")
+        rule = self.decide("balloon", Feature.BALLOON, "virtio")
         if rule.outcome is Outcome.REFUSED:
             return []
         return [cfg.Memballoon(model=rule.value or "virtio", alias=alias_of(self.spec.balloon.id))]
@@ -373,15 +401,16 @@ class _Walker:
         minimum = self.flavor.min_memory_mib[self.gt] + video_mib
         if spec.memory_mib < minimum:
             extra = f" ({video_mib} MiB of it video RAM)" if video_mib else ""
-            self.note("memory_mib", "memory.minimum", Outcome.REFUSED,
+            self.note("memory_mib", Check.MEMORY_MINIMUM, Outcome.REFUSED,
                       f"{spec.memory_mib} MiB is below the {minimum} MiB minimum of a {self.gt.value} guest on "
                       f"{self.flavor.title}{extra}")
         max_mib = spec.effective_max_memory_mib
         current = spec.memory_mib
         if max_mib > current:
-            rule = self.decide("max_memory_mib", "memory.balloon_headroom", f"{current} of {max_mib} MiB")
-            if rule.value == "max":
+            rule = self.decide("max_memory_mib", Feature.MEMORY_BALLOON_HEADROOM, f"{current} of {max_mib} MiB")
+            if rule.value == MemoryAtStart.AT_MAX_THEN_BALLOON:
                 current = max_mib
+                self.res.balloon_target_mib = spec.memory_mib
         dom.memory_kib = max_mib * 1024
         dom.current_memory_kib = current * 1024
 
@@ -394,9 +423,9 @@ class _Walker:
         maximum = spec.effective_max_vcpus
         if maximum > limit:
             field_name = "max_vcpus" if spec.max_vcpus else "vcpus"
-            self.note(field_name, "vcpus.maximum", Outcome.REFUSED, f"{maximum} vCPUs asked; {why}")
+            self.note(field_name, Check.VCPUS_MAXIMUM, Outcome.REFUSED, f"{maximum} vCPUs asked; {why}")
         if maximum > spec.vcpus:
-            self.decide("max_vcpus", "vcpus.hotplug", f"{spec.vcpus} of {maximum}")
+            self.decide("max_vcpus", Feature.VCPUS_HOTPLUG, f"{spec.vcpus} of {maximum}")
         dom.vcpus = maximum
         dom.current_vcpus = spec.vcpus
 

@@ -61,7 +61,7 @@ def test_host_describes_the_hypervisor_and_passes_the_hardware_check(api: Api) -
     if emulate == "xen":
         assert set(caps["floppy"]) == {"pv", "pvh", "hvm"}
         assert caps["floppy"]["hvm"]["outcome"] == "refused"
-        assert caps["graphics.password"]["hvm"]["value"] == "proxy"
+        assert caps["graphics.password"]["hvm"]["value"] == "relay"
     else:
         assert caps["floppy"]["hvm"]["outcome"] == "native"
 

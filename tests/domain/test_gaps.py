@@ -155,7 +155,7 @@ def test_D3_balloon_model_xen_and_hvm_current_memory(gt: GuestType) -> None:
     headroom = decision(decisions, "max_memory_mib")
     if gt is HVM:  # below max an HVM guest would run populate-on-demand: start at max, balloon down later
         assert the(root, "currentMemory").text == the(root, "memory").text
-        assert headroom.outcome is Outcome.TRANSLATED and "-> max" in headroom.detail
+        assert headroom.outcome is Outcome.TRANSLATED and "-> at-max-then-balloon" in headroom.detail
     else:
         assert the(root, "currentMemory").text == str(1024 * 1024)
         assert headroom.outcome is Outcome.NATIVE
@@ -352,11 +352,29 @@ def test_L12_vnc_password_not_rendered_on_xen_plan_says_proxy(gt: GuestType) -> 
     assert secret not in xml, "the password appears somewhere in the Xen domain XML"
     assert the(root, "metadata/corral:vm").get("graphics-password") == "set"
     d = decision(plan(spec, XEN, gt), "graphics.password")
-    assert d.outcome is Outcome.TRANSLATED and "-> proxy" in d.detail and "[L12]" in d.detail
+    assert d.outcome is Outcome.TRANSLATED and "-> relay" in d.detail and "[L12]" in d.detail
 
     kvm_xml = render(spec, KVM)
     assert the(parse(kvm_xml), "devices/graphics").get("passwd") == secret
     assert kvm_xml.count(secret) == 1, "the password leaked into <metadata>"
+
+
+@XEN_TYPES
+@pytest.mark.parametrize("listen", ["0.0.0.0", "192.0.2.7", "::", None])
+def test_L12_a_dropped_password_never_leaves_an_open_console(gt: GuestType, listen: str | None) -> None:
+    """Issue 15: the password was dropped while a public listen address was rendered as asked (an open VNC)."""
+    spec = make(graphics={"password": "Zq7sEcr8", **({"listen": listen} if listen else {})})
+    root = parse(render(spec, XEN, gt))
+    assert the(root, "devices/graphics").get("listen") == "127.0.0.1"
+    assert all(e.get("address") in (None, "127.0.0.1") for e in root.findall("devices/graphics/listen"))
+    d = decision(plan(spec, XEN, gt), "graphics.listen")
+    if listen is None:  # the spec's default listen is loopback already
+        assert d.outcome is Outcome.NATIVE
+    else:
+        assert d.outcome is Outcome.TRANSLATED and "127.0.0.1" in d.detail and "loopback" in d.detail
+    # without a password, the listen address asked is the one rendered (the operator asked for an open console)
+    open_spec = make(graphics={"listen": "192.0.2.7"})
+    assert the(parse(render(open_spec, XEN, gt)), "devices/graphics").get("listen") == "192.0.2.7"
 
 
 # --- L13 -------------------------------------------------------------------------------------------------------

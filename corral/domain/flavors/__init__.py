@@ -26,4 +26,10 @@ def all_flavors() -> list[Flavor]:
     return [KVM, KVM_TCG, XEN]
 
 
-__all__ = ["Decision", "Flavor", "Outcome", "Rule", "UnknownFlavor", "all_flavors", "get_flavor"]
+def flavor_for_domain_type(domain_type: str | None) -> Flavor:
+    """The flavor that renders a libvirt ``<domain type>`` (kvm, qemu, xen); anything else reads as KVM's."""
+    return next((f for f in all_flavors() if f.domain_type == domain_type), KVM)
+
+
+__all__ = ["Decision", "Flavor", "Outcome", "Rule", "UnknownFlavor", "all_flavors", "flavor_for_domain_type",
+           "get_flavor"]

@@ -6,88 +6,100 @@ the ``tcg`` variant overrides the CPU rows only.
 
 from __future__ import annotations
 
-from corral.domain.flavors.base import Flavor, native, refused, translated
+from corral.domain.flavors.base import Flavor, Table, native, refused, translated
+from corral.domain.flavors.features import (
+    AgentChannel,
+    BootOrder,
+    CdromDevice,
+    ConsoleLog,
+    GraphicsPassword,
+    LinkControl,
+    MemoryAtStart,
+)
+from corral.domain.flavors.features import Feature as F
+from corral.domain.hostcheck import KVM_CHECKS
 from corral.domain.spec import GuestType
 
 _AS_HVM = "QEMU runs every guest fully virtualised; the PV kernel is booted directly as an HVM guest"
 
-TABLE = {
-    "guest_type.hvm": native("hvm"),
-    "guest_type.pv": translated("hvm", _AS_HVM),
-    "guest_type.pvh": translated("hvm", _AS_HVM),
-    "disk.bus.auto": native("virtio", "virtio-blk is the fast paravirtual bus"),
-    "disk.bus.virtio": native("virtio"),
-    "disk.bus.xen": translated("virtio", "Xen's PV block bus is virtio-blk under QEMU"),
-    "disk.bus.ide": native("ide"),
-    "disk.bus.sata": native("sata"),
-    "disk.bus.scsi": native("scsi", "on a virtio-scsi controller"),
-    "cdrom.bus.auto": native("ide", "the pc machine's IDE channel"),
-    "cdrom.bus.virtio": translated("ide", "virtio-blk cannot carry removable media"),
-    "cdrom.bus.xen": translated("ide", "the pc machine's IDE channel"),
-    "cdrom.bus.ide": native("ide"),
-    "cdrom.bus.sata": native("sata"),
-    "cdrom.bus.scsi": native("scsi", "on a virtio-scsi controller"),
-    "cdrom.device": native("cdrom", "media changes live"),
-    "cdrom.empty": native(None, "an empty drive, no <source>"),
-    "floppy": native("fdc"),
-    "disk.format.raw.file": native("qemu"),
-    "disk.format.raw.block": native("qemu"),
-    "disk.format.qcow2": native("qemu"),
-    "nic.model.auto": native("virtio"),
-    "nic.model.virtio": native("virtio"),
-    "nic.model.e1000": native("e1000"),
-    "nic.model.rtl8139": native("rtl8139"),
-    "nic.model.netfront": translated("virtio", "Xen's PV NIC is virtio-net under QEMU"),
-    "nic.source.bridge": native(),
-    "nic.source.network": native(),
-    "nic.link_down": native("xml", "<link state='down'/>"),
-    "nic.filter": native("xml", "libvirt nwfilter"),
-    "graphics.vnc": native(),
-    "graphics.spice": native(),
-    "graphics.password": native("xml"),
-    "graphics.listen": native(),
-    "console.serial": native("serial", "16550 UART, ttyS0"),
-    "console.pv": translated("virtio", "virtio console, hvc0"),
-    "console.log": native("xml", "logged by virtlogd"),
-    "guest_agent": native("virtio", "virtio-serial channel"),
-    "balloon": native("virtio"),
-    "boot.order": native("os", "<os><boot dev>"),
-    "boot.kernel": native(),
-    "boot.bootloader": refused("QEMU has no host-side bootloader; boot the guest's disk or give a kernel"),
-    "cpu.host-model": native("host-model"),
-    "cpu.host-passthrough": native("host-passthrough"),
-    "cpu.custom": native("custom"),
-    "cpu.features": native(),
-    "memory.balloon_headroom": native(None, "currentMemory below memory, balloon up to max"),
-    "vcpus.hotplug": native(None, "<vcpu current>, setVcpus within max"),
-    "on_crash.destroy": native(),
-    "on_crash.restart": native(),
-    "on_crash.preserve": native(),
-    "on_crash.rename-restart": native(),
-    "on_crash.coredump-destroy": native(),
-    "on_crash.coredump-restart": native(),
-    "lifecycle.destroy": native(),
-    "lifecycle.restart": native(),
-    "lifecycle.preserve": native(),
-    "lifecycle.rename-restart": native(),
+TABLE: Table = {
+    F.GUEST_TYPE_HVM: native("hvm"),
+    F.GUEST_TYPE_PV: translated("hvm", _AS_HVM),
+    F.GUEST_TYPE_PVH: translated("hvm", _AS_HVM),
+    F.DISK_BUS_AUTO: native("virtio", "virtio-blk is the fast paravirtual bus"),
+    F.DISK_BUS_VIRTIO: native("virtio"),
+    F.DISK_BUS_XEN: translated("virtio", "Xen's PV block bus is virtio-blk under QEMU"),
+    F.DISK_BUS_IDE: native("ide"),
+    F.DISK_BUS_SATA: native("sata"),
+    F.DISK_BUS_SCSI: native("scsi", "on a virtio-scsi controller"),
+    F.CDROM_BUS_AUTO: native("ide", "the pc machine's IDE channel"),
+    F.CDROM_BUS_VIRTIO: translated("ide", "virtio-blk cannot carry removable media"),
+    F.CDROM_BUS_XEN: translated("ide", "the pc machine's IDE channel"),
+    F.CDROM_BUS_IDE: native("ide"),
+    F.CDROM_BUS_SATA: native("sata"),
+    F.CDROM_BUS_SCSI: native("scsi", "on a virtio-scsi controller"),
+    F.CDROM_DEVICE: native(CdromDevice.REMOVABLE, "media changes live"),
+    F.CDROM_EMPTY: native(None, "an empty drive, no <source>"),
+    F.CDROM_DRIVER: native(None, "the disk's own driver"),
+    F.FLOPPY: native("fdc"),
+    F.DISK_FORMAT_RAW_FILE: native("qemu"),
+    F.DISK_FORMAT_RAW_BLOCK: native("qemu"),
+    F.DISK_FORMAT_QCOW2: native("qemu"),
+    F.NIC_MODEL_AUTO: native("virtio"),
+    F.NIC_MODEL_VIRTIO: native("virtio"),
+    F.NIC_MODEL_E1000: native("e1000"),
+    F.NIC_MODEL_RTL8139: native("rtl8139"),
+    F.NIC_MODEL_NETFRONT: translated("virtio", "Xen's PV NIC is virtio-net under QEMU"),
+    F.NIC_SOURCE_BRIDGE: native(),
+    F.NIC_SOURCE_NETWORK: native(),
+    F.NIC_LINK_DOWN: native(LinkControl.XML, "<link state='down'/>"),
+    F.NIC_FILTER: native(None, "libvirt nwfilter"),
+    F.GRAPHICS_VNC: native(),
+    F.GRAPHICS_SPICE: native(),
+    F.GRAPHICS_PASSWORD: native(GraphicsPassword.XML),
+    F.GRAPHICS_LISTEN: native(),
+    F.CONSOLE_SERIAL: native("serial", "16550 UART, ttyS0"),
+    F.CONSOLE_PV: translated("virtio", "virtio console, hvc0"),
+    F.CONSOLE_LOG: native(ConsoleLog.VIRTLOGD, "logged by virtlogd"),
+    F.GUEST_AGENT: native(AgentChannel.VIRTIO_SERIAL, "virtio-serial channel"),
+    F.BALLOON: native("virtio"),
+    F.BOOT_ORDER: native(BootOrder.OS, "<os><boot dev>"),
+    F.BOOT_KERNEL: native(),
+    F.BOOT_BOOTLOADER: refused("QEMU has no host-side bootloader; boot the guest's disk or give a kernel"),
+    F.CPU_HOST_MODEL: native("host-model"),
+    F.CPU_HOST_PASSTHROUGH: native("host-passthrough"),
+    F.CPU_CUSTOM: native("custom"),
+    F.CPU_FEATURES: native(),
+    F.MEMORY_BALLOON_HEADROOM: native(MemoryAtStart.AS_ASKED, "currentMemory below memory, balloon up to max"),
+    F.VCPUS_HOTPLUG: native(None, "<vcpu current>, setVcpus within max"),
+    F.ON_CRASH_DESTROY: native(),
+    F.ON_CRASH_RESTART: native(),
+    F.ON_CRASH_PRESERVE: native(),
+    F.ON_CRASH_RENAME_RESTART: native(),
+    F.ON_CRASH_COREDUMP_DESTROY: native(),
+    F.ON_CRASH_COREDUMP_RESTART: native(),
+    F.LIFECYCLE_DESTROY: native(),
+    F.LIFECYCLE_RESTART: native(),
+    F.LIFECYCLE_PRESERVE: native(),
+    F.LIFECYCLE_RENAME_RESTART: native(),
 }
 
 _TCG_CPU = "TCG (no /dev/kvm) cannot pass the host CPU through; 'maximum' offers every feature QEMU emulates"
 
-TCG_TABLE = {
+TCG_TABLE: Table = {
     **TABLE,
-    "cpu.host-model": translated("maximum", _TCG_CPU),
-    "cpu.host-passthrough": translated("maximum", _TCG_CPU),
+    F.CPU_HOST_MODEL: translated("maximum", _TCG_CPU),
+    F.CPU_HOST_PASSTHROUGH: translated("maximum", _TCG_CPU),
 }
 
-_COMMON = dict(
-    guest_types=(GuestType.HVM,),
-    os_type={GuestType.HVM: ("hvm", "pc")},
-    mac_prefix="52:54:00",
-    min_memory_mib={GuestType.HVM: 32},
-    max_vcpus={GuestType.HVM: 255},
-    video={"vnc": ("vga", 16), "spice": ("qxl", 64)},
-)
 
-KVM = Flavor(name="kvm", domain_type="kvm", title="QEMU/KVM", table=TABLE, **_COMMON)  # type: ignore[arg-type]
-KVM_TCG = Flavor(name="kvm", domain_type="qemu", title="QEMU (TCG)", table=TCG_TABLE, **_COMMON)  # type: ignore[arg-type]
+def _qemu(domain_type: str, title: str, table: Table, accel: str) -> Flavor:
+    return Flavor(name="kvm", domain_type=domain_type, title=title, table=table, accel=accel,
+                  guest_types=(GuestType.HVM,), os_type={GuestType.HVM: ("hvm", "pc")}, mac_prefix="52:54:00",
+                  min_memory_mib={GuestType.HVM: 32}, max_vcpus={GuestType.HVM: 255},
+                  video={"vnc": ("vga", 16), "spice": ("qxl", 64)}, default_uri="qemu:///system",
+                  driver_logs=("/var/log/libvirt/qemu/{name}.log",), host_checks=KVM_CHECKS)
+
+
+KVM = _qemu("kvm", "QEMU/KVM", TABLE, "kvm")
+KVM_TCG = _qemu("qemu", "QEMU (TCG)", TCG_TABLE, "tcg")
