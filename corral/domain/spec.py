@@ -32,6 +32,15 @@ class GuestType(StrEnum):
     PVH = "pvh"
 
 
+class HypervisorChoice(StrEnum):
+    """The hosts a VM may run on, by flavor: ``any``, or only one flavor's (a guest image built for Xen PV that
+    must not become HVM, software licensed for one hypervisor). The scheduler refuses hosts of another flavor."""
+
+    ANY = "any"
+    KVM = "kvm"
+    XEN = "xen"
+
+
 class BootDevice(StrEnum):
     HD = "hd"
     CDROM = "cdrom"
@@ -285,6 +294,7 @@ class VmSpec(_Model):
     vcpus: int = Field(default=1, ge=1, le=4096)
     max_vcpus: int | None = Field(default=None, ge=1, le=4096)
     guest_type: GuestType = GuestType.HVM
+    hypervisor: HypervisorChoice = HypervisorChoice.ANY
     boot: list[BootDevice] = Field(default_factory=lambda: [BootDevice.HD])
     kernel: str | None = None
     initrd: str | None = None

@@ -117,7 +117,7 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         policy, candidates = await ctx.scheduler.candidates(ctx.db, cluster_id)
         placement = await ctx.scheduler.place(spec, candidates, flavor_policy=policy, only_host=only)
         if placement.host_id is not None:  # at once, before another start places against the same figures
-            ctx.scheduler.claim(cluster_id, vm_id, placement.host_id, spec.memory_mib)
+            ctx.scheduler.claim(cluster_id, vm_id, placement.host_id, placement.memory_mib)
         decision = placement.as_dict()
 
         def save_placement(s: Session) -> tuple[tuple[AgentTarget, str] | None, tuple[AgentTarget, str] | None]:
