@@ -349,7 +349,7 @@ class _Importer:
                 data[key] = part.text()
         for tag in _FIRMWARE:
             for node in os.children(tag):
-                node.warn("not represented; the host's flavor chooses the firmware")
+                node.warn(f"{_show(node.elem)} is not represented; the host's flavor chooses the firmware")
         loader = self.root.child("bootloader")
         if loader is not None and loader.text():
             data["bootloader"] = loader.text()
@@ -417,7 +417,8 @@ class _Importer:
         clock = self.root.child("clock")
         if clock is not None:
             if clock.attr("offset", "utc") != "utc" or len(clock.elem) or len(clock.elem.attrib) > 1:
-                clock.warn("not represented; guests get a UTC clock with the driver's default timers")
+                clock.warn(f"{_show(clock.elem)} is not represented; guests get a UTC clock with the driver's "
+                           "default timers")
         label = self.root_elem.find("seclabel")
         if label is not None and label.get("type") == "dynamic":
             self.ledger.derived.add(xml_path(label))  # the host's security driver labels every VM
