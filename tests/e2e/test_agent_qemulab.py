@@ -234,6 +234,10 @@ def test_the_agent_runs_a_vm_on_real_qemu(tmp_path: Path) -> None:
         # ---- a guest that does not stop in time is destroyed after the timeout, and the answer says so
         agent.call("POST", f"/v1/vms/{vm_id}/start")
         wait_for(lambda: MARKER in _console(agent, vm_id), BOOT_TIMEOUT_S, f"{MARKER} after the restart")
+        # without force, a guest still running at the timeout is a failure that says so (issue 20 item 1)
+        failed = agent.call("POST", f"/v1/vms/{vm_id}/shutdown", json={"timeout": 0}, expect=409)
+        assert failed["code"] == "timeout" and failed["field"] == "timeout" and failed["state"] == "up", failed
+        assert "did not stop" in failed["message"]
         info = agent.call("POST", f"/v1/vms/{vm_id}/shutdown", json={"timeout": 0, "force": True})
         assert info["state"] == "down" and info["stopped_by"] in ("destroy-graceful", "destroy")
         assert not dom.isActive()
