@@ -419,9 +419,12 @@ class _Importer:
             if clock.attr("offset", "utc") != "utc" or len(clock.elem) or len(clock.elem.attrib) > 1:
                 clock.warn(f"{_show(clock.elem)} is not represented; guests get a UTC clock with the driver's "
                            "default timers")
-        label = self.root_elem.find("seclabel")
-        if label is not None and label.get("type") == "dynamic":
-            self.ledger.derived.add(xml_path(label))  # the host's security driver labels every VM
+        for label in self.root_elem.findall("seclabel"):
+            if label.get("type") == "dynamic":
+                self.ledger.derived.add(xml_path(label))  # the host's security drivers label every VM
+        resource = self.root_elem.find("resource")
+        if resource is not None and [(c.tag, c.text) for c in resource] == [("partition", "/machine")]:
+            self.ledger.derived.add(xml_path(resource))  # libvirt's default cgroup partition
         meta = self.root.child("metadata")
         if meta is not None:
             meta.warn("other applications' metadata is not represented; Corral keeps its own")
@@ -472,6 +475,8 @@ class _Importer:
                 videos.append(dev)
             elif tag == "emulator":
                 dev.derive()  # the flavor's own
+            elif tag == "audio" and dev.peek("type") == "none":
+                dev.derive()  # what libvirt adds by itself for a VNC display: no sound
             else:
                 dev.warn(f"device <{tag}> is not represented; the VM will not have it")
         self._videos(videos, data)
@@ -497,7 +502,8 @@ class _Importer:
             fmt = driver.attr("type") or "raw"
             for name in driver.elem.attrib:
                 if name not in ("name", "type"):
-                    driver.warn("not represented; the flavor sets the disk's cache and I/O modes", f"@{name!s}")
+                    driver.warn("not represented; the flavor sets the disk's driver options (cache, I/O mode...)",
+                                f"@{name!s}")
         if fmt == "aio":  # old Xen spelling of a raw file through blktap
             fmt = "raw"
         if fmt not in ("raw", "qcow2"):
@@ -507,6 +513,7 @@ class _Importer:
         path = None
         if source is not None:
             path = source.attr("file" if kind == "file" else "dev") or source.attr("file") or source.attr("dev")
+            source.derive("@index")  # libvirt's number for the image in its backing chain
         if path is None and device != "cdrom":
             dev.warn(f"{device} without a source is not represented")
             return None
@@ -573,7 +580,7 @@ class _Importer:
             if _HOST_NAMED_VIF.match(vif):
                 target.derive("@dev")
             else:
-                target.warn(f"vif name {vif!r} is not represented; the host names the vif", "@dev")
+                target.warn(f"host-side NIC name (vif/tap) {vif!r} is not represented; the host names it", "@dev")
         for script in dev.children("script"):
             path = script.peek("path") or ""
             if path.endswith("vif-bridge"):

@@ -173,7 +173,7 @@ def test_a_chosen_vif_name_is_reported_a_host_given_one_is_not(name: str, report
     path = "devices/interface[1]/target/@dev"
     assert (path in found) is reported, found
     if reported:
-        assert found[path] == "vif name 'net0' is not represented; the host names the vif"
+        assert found[path] == "host-side NIC name (vif/tap) 'net0' is not represented; the host names it"
 
 
 @pytest.mark.parametrize(("graphics", "model", "reported"), [
@@ -220,6 +220,23 @@ def test_a_listen_address_that_disagrees_is_reported() -> None:
     found = _warnings(devices="<graphics type='vnc' autoport='yes' listen='127.0.0.1'>"
                               "<listen type='address' address='0.0.0.0'/></graphics>")
     assert "'127.0.0.1' is kept" in found["devices/graphics[1]/listen/@address"]
+
+
+def test_what_a_running_domain_adds_by_itself_is_not_reported() -> None:
+    """libvirt's additions to a running guest's XML (labels, cgroup partition, pty paths...) are nobody's choice."""
+    xml = DOMAIN.format(
+        top="<resource><partition>/machine</partition></resource>",
+        devices="<serial type='pty'><source path='/dev/pts/3'/><target port='0'/><alias name='serial0'/></serial>"
+                "<console type='pty' tty='/dev/pts/3'><source path='/dev/pts/3'/><target type='serial' port='0'/>"
+                "</console><graphics type='vnc' port='5900' autoport='yes'/><audio id='1' type='none'/>"
+                "<video><model type='vga' vram='16384' heads='1' primary='yes'/></video>"
+                "<interface type='bridge'><mac address='00:16:3e:00:00:01'/><source bridge='xenbr0'/>"
+                "<target dev='vif3.0'/><alias name='net0'/></interface>"
+    ).replace("</devices>", "</devices><seclabel type='dynamic' model='apparmor' relabel='yes'><label>x</label>"
+                            "</seclabel><seclabel type='dynamic' model='dac' relabel='yes'/>")
+    result = import_domain(xml)
+    assert result.warnings == []
+    assert unaccounted(parse(xml), result) == []
 
 
 def test_a_corral_domain_accounts_for_itself() -> None:
