@@ -365,6 +365,7 @@ def probe_script(root: str = "") -> str:
         "  done",
         "fi",
         "for d in \"$R\"/sys/class/net/*; do [ -d \"$d/bridge\" ] && echo \"bridge=${d##*/}\"; done",
+        "exit 0",  # a fact not found is no failure of the probe
     ]
     return "\n".join(lines) + "\n"
 

@@ -42,6 +42,7 @@ def dom0_tree(root: Path, capabilities: str | None, *, daemons: tuple[str, ...] 
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     (root / "sys/class/net/xenbr0/bridge").mkdir(parents=True)
+    (root / "sys/class/net/zz0").mkdir()  # an interface that is no bridge, listed last
     return root
 
 
