@@ -408,6 +408,7 @@ class SimHost:
             "bridges": bridges,
             "capabilities": p.capabilities,
             "hardware_check": self.hardware_check(bridges),
+            "guest_types": [g.value for g in p.flavor.guest_types],  # a simulated dom0 has HVM
             "tools": {"ip": True, "xenstore-read": p.xen, "qemu-img": True},
         }
 
