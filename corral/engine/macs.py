@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -150,6 +152,20 @@ def sync(s: Session, vm_id: str, spec: dict[str, Any] | None) -> None:
     _set_rows(s, vm_id, wanted)
 
 
+def hold_found(s: Session, rows: Iterable[Mapping[str, Any]]) -> None:
+    """VMs monitoring found on hosts with a Corral spec (recovered) hold their NICs' MACs, so a new VM cannot take
+    them; a MAC already held stays with its holder (the VM runs anyway). Inserted with ``ON CONFLICT DO NOTHING``,
+    so a concurrent create never fails monitoring's batch."""
+    new = [{"mac": str(n["mac"]).lower(), "vm_id": r["id"], "device_id": n.get("id")}
+           for r in rows if not r.get("external") and isinstance(r.get("spec"), dict)
+           for n in r["spec"].get("nics") or [] if isinstance(n, dict) and n.get("mac")]
+    if not new:
+        return
+    dialect = s.get_bind().dialect.name
+    stmt = (pg_insert(VmMac) if dialect == "postgresql" else sqlite_insert(VmMac)).on_conflict_do_nothing()
+    s.execute(stmt, new)
+
+
 def _set_rows(s: Session, vm_id: str, wanted: Mapping[str, str | None]) -> None:
     held = {r[0]: r[1] for r in s.execute(select(VmMac.mac, VmMac.device_id).where(VmMac.vm_id == vm_id))}
     gone = sorted(set(held) - set(wanted))
@@ -200,4 +216,4 @@ async def run(db: Database, fn: Callable[[Session], T]) -> T:
 
 
 __all__ = ["DEFAULT_PREFIX", "PREFIX_ENV", "MacPoolError", "call", "check_prefix", "fill_before_start", "hold",
-           "hold_one", "owners", "pool_prefix", "run", "sync", "taken_error"]
+           "hold_found", "hold_one", "owners", "pool_prefix", "run", "sync", "taken_error"]

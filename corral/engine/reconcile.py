@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from corral.engine.db.models import Host, Severity, Vm, VmState, utcnow
 from corral.engine.events import event_row, record_many
+from corral.engine.macs import hold_found
 
 ON_HOST = {VmState.UP.value, VmState.PAUSED.value, VmState.SHUTTING_DOWN.value}
 KNOWN = {s.value for s in VmState}
@@ -221,6 +222,7 @@ def apply_reports(s: Session, reports: list[HostReport], busy: set[str]) -> Outc
 def write(s: Session, out: Outcome) -> None:
     if out.inserts:
         s.execute(insert(Vm), out.inserts)
+        hold_found(s, out.inserts)  # a recovered VM's MACs are taken (corral.engine.macs)
     if out.updates:
         s.execute(update(Vm), out.updates)
     for part in _chunks(out.deletes):

@@ -261,3 +261,39 @@ def test_vm_stored_without_macs_keeps_the_one_its_last_host_generated(
     assert api.post("/vms", vm_body("copy", kvm_mac), status=409)["used_by"]["vm"] == "legacy"
     stop(api, vm["id"])
     db.dispose()
+
+
+def test_vms_recovered_from_hosts_hold_their_macs(db_url: str) -> None:
+    """A VM monitoring finds on a host with a Corral spec (the engine had lost it) holds its MACs: a new VM
+    cannot take them. A second one found with a MAC already held does not fail monitoring's batch."""
+    from corral.engine.db.models import Host
+    from corral.engine.reconcile import HostReport, apply_reports
+
+    db = Database(db_url)
+    db.migrate()
+
+    def seed(s: Session) -> str:
+        c = default_cluster(s).id
+        s.add(Host(id="H", name="H", cluster_id=c, agent_url="http://H", state="up", cpu_flags=[], bridges=[],
+                   info={}))
+        return c
+    db.call(seed)
+
+    def found(vm_id: str, name: str) -> dict[str, Any]:
+        spec = parse_spec(vm_body(name, "52:54:00:00:00:aa") | {"id": vm_id}).model_dump(mode="json")
+        return {"id": vm_id, "name": name, "state": "up", "external": False, "spec": spec}
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    db.call(lambda s: apply_reports(s, [HostReport("H", [found(first, "lost")], True)], set()))
+    db.call(lambda s: apply_reports(s, [HostReport("H", [found(first, "lost"), found(second, "twin")], True)],
+                                    set()))
+    assert db.call(lambda s: s.scalar(select(Vm.name).where(Vm.id == second))) == "twin"
+    newcomer = str(uuid.uuid4())
+
+    def create(s: Session) -> None:
+        s.add(Vm(id=newcomer, name="new", cluster_id=default_cluster(s).id, spec={}, state="down"))
+        s.flush()
+        macs.hold(s, newcomer, parse_spec(vm_body("new", "52:54:00:00:00:AA") | {"id": newcomer}))
+    with pytest.raises(Conflict) as refused:
+        macs.call(db, create)
+    assert refused.value.extra["used_by"]["vm"] == "lost"
+    db.dispose()
