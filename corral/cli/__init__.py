@@ -1,22 +1,22 @@
-"""The ``corral`` command: one typer app, one module per command group."""
+"""The ``corral`` command: one typer app, one module per command group.
+
+``launch`` holds every command that starts a process (engine, agent, simulator, all-in-one); the others talk to
+the engine's REST API only (``resources``) or work offline (``xml``)."""
 
 from __future__ import annotations
 
 import typer
 
-from corral.cli import agent as agent_cli
-from corral.cli import allinone, resources
-from corral.cli import engine as engine_cli
-from corral.cli import simulate as simulate_cli
+from corral.cli import launch, resources
 from corral.cli import xml as xml_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Corral: Xen and KVM hosts through libvirt.")
 app.add_typer(xml_cli.app, name="xml")
-app.add_typer(agent_cli.app, name="agent")
+app.add_typer(launch.agent_app, name="agent")
 resources.register(app)
-app.add_typer(engine_cli.app, name="engine")
-app.command("all-in-one")(allinone.all_in_one)
-app.command("simulate")(simulate_cli.simulate)
+app.add_typer(launch.engine_app, name="engine")
+app.command("all-in-one")(launch.all_in_one)
+app.command("simulate")(launch.simulate)
 
 
 def main() -> None:

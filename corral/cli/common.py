@@ -1,22 +1,14 @@
-"""Helpers shared by command groups: reading input files, printing, failing with exit status 2."""
+"""Helpers shared by command groups: reading input files, failing with exit status 2 (printing: output.py)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 import yaml
-
-
-class Output(StrEnum):
-    JSON = "json"
-    YAML = "yaml"
-    TABLE = "table"
-    MARKDOWN = "markdown"
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -41,10 +33,3 @@ def load_data(path: Path, what: str) -> Any:
             return yaml.safe_load(text)
         except yaml.YAMLError as exc:
             fail(f"{what} {path}: neither JSON nor YAML: {exc}")
-
-
-def emit(data: Any, output: Output) -> None:
-    if output is Output.YAML:
-        typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
-    else:
-        typer.echo(json.dumps(data, indent=2))

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from corral.cli.client import ApiClient, save_login
-from corral.cli.common import Output, emit, fail, load_data
+from corral.cli.common import fail, load_data
+from corral.cli.output import Output, Record, Rows, Text, current_output, outcome_style, output_option, show
 
-OutputOpt = typer.Option(Output.TABLE, "--output", "-o", help="table or json")
-console = Console(width=160)
+OutputOpt = output_option()
 
 cluster_app = typer.Typer(no_args_is_help=True, help="Clusters.")
 host_app = typer.Typer(no_args_is_help=True, help="Hosts.")
@@ -24,29 +21,20 @@ event_app = typer.Typer(no_args_is_help=True, help="Events.")
 task_app = typer.Typer(no_args_is_help=True, help="Tasks (long operations).")
 
 
+def _page(data: dict[str, Any], columns: list[str], title: str, output: Output) -> None:
+    """A page of a list answer: the whole answer (items and cursor) as json/yaml, its items as a table."""
+    show(data, output, Rows(columns, data["items"], title))
+
+
+def emit(data: Any, output: Output) -> None:
+    """``data`` as json or yaml (kept for commands that branch on the format themselves)."""
+    show(data, output)
+
+
 def _table(items: list[dict[str, Any]], columns: list[str], title: str) -> None:
-    table = Table(*columns, title=title)
-    for item in items:
-        table.add_row(*[_cell(item.get(c)) for c in columns])
-    console.print(table)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dict | list):
-        return json.dumps(value)[:60]
-    return str(value)
-
-
-def _show(data: Any, output: Output) -> None:
-    if output is Output.JSON:
-        emit(data, Output.JSON)
-    else:
-        for key, value in data.items():
-            console.print(f"[bold]{key}[/]: {_cell(value) if not isinstance(value, dict | list) else ''}")
-            if isinstance(value, dict | list):
-                console.print_json(json.dumps(value, default=str))
+    """Items under columns in the running command's --output (kept for commands that print pages themselves;
+    json and yaml print the items, :func:`_page` prints the whole answer)."""
+    show(items, current_output(), Rows(columns, items, title))
 
 
 def _finish(api: ApiClient, result: Any, output: Output, wait: bool) -> Any:
@@ -57,7 +45,7 @@ def _finish(api: ApiClient, result: Any, output: Output, wait: bool) -> Any:
         task = result
     if task is None or not wait:
         return result
-    show = None if output is Output.JSON else (lambda m: typer.echo(f"... {m}", err=True))
+    show = None if output.machine else (lambda m: typer.echo(f"... {m}", err=True))
     task = api.wait_task(task, show)
     if task["state"] == "failed":
         err = task.get("error") or {}
@@ -71,10 +59,7 @@ def login(url: str = typer.Argument(..., help="engine URL, e.g. http://127.0.0.1
     """Check the token against the engine and save it for later commands."""
     ApiClient(url.rstrip("/"), token).get("/clusters", limit=1)
     path = save_login(url, token)
-    if output is Output.JSON:
-        emit({"url": url.rstrip("/"), "config": str(path)}, output)
-    else:
-        typer.echo(f"logged in to {url}; token saved in {path}")
+    show({"url": url.rstrip("/"), "config": str(path)}, output, Text(f"logged in to {url}; token saved in {path}"))
 
 
 @cluster_app.command("create")
@@ -82,16 +67,13 @@ def cluster_create(name: str, description: str = "", flavor_policy: str = typer.
                    help="any, xen or kvm"), output: Output = OutputOpt) -> None:
     data = ApiClient().request("POST", "/clusters", json={"name": name, "description": description,
                                                           "flavor_policy": flavor_policy})
-    _show(data, output)
+    show(data, output)
 
 
 @cluster_app.command("list")
 def cluster_list(output: Output = OutputOpt) -> None:
-    data = ApiClient().get("/clusters", limit=1000)
-    if output is Output.JSON:
-        emit(data, output)
-    else:
-        _table(data["items"], ["id", "name", "flavor_policy", "description"], "clusters")
+    _page(ApiClient().get("/clusters", limit=1000), ["id", "name", "flavor_policy", "description"], "clusters",
+          output)
 
 
 def _ssh_body(ssh: str | None, ssh_key: Path | None, password_prompt: bool,
@@ -190,7 +172,7 @@ def host_add(name: str, url: str = typer.Option(None, "--url", help="agent URL (
     result = _finish(api, api.request("POST", "/hosts", json=body), output, wait)
     if isinstance(result, dict) and result.get("kind") and wait:
         result = api.resolve("hosts", name)
-    _show(result, output)
+    show(result, output)
 
 
 @host_app.command("reinstall")
@@ -216,7 +198,7 @@ def host_reinstall(host: str, ssh_key: Path = SshKeyOpt, password_prompt: bool =
     result = _finish(api, api.request("POST", f"/hosts/{h['id']}/reinstall", json=body), output, wait)
     if isinstance(result, dict) and result.get("kind") and wait:
         result = api.resolve("hosts", h["id"])
-    _show(result, output)
+    show(result, output)
 
 
 @host_app.command("renew-certificate")
@@ -225,7 +207,7 @@ def host_renew_certificate(host: str, wait: bool = typer.Option(True, "--wait/--
     """Issue the host's agent a new TLS certificate now (the engine renews by itself 30 days before expiry)."""
     api = ApiClient()
     h = api.resolve("hosts", host)
-    _show(_finish(api, api.request("POST", f"/hosts/{h['id']}/renew-certificate"), output, wait), output)
+    show(_finish(api, api.request("POST", f"/hosts/{h['id']}/renew-certificate"), output, wait), output)
 
 
 @host_app.command("list")
@@ -242,7 +224,20 @@ def host_list(state: str = typer.Option(None), cluster: str = typer.Option(None)
 
 @host_app.command("show")
 def host_show(host: str, output: Output = OutputOpt) -> None:
-    _show(ApiClient().resolve("hosts", host), output)
+    """The host's fields and its hardware check, item by item (json/yaml: also the agent's whole report)."""
+    api = ApiClient()
+    data = api.get(f"/hosts/{api.resolve('hosts', host)['id']}")
+    info = data.get("info") or {}
+    check = info.get("hardware_check") or {}
+    items = [{"check": i.get("name"), "result": "ok" if i.get("ok") else "FAIL", "detail": i.get("detail")}
+             for i in check.get("items") or []]
+    verdict = "no answer from the agent yet" if not check else "ok" if check.get("ok") else "FAILED"
+    show(data, output, Record({k: v for k, v in data.items() if k != "info"}),
+         Rows(["check", "result", "detail"], items, f"hardware check: {verdict}", _check_style))
+
+
+def _check_style(column: str, text: str) -> str | None:
+    return ("green" if text == "ok" else "bold red") if column == "result" else None
 
 
 @host_app.command("maintenance")
@@ -250,7 +245,7 @@ def host_maintenance(host: str, off: bool = typer.Option(False, "--off", help="l
                      output: Output = OutputOpt) -> None:
     api = ApiClient()
     h = api.resolve("hosts", host)
-    _show(api.request("POST", f"/hosts/{h['id']}/{'activate' if off else 'maintenance'}"), output)
+    show(api.request("POST", f"/hosts/{h['id']}/{'activate' if off else 'maintenance'}"), output)
 
 
 @host_app.command("remove")
@@ -258,10 +253,7 @@ def host_remove(host: str, output: Output = OutputOpt) -> None:
     api = ApiClient()
     h = api.resolve("hosts", host)
     api.request("DELETE", f"/hosts/{h['id']}")
-    if output is Output.JSON:
-        emit({"id": h["id"], "name": h["name"], "removed": True}, output)
-    else:
-        typer.echo(f"host {h['name']} removed")
+    show({"id": h["id"], "name": h["name"], "removed": True}, output, Text(f"host {h['name']} removed"))
 
 
 def _disk(value: str, device: str = "disk") -> dict[str, Any]:
@@ -333,7 +325,7 @@ def vm_create(
             body["graphics"] = {"type": graphics}
     api = ApiClient()
     path = "/vms" + (f"?cluster={cluster}" if cluster else "")
-    _show(api.request("POST", path, json=body), output)
+    show(api.request("POST", path, json=body), output)
 
 
 @vm_app.command("list")
@@ -344,16 +336,13 @@ def vm_list(state: str = typer.Option(None), host: str = typer.Option(None), nam
     if host:
         host = api.resolve("hosts", host)["id"]
     data = api.get("/vms", state=state, host=host, name=name, cluster=cluster, limit=limit, after=after)
-    if output is Output.JSON:
-        emit(data, output)
-    else:
-        _table(data["items"], ["id", "name", "state", "host_name", "memory_mib", "vcpus", "external"], "VMs")
+    _page(data, ["id", "name", "state", "host_name", "memory_mib", "vcpus", "external"], "VMs", output)
 
 
 @vm_app.command("show")
 def vm_show(vm: str, output: Output = OutputOpt) -> None:
     api = ApiClient()
-    _show(api.get(f"/vms/{api.resolve('vms', vm)['id']}"), output)
+    show(api.get(f"/vms/{api.resolve('vms', vm)['id']}"), output)
 
 
 @vm_app.command("plan")
@@ -363,14 +352,9 @@ def vm_plan(vm: str, host: str = typer.Option(..., "--host"), output: Output = O
     v = api.resolve("vms", vm)
     h = api.resolve("hosts", host)
     data = api.get(f"/vms/{v['id']}/plan", host=h["id"])
-    if output is Output.JSON:
-        emit(data, output)
-        return
-    table = Table("field", "outcome", "detail", title=f"plan of {v['name']} on {h['name']} ({data.get('flavor')})")
-    styles = {"native": "green", "translated": "yellow", "refused": "bold red"}
-    for d in data["decisions"]:
-        table.add_row(d["path"], f"[{styles.get(d['outcome'], '')}]{d['outcome']}[/]", d["detail"])
-    console.print(table)
+    rows = [{"field": d["path"], "outcome": d["outcome"], "detail": d["detail"]} for d in data["decisions"]]
+    show(data, output, Rows(["field", "outcome", "detail"], rows,
+                            f"plan of {v['name']} on {h['name']} ({data.get('flavor')})", outcome_style))
 
 
 def _action(vm: str, action: str, body: dict[str, Any] | None, wait: bool, output: Output) -> None:
@@ -379,11 +363,8 @@ def _action(vm: str, action: str, body: dict[str, Any] | None, wait: bool, outpu
     result = _finish(api, api.request("POST", f"/vms/{v['id']}/{action}", json=body or {}), output, wait)
     if wait:
         result = api.get(f"/vms/{v['id']}")
-    if output is Output.JSON:
-        emit(result, output)
-    else:
-        typer.echo(f"{v['name']}: {result.get('state', result.get('kind'))}"
-                   + (f" on {result['host_name']}" if result.get("host_name") else ""))
+    show(result, output, Text(f"{v['name']}: {result.get('state', result.get('kind'))}"
+                              + (f" on {result['host_name']}" if result.get("host_name") else "")))
 
 
 WaitOpt = typer.Option(True, "--wait/--no-wait", help="wait for the task to finish")
@@ -431,37 +412,39 @@ def vm_delete(vm: str, output: Output = OutputOpt) -> None:
     api = ApiClient()
     v = api.resolve("vms", vm)
     api.request("DELETE", f"/vms/{v['id']}")
-    if output is Output.JSON:
-        emit({"id": v["id"], "name": v["name"], "deleted": True}, output)
-    else:
-        typer.echo(f"VM {v['name']} deleted")
+    show({"id": v["id"], "name": v["name"], "deleted": True}, output, Text(f"VM {v['name']} deleted"))
 
 
 @vm_app.command("console")
 def vm_console(vm: str, tail: int = typer.Option(65536, "--tail"), output: Output = OutputOpt) -> None:
-    """Print the VM's console log."""
+    """Print the VM's console log; exit 2 when there is none to print (no serial port or console, or a host
+    that keeps no log of it), rather than print nothing."""
     api = ApiClient()
-    v = api.resolve("vms", vm)
+    v = api.get(f"/vms/{api.resolve('vms', vm)['id']}")
+    # the devices libvirt reports (or the spec's, for a VM that does not run): an agent answers the log file
+    # a Xen guest's console would have even when the guest has none
+    if not any(d.get("kind") in ("serial", "console") for d in v.get("devices") or []):
+        fail(f"VM {v['name']} has no serial port or console, so it has no console log; give its spec a console "
+             "(consoles: [{kind: serial}]) to have one")
     data = api.get(f"/vms/{v['id']}/console", tail=tail)
-    if output is Output.JSON:
-        emit(data, output)
-    else:
-        sys.stdout.write(data.get("log", ""))
+    if not data.get("path"):
+        host = v.get("host_name") or "its host"
+        fail(f"{host} keeps no log of VM {v['name']}'s console (its agent names no log file)")
+    if not data.get("log") and not output.machine:
+        typer.echo(f"(the console log {data['path']} is empty so far)", err=True)
+    show(data, output, Text(data.get("log") or "", verbatim=True))
 
 
 @event_app.command("list")
 def event_list(object_id: str = typer.Option(None, "--object"), severity: str = typer.Option(None, "--severity"),
                limit: int = typer.Option(50), output: Output = OutputOpt) -> None:
     data = ApiClient().get("/events", object_id=object_id, severity=severity, limit=limit)
-    if output is Output.JSON:
-        emit(data, output)
-    else:
-        _table(data["items"], ["time", "severity", "object_type", "object_name", "message"], "events")
+    _page(data, ["time", "severity", "object_type", "object_name", "message"], "events", output)
 
 
 @task_app.command("show")
 def task_show(task_id: str, output: Output = OutputOpt) -> None:
-    _show(ApiClient().get(f"/tasks/{task_id}"), output)
+    show(ApiClient().get(f"/tasks/{task_id}"), output)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from corral.cli.common import Output, emit, fail, load_data, read_text
+from corral.cli.common import fail, load_data, read_text
+from corral.cli.output import Output, Rows, outcome_style, output_option, show
 from corral.domain.config import XmlError
 from corral.domain.flavors import UnknownFlavor, get_flavor
 from corral.domain.flavors.base import Flavor
@@ -44,17 +44,15 @@ def _flavor(name: str, accel: str) -> Flavor:
 
 @app.command("import")
 def import_cmd(domain_xml: Path = typer.Argument(..., help="libvirt domain XML file, or - for stdin"),
-               output: Output = typer.Option(Output.JSON, "--output", "-o", help="json or yaml")) -> None:
+               output: Output = output_option(Output.JSON)) -> None:
     """Print the VmSpec of a libvirt domain; what it cannot represent goes to stderr as warnings."""
-    if output not in (Output.JSON, Output.YAML):
-        fail("--output: expected json or yaml")
     try:
         result = import_domain(read_text(domain_xml, "domain XML"))
     except (XmlError, SpecError) as exc:
         fail(f"{domain_xml}: {exc}")
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    emit(result.spec.model_dump(mode="json"), output)
+    show(result.spec.model_dump(mode="json"), output)
 
 
 @app.command()
@@ -71,26 +69,36 @@ def render(spec: Path = typer.Argument(..., help="VmSpec (JSON or YAML), or - fo
 @app.command()
 def plan(spec: Path = typer.Argument(..., help="VmSpec (JSON or YAML), or - for stdin"),
          flavor: str = FlavorOpt, guest_type: GuestType | None = GuestOpt, accel: str = AccelOpt,
-         output: Output = typer.Option(Output.TABLE, "--output", "-o", help="table or json")) -> None:
+         output: Output = output_option()) -> None:
     """Print each decision (native, translated, refused); exit 2 when anything is refused."""
     decisions = plan_spec(_load_spec(spec), _flavor(flavor, accel), guest_type)
-    if output is Output.JSON:
-        emit([d.as_dict() for d in decisions], output)
-    else:
-        table = Table("field", "outcome", "detail", title=f"plan for {flavor}")
-        styles = {"native": "green", "translated": "yellow", "refused": "bold red"}
-        for d in decisions:
-            table.add_row(d.path, f"[{styles[d.outcome.value]}]{d.outcome.value}[/]", d.detail)
-        Console(width=160).print(table)
+    rows = [{"field": d.path, "outcome": d.outcome.value, "detail": d.detail} for d in decisions]
+    show([d.as_dict() for d in decisions], output,
+         Rows(["field", "outcome", "detail"], rows, f"plan for {flavor}", outcome_style))
     refused = [d for d in decisions if d.outcome.value == "refused"]
     if refused:
         fail("refused: " + "; ".join(f"{d.path}: {d.detail}" for d in refused))
 
 
 @app.command()
-def matrix(output: Output = typer.Option(Output.MARKDOWN, "--output", "-o", help="markdown or json")) -> None:
-    """Print the capability matrix of every flavor."""
-    if output is Output.JSON:
-        emit(matrix_json(), output)
-    else:
+def matrix(output: Output = output_option(Output.MARKDOWN)) -> None:
+    """Print the capability matrix of every flavor (markdown: docs/capabilities.md, reasons included)."""
+    if output is Output.MARKDOWN:
         typer.echo(matrix_markdown(), nl=False)
+        return
+    data = matrix_json()
+    rows = [{"feature": row["feature"], **{c: _matrix_cell(row["cells"][c]) for c in data["columns"]}}
+            for row in data["rows"]]
+    show(data, output, Rows(["feature", *data["columns"]], rows, "capability matrix", _matrix_style))
+
+
+def _matrix_cell(cell: dict[str, Any]) -> str:
+    if cell["outcome"] == "native":
+        return "native" + (f" ({cell['value']})" if cell["value"] else "")
+    if cell["outcome"] == "translated":
+        return f"-> {cell['value']}" if cell["value"] else "translated"
+    return "refused"
+
+
+def _matrix_style(column: str, text: str) -> str | None:
+    return outcome_style("outcome", text.split(" ")[0].replace("->", "translated"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.cli.support import AllInOne, Cli, all_in_one, api, eventually
 
@@ -222,3 +223,61 @@ def test_errors_exit_2_with_the_reason(aio: tuple[AllInOne, Cli]) -> None:
             row = http.get(f"/vms/{vm['id']}").json()
             assert (row["state"], row["host_id"]) == ("down", None), row
         assert [v["name"] for v in http.get("/vms", params={"name": "rel"}).json()["items"]] == []
+
+
+def test_yaml_and_markdown_of_the_engines_answers(aio: tuple[AllInOne, Cli]) -> None:
+    """yaml is the json answer, whole; markdown the table's view as a markdown table (both were tables)."""
+    _server, cli = aio
+    spec = import_spec(cli, "formats", "xenbr0")
+    created = cli.json("vm", "create", "--spec", str(spec))
+    for args in (("vm", "show", "formats"), ("vm", "plan", "formats", "--host", "xen-host"),
+                 ("vm", "list", "--name", "formats"), ("cluster", "list")):
+        as_json = cli.json(*args)
+        assert yaml.safe_load(cli.run(*args, "--output", "yaml").stdout) == as_json, args
+        markdown = cli.run(*args, "-o", "markdown").stdout
+        assert "|---|" in markdown and "┃" not in markdown, (args, markdown)
+    plan = cli.json("vm", "plan", "formats", "--host", "xen-host")
+    markdown = cli.run("vm", "plan", "formats", "--host", "xen-host", "-o", "markdown").stdout
+    assert "### plan of formats on xen-host (xen)" in markdown and "| field | outcome | detail |" in markdown
+    for d in plan["decisions"]:
+        assert f"| {d['path']} | {d['outcome']} | {d['detail'].replace('|', chr(92) + '|')} |" in markdown
+    listed = cli.run("vm", "list", "--name", "formats", "-o", "markdown").stdout
+    assert f"| {created['id']} | formats | down |" in listed
+    shown = cli.run("vm", "show", "formats", "-o", "markdown").stdout
+    assert "| name | formats |" in shown and "**spec**" in shown and "```json" in shown
+    assert yaml.safe_load(cli.run("vm", "delete", "formats", "-o", "yaml").stdout) == {
+        "id": created["id"], "name": "formats", "deleted": True}
+
+
+def test_host_show_lists_the_hardware_check(aio: tuple[AllInOne, Cli]) -> None:
+    _server, cli = aio
+    for host in ("xen-host", "kvm-host"):
+        check = cli.json("host", "show", host)["info"]["hardware_check"]  # by name as well as by id
+        assert check["ok"] is True and check["items"], check
+        table = cli.run("host", "show", host).stdout
+        markdown = cli.run("host", "show", host, "--output", "markdown").stdout
+        assert "hardware check: ok" in table and "### hardware check: ok" in markdown
+        for item in check["items"]:  # every item: its name, ok or FAIL, and the detail
+            row = [line for line in table.splitlines() if f" {item['name']} " in line and item["detail"] in line]
+            assert len(row) == 1 and " ok " in row[0], (item, table)
+            assert f"| {item['name']} | ok | {item['detail']} |" in markdown, markdown
+
+
+def test_console_of_a_vm_without_one_fails_and_says_why(aio: tuple[AllInOne, Cli]) -> None:
+    _server, cli = aio
+    quiet = cli.cwd / "quiet.json"
+    quiet.write_text(json.dumps({"name": "quiet", "memory_mib": 128, "consoles": [],
+                                 "nics": [{"source": "xenbr0"}]}))
+    cli.json("vm", "create", "--spec", str(quiet))
+    cli.json("vm", "create", "chatty", "--memory", "128", "--nic", "bridge=xenbr0")  # a serial console
+    for name in ("quiet", "chatty"):
+        assert cli.json("vm", "start", name, "--host", "xen-host")["state"] == "up"
+    for output in ("table", "json"):
+        message = cli.error("vm", "console", "quiet", "--output", output)
+        assert "VM quiet has no serial port or console" in message, message
+    log = cli.json("vm", "console", "chatty")
+    assert log["path"] and isinstance(log["log"], str)
+    cli.run("vm", "console", "chatty")
+    for name in ("quiet", "chatty"):
+        cli.json("vm", "stop", name)
+        cli.json("vm", "delete", name)

@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # the command as the CLI will register it (``corral simulate``), in an app of its own
-RUN = ("import typer; from corral.cli.simulate import simulate; app = typer.Typer(); app.command()(simulate); "
+RUN = ("import typer; from corral.cli.launch import simulate; app = typer.Typer(); app.command()(simulate); "
        "app()")
 
 
