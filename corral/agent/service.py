@@ -15,7 +15,8 @@ import libvirt
 from corral.agent.connection import Connection, Unavailable
 from corral.agent.events import EventBus
 from corral.agent.hooks import Hooks
-from corral.agent.host import Detection, HostProbe, capabilities, detect
+from corral.agent.host import Detection, HostProbe, capabilities, detect, libvirt_bridges
+from corral.agent.hostfacts import HostView
 from corral.agent.identity import host_uuid
 from corral.agent.netlink import LinkControl
 from corral.agent.vms import VmManager, state_name
@@ -133,13 +134,26 @@ class Agent:
         self.vms = VmManager(lambda: self.connection.conn, self.detection, self.bus,
                              Hooks(self.settings.hooks_dir, self.settings.hook_timeout),
                              LinkControl(self.detection.emulated), self.settings.state_dir,
-                             self.settings.xen_console_dir)
+                             self.settings.xen_console_dir, self._host_view)
         self.vms.log_root = self.probe.root  # the host's logs a failed start quotes (corral.agent.startlog)
         counts = self.vms.recover()
         log.info("recovered %s", counts)
         if self.detection.flavor.device_model_watchdog and not self.detection.emulated:
             self.watchdog = DeviceModelWatchdog(self.vms)
             self.watchdog.start()
+
+    def _host_view(self) -> HostView:
+        """The bridges, networks and files a VM may name on this host (corral.agent.hostfacts)."""
+        assert self.detection is not None
+        conn = self.connection.conn
+        emulated = self.detection.emulated
+        bridges = set(self.probe.bridges() if not emulated else []) | set(libvirt_bridges(conn)) \
+            | set(self.settings.bridges)
+        try:
+            networks = {n.name() for n in conn.listAllNetworks()}
+        except libvirt.libvirtError:
+            networks = set()
+        return HostView(frozenset(bridges), frozenset(networks), files_checked=not emulated)
 
     def stop(self) -> None:
         if self.watchdog:

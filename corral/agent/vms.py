@@ -28,9 +28,11 @@ from corral.agent.errors import Conflict, NotFound, Refused, TimedOut, Unsupport
 from corral.agent.events import EventBus
 from corral.agent.hooks import Hooks
 from corral.agent.host import Detection
+from corral.agent.hostfacts import HostView, check_spec, merge
 from corral.agent.netlink import LinkControl as HostLinks
 from corral.agent.stats import StatsReader
 from corral.domain import config as cfg
+from corral.domain.flavors.base import Decision, Outcome
 from corral.domain.flavors.features import CdromDevice, Feature, LinkControl, MemoryAtStart
 from corral.domain.read import LiveDevice, match_devices, read_domain, read_metadata
 from corral.domain.render import render_resolution
@@ -164,7 +166,8 @@ def _answer(vm: Vm, dom: libvirt.virDomain, stats: dict[str, Any]) -> dict[str, 
 
 class VmManager:
     def __init__(self, get_conn: Callable[[], libvirt.virConnect], det: Detection, bus: EventBus, hooks: Hooks,
-                 links: HostLinks, state_dir: Path, console_dir: Path = Path("/var/log/xen/console")) -> None:
+                 links: HostLinks, state_dir: Path, console_dir: Path = Path("/var/log/xen/console"),
+                 host_view: Callable[[], HostView] | None = None) -> None:
         self._get_conn = get_conn
         self.det = det
         self.flavor = det.flavor
@@ -182,6 +185,8 @@ class VmManager:
         # VMs the agent itself is stopping, rebooting or restarting: their device model may go away on purpose,
         # and the device-model watchdog must not take that for a loss (it reads this, under the VM's lock)
         self.stopping: set[str] = set()
+        self._host_view = host_view
+        self._view: tuple[float, HostView | None] = (0.0, None)  # (when read, view)
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -206,6 +211,29 @@ class VmManager:
         if cpus is not None:
             self._options = (time.monotonic(), options)
         return options
+
+    def host_refusals(self, spec: VmSpec, prefix: str = "") -> list[Decision]:
+        """What this host lacks for ``spec`` (bridges, files...); the view is read again before a refusal, so a
+        bridge added a moment ago is seen (it is otherwise kept a few seconds: creates come in bursts)."""
+        if self._host_view is None:
+            return []
+        when, view = self._view
+        fresh = view is None or time.monotonic() - when > 5
+        if fresh:
+            view = self._host_view()
+            self._view = (time.monotonic(), view)
+        assert view is not None
+        found = [d for d in check_spec(spec, view) if d.path.startswith(prefix)]
+        if found and not fresh:
+            self._view = (0.0, None)
+            return self.host_refusals(spec, prefix)
+        return found
+
+    def _refuse_missing(self, spec: VmSpec, doing: str, prefix: str = "") -> None:
+        missing = self.host_refusals(spec, prefix)
+        if missing:
+            raise Refused(f"cannot {doing}: " + "; ".join(f"{d.path}: {d.detail}" for d in missing),
+                          field=missing[0].path, decisions=[d.as_dict() for d in missing])
 
     def vm_lock(self, uuid: str) -> threading.Lock:
         with self._lock:
@@ -361,8 +389,10 @@ class VmManager:
 
     def plan(self, spec: VmSpec) -> dict[str, Any]:
         res = resolve(spec, self.flavor, None, self.options())
-        return {"flavor": self.flavor.name, "guest_type": res.guest_type.value, "ok": not res.refused,
-                "decisions": [d.as_dict() for d in res.decisions]}
+        decisions = merge(res.decisions, self.host_refusals(spec))
+        ok = not any(d.outcome is Outcome.REFUSED for d in decisions)
+        return {"flavor": self.flavor.name, "guest_type": res.guest_type.value, "ok": ok,
+                "decisions": [d.as_dict() for d in decisions]}
 
     def _render(self, spec: VmSpec, guest_type: GuestType | None = None) -> tuple[str, Any]:
         try:
@@ -381,6 +411,7 @@ class VmManager:
             raise Conflict(f"a domain with id {spec.id!r} already exists on this host", field="id")
         spec = self._fill_macs(spec)
         xml, res = self._render(spec)
+        self._refuse_missing(spec, f"create {spec.name} on this host")
         xml = self.hooks.run("before_vm_define", xml, spec.id, spec.name).xml
         vm = Vm(spec.id, spec.name, spec, res.guest_type, links={n.id: n.link.value for n in spec.nics},
                 defining=True)
@@ -459,6 +490,8 @@ class VmManager:
             vm, dom = self.lookup(uuid)
             if dom.isActive():
                 raise Conflict(f"VM {vm.name} is already running")
+            if vm.spec is not None:
+                self._refuse_missing(vm.spec, f"start {vm.name}")
             return self._start(vm, dom)
 
     def _start(self, vm: Vm, dom: libvirt.virDomain) -> dict[str, Any]:
@@ -667,6 +700,7 @@ class VmManager:
 
     def _check_flavor(self, vm: Vm, spec: VmSpec, path_prefix: str) -> Any:
         res = resolve(spec, self.flavor, vm.guest_type, self.options())
+        self._refuse_missing(spec, f"change {vm.name}", path_prefix)
         bad = [d for d in res.refused if d.path.startswith(path_prefix) or path_prefix == ""]
         if res.refused:
             bad = bad or res.refused

@@ -14,7 +14,7 @@ import pytest
 
 from corral.agent.service import Agent
 
-from .conftest import Api, spec
+from .conftest import BRIDGE, Api, spec
 
 # ---- authentication ----------------------------------------------------------------------------------
 
@@ -67,8 +67,8 @@ def test_the_scheme_is_case_insensitive(agent_factory: Callable[..., Agent]) -> 
     ({"id": "not-a-uuid"}, "id"),
     ({"disks": [{"source": "relative/path.raw"}]}, "disks.0.source"),
     ({"disks": [{"source": "/a.raw"}, {"device": "disk"}]}, "disks.1.source"),
-    ({"nics": [{"source": "br0", "mac": "01:00:00:00:00:01"}]}, "nics.0.mac"),
-    ({"nics": [{"source": "br0", "model": "pcnet"}]}, "nics.0.model"),
+    ({"nics": [{"source": BRIDGE, "mac": "01:00:00:00:00:01"}]}, "nics.0.mac"),
+    ({"nics": [{"source": BRIDGE, "model": "pcnet"}]}, "nics.0.model"),
     ({"max_vcpus": 1, "vcpus": 2}, "max_vcpus"),
     ({"unknown_field": 1}, "unknown_field"),
     ({"format_version": 99}, "format_version"),
@@ -117,7 +117,7 @@ def test_bad_action_bodies(api: Api) -> None:
         api.post(f"{url}/devices", json=payload, expect=422)
     body = api.post(f"{url}/devices", json={"disk": {"source": "no/slash"}}, expect=422).json()
     assert body["field"] == "disk.source"
-    body = api.post(f"{url}/devices", json={"nic": {"source": "br0", "mac": "zz"}}, expect=422).json()
+    body = api.post(f"{url}/devices", json={"nic": {"source": BRIDGE, "mac": "zz"}}, expect=422).json()
     assert body["field"] == "nic.mac"
     dev = data["disks"][0]["id"]
     api.patch(f"{url}/devices/{dev}", json={"media": "/x.iso", "link": "up"}, expect=422)
@@ -159,7 +159,7 @@ def test_unknown_device_is_404(api: Api) -> None:
 
 @pytest.mark.parametrize(("change", "path"), [
     ({"disks": [{"source": "/images/boot.img", "device": "floppy"}]}, "disks.0.device"),
-    ({"nics": [{"source": "br0", "filter": "clean-traffic"}]}, "nics.0.filter"),
+    ({"nics": [{"source": BRIDGE, "filter": "clean-traffic"}]}, "nics.0.filter"),
     ({"cpu": {"mode": "custom", "model": "Skylake-Server"}}, "cpu.mode"),
 ])
 def test_settings_a_xen_host_refuses_are_422_and_nothing_is_defined(agent_factory: Callable[..., Agent],
@@ -182,7 +182,7 @@ def test_settings_a_xen_host_refuses_are_422_and_nothing_is_defined(agent_factor
 def test_every_refusal_is_listed_at_once(agent_factory: Callable[..., Agent]) -> None:
     api = Api(agent_factory("xen"))
     data = spec(disks=[{"source": "/a.img", "device": "floppy"}],
-                nics=[{"source": "br0", "filter": "clean-traffic"}])
+                nics=[{"source": BRIDGE, "filter": "clean-traffic"}])
     body = api.post("/v1/vms", json=data, expect=422).json()
     assert {d["path"] for d in body["decisions"]} == {"disks.0.device", "nics.0.filter"}
 
@@ -195,7 +195,7 @@ def test_refused_hotplug_leaves_the_vm_as_it_was(agent_factory: Callable[..., Ag
     body = api.post(f"/v1/vms/{vm_id}/devices", json={"disk": {"source": "/f.img", "device": "floppy"}},
                     expect=422).json()
     assert body["code"] == "refused" and body["decisions"][0]["path"].endswith(".device")
-    body = api.post(f"/v1/vms/{vm_id}/devices", json={"nic": {"source": "br0", "filter": "clean-traffic"}},
+    body = api.post(f"/v1/vms/{vm_id}/devices", json={"nic": {"source": BRIDGE, "filter": "clean-traffic"}},
                     expect=422).json()
     assert body["code"] == "refused"
     assert dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before

@@ -14,7 +14,7 @@ import pytest
 
 from corral.agent.service import Agent
 
-from .conftest import Api, spec, wait_for
+from .conftest import BRIDGE, Api, spec, wait_for
 
 DEFAULT = "test:///default"
 
@@ -36,10 +36,10 @@ def default_conn() -> Iterator[libvirt.virConnect]:
 @pytest.mark.parametrize("emulate", [None, "xen"], ids=["test", "xen"])
 def test_a_second_agent_recovers_the_vms_untouched(agent_factory: Callable[..., Agent],
                                                      default_conn: libvirt.virConnect, emulate: str | None) -> None:
-    first = Api(agent_factory(emulate, uri=DEFAULT))
+    first = Api(agent_factory(emulate, uri=DEFAULT, bridges=[BRIDGE]))
     tag = uuid.uuid4().hex[:6]
     running = first.create(spec(f"rec-run-{tag}", graphics={"type": "vnc"}, max_memory_mib=512), start=True)
-    stopped = first.create(spec(f"rec-off-{tag}", nics=[{"source": "br0", "link": "down"}]))
+    stopped = first.create(spec(f"rec-off-{tag}", nics=[{"source": BRIDGE, "link": "down"}]))
     first.post(f"/v1/vms/{running['id']}/pause", expect=200)
     dom = default_conn.lookupByUUIDString(running["id"])
     domain_id = dom.ID()
@@ -47,7 +47,7 @@ def test_a_second_agent_recovers_the_vms_untouched(agent_factory: Callable[..., 
                          for e in first.get("/v1/events?wait=0").json()["items"]), 10, "the suspended event")
     mark = first.agent.bus.last_seq
 
-    second_agent = agent_factory(emulate, uri=DEFAULT)
+    second_agent = agent_factory(emulate, uri=DEFAULT, bridges=[BRIDGE])
     second = Api(second_agent)
     recovered = second.get("/v1/events?wait=0&after=0", expect=200).json()["items"][0]
     assert recovered["type"] == "agent" and recovered["state"] == "recovered"
@@ -79,9 +79,9 @@ def test_a_second_agent_recovers_the_vms_untouched(agent_factory: Callable[..., 
 
 def test_a_recovered_vm_keeps_its_vnc_password(agent_factory: Callable[..., Agent],
                                                default_conn: libvirt.virConnect) -> None:
-    first = Api(agent_factory(uri=DEFAULT))
+    first = Api(agent_factory(uri=DEFAULT, bridges=[BRIDGE]))
     vm = first.create(spec(f"rec-pw-{uuid.uuid4().hex[:6]}", graphics={"password": "pw123"}))
-    second = Api(agent_factory(uri=DEFAULT))
+    second = Api(agent_factory(uri=DEFAULT, bridges=[BRIDGE]))
     info = second.put(f"/v1/vms/{vm['id']}/memory", json={"memory_mib": 200}, expect=200).json()
     assert next(d for d in info["devices"] if d["kind"] == "graphics")["password_set"] is True
     secure = default_conn.lookupByUUIDString(vm["id"]).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE
@@ -91,8 +91,8 @@ def test_a_recovered_vm_keeps_its_vnc_password(agent_factory: Callable[..., Agen
 
 def test_a_vm_defined_by_another_agent_later_is_picked_up(agent_factory: Callable[..., Agent],
                                                          default_conn: libvirt.virConnect) -> None:
-    watcher = Api(agent_factory(uri=DEFAULT))
-    maker = Api(agent_factory(uri=DEFAULT))
+    watcher = Api(agent_factory(uri=DEFAULT, bridges=[BRIDGE]))
+    maker = Api(agent_factory(uri=DEFAULT, bridges=[BRIDGE]))
     vm = maker.create(spec(f"rec-late-{uuid.uuid4().hex[:6]}"), start=True)
     got = watcher.get(f"/v1/vms/{vm['id']}", expect=200).json()
     assert got["external"] is False and got["spec"] == vm["spec"] and got["state"] == "up"
@@ -102,14 +102,14 @@ def test_a_vm_defined_by_another_agent_later_is_picked_up(agent_factory: Callabl
 
 
 def test_the_default_host_has_numa_cells(agent_factory: Callable[..., Agent], default_conn: libvirt.virConnect) -> None:
-    host = Api(agent_factory(uri=DEFAULT)).get("/v1/host", expect=200).json()
+    host = Api(agent_factory(uri=DEFAULT, bridges=[BRIDGE])).get("/v1/host", expect=200).json()
     assert len(host["numa_cells"]) == 2
     assert all(c["cpus"] and c["memory_mib"] for c in host["numa_cells"])
 
 
 def test_after_the_connection_drops_the_agent_reconnects_and_recovers(agent_factory: Callable[..., Agent],
                                                                       default_conn: libvirt.virConnect) -> None:
-    agent = agent_factory(uri=DEFAULT)
+    agent = agent_factory(uri=DEFAULT, bridges=[BRIDGE])
     api = Api(agent)
     vm = api.create(spec(f"rec-re-{uuid.uuid4().hex[:6]}"), start=True)
     old = agent.connection.conn

@@ -79,7 +79,7 @@ def test_a_reboot_is_a_new_domain_with_a_new_device_model_not_a_loss(xen: Api) -
     """The pid was cached per VM and never cleared: after a reboot (new domain id, new qemu) the old, dead pid
     was taken for a lost device model and the rebooted guest destroyed."""
     models = FakeDeviceModels()
-    vm_id, dom = _hvm(xen)
+    _vm_id, dom = _hvm(xen)
     dog = _watchdog(xen, models)
     dog.check()
     old = dom.ID()

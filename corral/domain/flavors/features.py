@@ -100,6 +100,12 @@ class Check(StrEnum):
     BUS_SLOTS = "disk.bus.slots"
     SINGLE_CONSOLE = "console.single"
     NEEDS_BOOT = "boot.needed"
+    # what the host itself lacks (checked by the agent on the host: corral.agent.hostfacts)
+    HOST_BRIDGE = "host.bridge"
+    HOST_NETWORK = "host.network"
+    HOST_FILE = "host.file"
+    HOST_BLOCK = "host.block_device"
+    HOST_BOOTLOADER = "host.bootloader"
 
 
 F = Feature
