@@ -134,7 +134,8 @@ def _boot() -> tuple[XenLab | None, str | None]:
     try:
         info = json.loads((cache / "run" / "lab.json").read_text())
         lab = XenLab(
-            agent_url=info["agent_url"],
+            # CORRAL_XENLAB_AGENT_URL: another agent in dom0 (e.g. a development one reached through ssh -L)
+            agent_url=os.environ.get("CORRAL_XENLAB_AGENT_URL") or info["agent_url"],
             agent_token=Path(info["agent_token_file"]).read_text().strip(),
             libvirt_uri=info["libvirt_uri"],
             ssh_port=int(info["ssh_port"]),
