@@ -92,19 +92,20 @@ def _pick(s: Session, prefix: str, avoid: set[str]) -> str:
                    code="mac_pool_full")
 
 
-def hold(s: Session, vm_id: str, spec: VmSpec, *, field: Callable[[int], str] = lambda i: f"nics.{i}.mac",
-         prefer: Mapping[str, str] | None = None) -> VmSpec:
-    """Make VM ``vm_id`` hold exactly the MACs of ``spec``'s NICs, and return the spec with every NIC's MAC.
+def choose(s: Session, vm_id: str, spec: VmSpec, *, field: Callable[[int], str] = lambda i: f"nics.{i}.mac",
+           prefer: Mapping[str, str] | None = None) -> VmSpec:
+    """``spec`` with every NIC given a MAC, checked free for VM ``vm_id``; nothing written (``take`` does).
 
     A NIC without a MAC gets ``prefer[nic id]`` when that MAC is free (the one it had), else one from the pool.
-    A MAC another VM holds is refused with 409 naming the field and that VM. Raises ``IntegrityError`` when
-    another transaction took one of these MACs since the check: run the unit of work with ``call``/``run``."""
+    A MAC another VM holds is refused with 409 naming the field and that VM."""
     given = {nic.mac.lower(): i for i, nic in enumerate(spec.nics) if nic.mac}
     taken = owners(s, given, but=vm_id)
     for mac, i in sorted(given.items(), key=lambda kv: kv[1]):
         if mac in taken:
             raise taken_error(mac, field(i), taken[mac])
-    prefix = pool_prefix() if len(given) < len(spec.nics) else ""
+    if len(given) == len(spec.nics):
+        return spec
+    prefix = pool_prefix()
     nics: list[NicSpec] = []
     avoid = set(given)
     for nic in spec.nics:
@@ -115,8 +116,22 @@ def hold(s: Session, vm_id: str, spec: VmSpec, *, field: Callable[[int], str] = 
             avoid.add(mac)
             nic = nic.model_copy(update={"mac": mac})
         nics.append(nic)
-    _set_rows(s, vm_id, {n.mac: n.id for n in nics if n.mac})
-    return spec if len(given) == len(spec.nics) else spec.model_copy(update={"nics": nics})
+    return spec.model_copy(update={"nics": nics})
+
+
+def take(s: Session, vm_id: str, spec: VmSpec) -> None:
+    """VM ``vm_id`` (its row written) holds exactly the MACs of ``spec`` (as ``choose`` answered it). Raises
+    ``IntegrityError`` when another transaction took one of them since the check: run the unit of work with
+    ``call``/``run``, whose second run's check names that VM."""
+    _set_rows(s, vm_id, {n.mac.lower(): n.id for n in spec.nics if n.mac})
+
+
+def hold(s: Session, vm_id: str, spec: VmSpec, *, field: Callable[[int], str] = lambda i: f"nics.{i}.mac",
+         prefer: Mapping[str, str] | None = None) -> VmSpec:
+    """``choose`` then ``take``: for a VM whose row exists."""
+    chosen = choose(s, vm_id, spec, field=field, prefer=prefer)
+    take(s, vm_id, chosen)
+    return chosen
 
 
 def hold_one(s: Session, vm_id: str, nic: NicSpec, *, field: str = "nic.mac") -> NicSpec:
@@ -215,5 +230,5 @@ async def run(db: Database, fn: Callable[[Session], T]) -> T:
         return await db.run(fn)
 
 
-__all__ = ["DEFAULT_PREFIX", "PREFIX_ENV", "MacPoolError", "call", "check_prefix", "fill_before_start", "hold",
-           "hold_found", "hold_one", "owners", "pool_prefix", "run", "sync", "taken_error"]
+__all__ = ["DEFAULT_PREFIX", "PREFIX_ENV", "MacPoolError", "call", "check_prefix", "choose", "fill_before_start",
+           "hold", "hold_found", "hold_one", "owners", "pool_prefix", "run", "sync", "take", "taken_error"]

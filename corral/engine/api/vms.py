@@ -108,12 +108,13 @@ def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] 
             raise Conflict(f"a VM with id {parsed.id} exists", field="id")
         if _name_taken(s, parsed.name):
             raise Conflict(f"VM {parsed.name!r} exists", field="name")
+        full = macs.choose(s, parsed.id, parsed)  # every NIC with its MAC, none used by another VM
         vm = Vm(id=parsed.id, name=parsed.name, cluster_id=c.id, external=False,
-                spec=None, memory_mib=parsed.memory_mib, vcpus=parsed.vcpus,
+                spec=full.model_dump(mode="json"), memory_mib=parsed.memory_mib, vcpus=parsed.vcpus,
                 state=VmState.DOWN.value, state_reason="")
         s.add(vm)
-        s.flush()  # the row first: its NICs' MACs refer to it (and on SQLite the write lock is then held)
-        vm.spec = macs.hold(s, vm.id, parsed).model_dump(mode="json")
+        s.flush()  # the row first: its MACs refer to it
+        macs.take(s, vm.id, full)
         record(s, "vm_created", f"VM {vm.name} created", object_type="vm", object_id=vm.id)
         return _detail(vm)
     return macs.call(ctx.db, q)
