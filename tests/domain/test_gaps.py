@@ -442,3 +442,20 @@ def test_X2_max_vcpus_capped_and_hotplug(gt: GuestType) -> None:
     assert (vcpu.text, vcpu.get("current")) == ("4", "2")
     d = decision(plan(spec, XEN, gt), "max_vcpus")
     assert d.outcome is Outcome.NATIVE and d.feature == "vcpus.hotplug" and "[X2]" in d.detail
+
+
+def test_hvm_cdroms_take_the_qdisk_backend_on_xen() -> None:
+    """Issue 20 item 3: an empty HVM CD-ROM of type block was rendered on phy; libxl refused to start it."""
+    spec = make(boot=["hd"], disks=[{"device": "cdrom", "source_type": "block"},
+                                    {"device": "cdrom", "source": "/dev/sr0", "source_type": "block"},
+                                    {"device": "cdrom", "source": "/isos/a.iso"},
+                                    {"source": "/dev/vg/disk", "source_type": "block"}])
+    root = parse(render(spec, XEN, HVM))
+    drivers = [(d.get("device"), d.find("driver").get("name")) for d in root.findall("devices/disk")]
+    assert drivers == [("cdrom", "qemu"), ("cdrom", "qemu"), ("cdrom", "qemu"), ("disk", "phy")]
+    d = decision(plan(spec, XEN, HVM), "disks.0.driver")
+    assert d.outcome is Outcome.TRANSLATED and "phy -> qemu" in d.detail and "Qdisk" in d.detail
+    # a PV CD-ROM is a PV disk: its own driver; KVM: always qemu
+    pv = parse(render(make(kernel="/k", disks=[{"device": "cdrom", "source": "/dev/sr0", "source_type": "block"}]),
+                      XEN, PV))
+    assert the(pv, "devices/disk/driver").get("name") == "phy"

@@ -423,3 +423,81 @@ def test_xen_on_crash_policies(engine: Engine, backend: Backend, policy: str, en
     engine.http.post(f"/vms/{vm['id']}/stop")
     _wait(lambda: engine.call("GET", f"/vms/{vm['id']}")["state"] in ("down", "crashed"), 120, "down")
     engine.call("DELETE", f"/vms/{vm['id']}", expect=(204, 409))
+
+
+@pytest.fixture
+def xen_backend() -> Iterator[Backend]:
+    b = _xen_backend()
+    try:
+        yield b
+    finally:
+        for fn in b.cleanup:
+            fn()
+
+
+def _events_of(engine: Engine, vm_id: str) -> str:
+    return repr(engine.call("GET", "/events", params={"object_id": vm_id, "limit": 500})["items"])
+
+
+@pytest.mark.xenlab
+def test_xen_a_shutdown_the_guest_ignores_fails_and_says_so(engine: Engine, xen_backend: Backend) -> None:
+    """Issue 20 item 1: the lab's busybox PV guest ignores the shutdown request; the task used to succeed."""
+    b = xen_backend
+    name = f"shut-{uuid.uuid4().hex[:6]}"
+    b.cleanup.append(lambda: _undefine(b, name))
+    host = _add_host(engine, b)
+    spec = {"name": name, "memory_mib": 64, "guest_type": "pv", "kernel": b.kernel, "initrd": b.initrd,
+            "cmdline": b.cmdline, "consoles": [{"kind": "pv"}]}
+    vm = engine.call("POST", "/vms", json=spec, expect=201)
+    engine.run("POST", f"/vms/{vm['id']}/start", json={"host": host["id"]})
+    _wait(lambda: b.marker in _console(engine, vm["id"]), 400, "the guest's console marker", every=3)
+    task = engine.wait_task(engine.call("POST", f"/vms/{vm['id']}/shutdown", json={"timeout": 5}, expect=202))
+    assert task["state"] == "failed", task
+    assert "did not stop within 5 s" in repr(task["error"]), task["error"]
+    assert engine.call("GET", f"/vms/{vm['id']}")["state"] == "up"
+    assert "running" in b.sh(f"{b.virsh} domstate {name}")
+    engine.run("POST", f"/vms/{vm['id']}/stop", json={"timeout": 3})
+    assert engine.call("GET", f"/vms/{vm['id']}")["state"] == "down"
+    engine.call("DELETE", f"/vms/{vm['id']}", expect=204)
+
+
+@pytest.mark.xenlab
+def test_xen_hvm_stop_ends_down_and_cdroms_work(engine: Engine, xen_backend: Backend) -> None:
+    """Issue 20 items 2 and 3: stopping an HVM guest ended as `crashed` (the watchdog took the agent's own destroy
+    for a lost device model); an empty HVM CD-ROM was rendered on the phy backend and the start failed."""
+    b = xen_backend
+    name = f"hvmcd-{uuid.uuid4().hex[:6]}"
+    b.cleanup.append(lambda: _undefine(b, name))
+    host = _add_host(engine, b)
+    disk = f"/var/lib/corral-lab/{name}.img"
+    media = f"/var/lib/corral-lab/{name}-media.iso"
+    b.sh(f"cp {b.media} {disk}; cp {b.media} {media}")
+    b.cleanup.append(lambda: b.sh(f"rm -f {disk} {media}"))
+    spec = {"name": name, "memory_mib": 64, "guest_type": "hvm", "boot": ["hd"],
+            # an empty CD-ROM of type block (as libvirt's own Xen test domains have it), and one for media
+            "disks": [{"source": disk, "bus": "ide"}, {"device": "cdrom", "source_type": "block"}, {"device": "cdrom"}],
+            "consoles": [{"kind": "serial"}], "balloon": None, "on_device_model_lost": "destroy"}
+    vm = engine.call("POST", "/vms", json=spec, expect=201)
+    vm_id = vm["id"]
+    plan = _decisions(engine, vm_id, host["id"])
+    assert plan["disks.1.driver"]["outcome"] == "translated" and "qdisk" in plan["disks.1.driver"]["detail"]
+    assert not [d for d in plan.values() if d["outcome"] == "refused"], plan
+    for round_ in range(2):
+        engine.run("POST", f"/vms/{vm_id}/start", json={"host": host["id"]})
+        _wait(lambda: "CORRAL-XEN-MBR-UP" in _console(engine, vm_id), 300, "the MBR marker", every=3)
+        cd_id = engine.call("GET", f"/vms/{vm_id}")["spec"]["disks"][2]["id"]
+        if round_ == 0:  # media inserted and ejected live on the emulated IDE CD-ROM
+            engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": media})
+            assert media in b.sh(f"{b.virsh} domblklist {name}")
+            engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": None})
+            assert media not in b.sh(f"{b.virsh} domblklist {name}")
+            engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": media})  # inserted at next start
+        else:
+            assert media in b.sh(f"{b.virsh} domblklist {name}")
+        time.sleep(5)  # two watchdog cycles see the running device model before the stop
+        engine.run("POST", f"/vms/{vm_id}/stop")
+        time.sleep(5)  # and two more after it: a late false loss would show now
+        assert engine.call("GET", f"/vms/{vm_id}")["state"] == "down"
+        assert "device_model_lost" not in _events_of(engine, vm_id)
+        assert "crashed" not in _events_of(engine, vm_id)
+    engine.call("DELETE", f"/vms/{vm_id}", expect=204)

@@ -65,8 +65,8 @@ TABLE: Table = {
         native(None, "an empty drive, rendered without <source> (never file='') [L4, L5]")),
     F.CDROM_DRIVER: _pv_hvm(
         native(None, "the disk's own driver (a PV CD-ROM is a PV disk)"),
-        native("qemu", "<driver name='qemu'/>: libxl takes HVM CD-ROMs on the qdisk backend only ('Backend for "
-                       "CD devices on HVM guests must be Qdisk', measured), empty or not")),
+        translated("qemu", "libxl takes HVM CD-ROMs on the qdisk backend only ('Backend for CD devices on HVM "
+                           "guests must be Qdisk', measured), empty or not, file or block device")),
     F.FLOPPY: refused(_FLOPPY),
     F.DISK_FORMAT_RAW_FILE: native("qemu", "<driver name='qemu' type='raw'/> (qdisk backend)"),
     F.DISK_FORMAT_RAW_BLOCK: native("phy", "<driver name='phy' type='raw'/> (blkback)"),
