@@ -301,7 +301,7 @@ class SimulatorApp:
     def _index(self) -> dict[str, Any]:
         hosts = self.sim.hosts
         return {"simulator": "corral simulate", "version": __version__, "hosts": len(hosts),
-                "xen_hosts": sum(1 for h in hosts if h.profile.xen), "vms": self.sim.vm_count(),
+                "flavors": self.sim.flavor_counts(), "vms": self.sim.vm_count(),
                 "agent_path": "/hosts/<n>", "first": 1 if hosts else None, "last": len(hosts) or None}
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

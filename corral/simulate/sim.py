@@ -28,10 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.agent.bodies import device_change, hotplugged, unplugged, with_memory, with_vcpus
-from corral.agent.errors import Conflict, LibvirtFailed, NotFound, Refused
+from corral.agent.errors import Conflict, LibvirtFailed, NotFound, Refused, TimedOut
 from corral.agent.events import EventBus
+from corral.agent.hostfacts import HostView, check_spec, merge
 from corral.agent.vms import LIBVIRT_STATES, state_name
 from corral.domain import config as cfg
+from corral.domain.flavors import hostcheck
+from corral.domain.flavors.base import Decision, Flavor, Outcome
+from corral.domain.flavors.features import Feature, LinkControl
 from corral.domain.read import match_devices
 from corral.domain.render import render_resolution
 from corral.domain.resolve import RefusedError, Resolution, mac_for, resolve
@@ -41,10 +45,12 @@ from corral.domain.spec import (
     VmSpec,
 )
 from corral.simulate.templates import (
+    CONSOLE_DAEMON_DIR,
+    KINDS,
     PROFILES,
     TEMPLATE_WEIGHTS,
     TEMPLATES,
-    XEN_CONSOLE_DIR,
+    TOOLS,
     HostProfile,
     compact,
     render_options,
@@ -60,6 +66,9 @@ SHUTDOWN_USER = 1
 STOPPED_SHUTDOWN, STOPPED_DESTROYED, STOPPED_CRASHED = 0, 1, 2
 SUSPENDED_PAUSED, SUSPENDED_IOERROR = 0, 2
 VIR_ERR_INTERNAL_ERROR = 1
+
+# ``SimulatorSettings.xen_ratio`` is the share of hosts of the first flavor; the rest have the second
+RATIO_FLAVOR, OTHER_FLAVOR = "xen", "kvm"
 
 # whether generated VMs keep their spec JSON once rendered (~1 KB each: 50 MB for 50,000 VMs, for half the CPU
 # time of a ``GET /v1/vms``); one switch for the process, set by the Simulator from its settings
@@ -146,17 +155,18 @@ class SimVm:
 _STATS_FORMATS: dict[tuple[bool, bool, int], str] = {}
 
 
-def _stats_format(kvm: bool, active: bool, vcpus: int) -> str:
-    """The stats object's inside with numbered holes, per (flavor, active, vCPUs): built once, then formatted."""
-    key = (kvm, active, vcpus)
+def _stats_format(detailed: bool, active: bool, vcpus: int) -> str:
+    """The stats object's inside with numbered holes, per (driver's detail, active, vCPUs): built once, then
+    formatted."""
+    key = (detailed, active, vcpus)
     fmt = _STATS_FORMATS.get(key)
     if fmt is None:
         names = ["balloon_current", "balloon_maximum", "vcpu_current", "vcpu_maximum"]
         if active:
-            names = ["cpu_time", *(["cpu_user", "cpu_system"] if kvm else []), "balloon_current", "balloon_maximum",
-                     *(["balloon_rss"] if kvm else []), "vcpu_current", "vcpu_maximum"]
+            names = ["cpu_time", *(["cpu_user", "cpu_system"] if detailed else []), "balloon_current",
+                     "balloon_maximum", *(["balloon_rss"] if detailed else []), "vcpu_current", "vcpu_maximum"]
             for i in range(vcpus):
-                names += [f"vcpu_{i}_state", f"vcpu_{i}_time", *([f"vcpu_{i}_wait"] if kvm else [])]
+                names += [f"vcpu_{i}_state", f"vcpu_{i}_time", *([f"vcpu_{i}_wait"] if detailed else [])]
         fmt = _STATS_FORMATS[key] = ",".join(f'"{n}":{{{j}}}' for j, n in enumerate(names))
     return fmt
 
@@ -174,16 +184,19 @@ class SimHost:
     """One simulated agent: its host document, its domains, its event log."""
 
     __slots__ = ("_locks", "boot", "bus", "cpus", "hostname", "memory_mib", "n", "names", "next_domid", "options",
-                 "profile", "sim", "vms")
+                 "profile", "sim", "uuid", "vms")
 
     def __init__(self, sim: Simulator, n: int, profile: HostProfile, cpus: int, memory_mib: int) -> None:
         self.sim = sim
         self.n = n
         self.profile = profile
         self.hostname = f"sim-{profile.flavor.name}-{n:04d}"
+        # the host's identity (libvirt's host UUID on a real host): stable for a seed, distinct per host
+        digest = hashlib.sha256(f"corral-simulate:{sim.settings.seed}:host-uuid:{n}".encode()).hexdigest()
+        self.uuid = str(uuidlib.UUID(digest[:32], version=4))
         self.cpus = cpus
         self.memory_mib = memory_mib
-        self.options = render_options(profile.flavor, cpus)
+        self.options = render_options(cpus)
         self.bus = EventBus()
         self.vms: dict[str, SimVm] = {}
         self.names: dict[str, str] = {}
@@ -194,8 +207,13 @@ class SimHost:
     # ---- registry ---------------------------------------------------------------------------------------
 
     @property
+    def flavor(self) -> Flavor:
+        """Where every difference between this host's behaviour and another flavor's comes from."""
+        return self.profile.kind.flavor
+
+    @property
     def flavor_name(self) -> str:
-        return self.profile.flavor.name
+        return self.flavor.name
 
     @property
     def busy(self) -> bool:
@@ -276,16 +294,16 @@ class SimHost:
         """``getAllDomainStats`` (state, cpu, balloon, vcpu) with the agent's key names (dots as underscores),
         as the inside of a JSON object, and the balloon's current KiB. Xen (libxl) reports no cpu.user/system,
         balloon.rss or vcpu.N.wait. The hot path of ``GET /v1/vms``: kept to plain arithmetic and one format."""
-        kvm, vcpus = not self.profile.xen, vm.vcpus
+        detailed, vcpus = self.profile.kind.detailed_stats, vm.vcpus
         active = vm.state != SHUTOFF and vm.state != NOSTATE
-        fmt = _STATS_FORMATS.get((kvm, active, vcpus)) or _stats_format(kvm, active, vcpus)
+        fmt = _STATS_FORMATS.get((detailed, active, vcpus)) or _stats_format(detailed, active, vcpus)
         target = vm.mem * 1024
         if not active:
             return fmt.format(target, vm.max_mem * 1024, vcpus, vm.max_vcpus), target
         cpu = vm.cpu_ns + int((now - vm.run_since) * vcpus * vm.util * 10_000_000) if vm.run_since else vm.cpu_ns
         per_vcpu = cpu // vcpus
         current = self.balloon_kib(vm, now)
-        if kvm:
+        if detailed:
             rss = target * (40 + (hash((vm.uuid, int(now // 10))) & 0xFFFF) % 50) // 100
             values = [cpu, cpu * 7 // 10 // 10_000_000 * 10_000_000, cpu // 5 // 10_000_000 * 10_000_000, current,
                       vm.max_mem * 1024, rss, vcpus, vm.max_vcpus]
@@ -341,19 +359,22 @@ class SimHost:
 
     def devices(self, vm: SimVm) -> list[dict[str, Any]]:
         """What ``read_domain`` finds in the domain XML libvirt would show: the rendered devices plus what
-        libvirt adds (the serial console's ``<console>`` twin, controllers, inputs, live names and ports)."""
+        libvirt adds (the serial console's ``<console>`` twin, controllers, inputs, live names and ports), as
+        the agent answers them (NIC links the flavor leaves to the agent say the state it set)."""
         spec = vm.spec()
-        res = resolve(spec, self.profile.flavor, GuestType(vm.gt), self.options)
+        gt = GuestType(vm.gt)
+        res = resolve(spec, self.flavor, gt, self.options)
         expected = res.domain.devices if res.domain is not None else []
         live = [dataclasses.replace(d) for d in expected]
-        active, kvm = vm.active, not self.profile.xen
+        kind, active = self.profile.kind, vm.active
+        named = active and kind.live_aliases  # the driver names what it adds to a running domain
         domid = vm.domain_id or 0
         extra: list[cfg.Device] = []
         nic_index = 0
         for dev in live:
             if isinstance(dev, cfg.Interface):
                 if active:
-                    dev.target_dev = f"vnet{domid * 4 + nic_index}" if kvm else f"vif{domid}.{nic_index}"
+                    dev.target_dev = kind.vif_name.format(domid=domid, index=nic_index, seq=domid * 4 + nic_index)
                 nic_index += 1
             elif isinstance(dev, cfg.Graphics) and active:
                 dev.port = 5900 + domid
@@ -364,41 +385,40 @@ class SimHost:
                     extra.append(cfg.CharDevice(element="console", type="pty", target_type="serial",
                                                 target_port=0, alias=dev.alias, tty=dev.tty,
                                                 source_path=dev.source_path))
-        if vm.gt == GuestType.HVM.value:
+        if gt is GuestType.HVM:
             if any(isinstance(d, cfg.Disk) and d.target_bus == "ide" for d in live):
-                extra.append(cfg.Controller(type="ide", index=0, alias="ide" if active and kvm else None))
+                extra.append(cfg.Controller(type="ide", index=0, alias="ide" if named else None))
             if spec.graphics is not None:
-                extra += [cfg.OtherDevice(element="input", type="mouse", alias="input0" if active and kvm else None),
-                          cfg.OtherDevice(element="input", type="keyboard",
-                                          alias="input1" if active and kvm else None)]
-        if kvm:
-            extra += [cfg.Controller(type="usb", model="piix3-uhci", alias="usb" if active else None),
-                      cfg.Controller(type="pci", model="pci-root", alias="pci.0" if active else None)]
-        else:
-            extra.append(cfg.Controller(type="xenbus", index=0))
-        links = {n.id: n.link.value for n in spec.nics}
+                extra += [cfg.OtherDevice(element="input", type="mouse", alias="input0" if named else None),
+                          cfg.OtherDevice(element="input", type="keyboard", alias="input1" if named else None)]
+        extra += [dataclasses.replace(c, alias=c.alias if named else None) for c in kind.controllers]
+        agent_links = self.flavor.rule(Feature.NIC_LINK_DOWN, gt).value is LinkControl.AGENT
+        links = {n.id: n.link.value for n in spec.nics} if agent_links else {}
         out = []
         for found in match_devices(live + extra, expected):
             data = found.as_dict()
-            if data["kind"] == "nic" and found.device_id in links and self.profile.xen:
-                data["link"] = links[found.device_id]
+            if data["kind"] == "nic" and found.device_id in links:
+                # the agent sets these itself (``VmManager._device_dict``): the state it set, and the one asked
+                data["link"] = data["link_requested"] = links[found.device_id]
             out.append(data)
         return out
 
     def host(self) -> dict[str, Any]:
-        """``capabilities()`` of a real Xen dom0 or KVM host (not emulated)."""
+        """``capabilities()`` of a real host of this flavor (not emulated)."""
         p = self.profile
         bridges = list(p.bridges)
+        check = self.host_check()
         return {
             "hostname": self.hostname,
-            "hypervisor": p.hypervisor,
+            "host_uuid": self.uuid,
+            "hypervisor": self.flavor.domain_type,
             "emulated": False,
-            "flavor": p.flavor.name,
-            "accel": p.accel,
+            "flavor": self.flavor.name,
+            "accel": self.flavor.accel,
             "detection": self.detection(),
-            "libvirt_version": p.libvirt_version,
-            "hypervisor_version": p.hypervisor_version,
-            "uri": p.uri,
+            "libvirt_version": p.kind.libvirt_version,
+            "hypervisor_version": p.kind.hypervisor_version,
+            "uri": self.flavor.default_uri,
             "cpu": {"arch": "x86_64", "model": p.cpu_model, "vendor": p.cpu_vendor, "flags": list(p.cpu_flags),
                     "count": self.cpus},
             "memory_mib": self.memory_mib,
@@ -407,50 +427,32 @@ class SimHost:
                             "cpus": list(range(c * self.cpus // 2, (c + 1) * self.cpus // 2))} for c in (0, 1)],
             "bridges": bridges,
             "capabilities": p.capabilities,
-            "hardware_check": self.hardware_check(bridges),
-            "guest_types": [g.value for g in p.flavor.guest_types],  # a simulated dom0 has HVM
-            "tools": {"ip": True, "xenstore-read": p.xen, "qemu-img": True},
+            "hardware_check": check.as_dict(),
+            "guest_types": [g.value for g in check.guest_types],
+            "tools": {name: name in self.flavor.host_tools for name in TOOLS},
         }
 
     def detection(self) -> list[dict[str, str]]:
-        p = self.profile
-        evidence = [{"source": "libvirt getType()", "value": p.driver}]
-        if p.xen:
-            evidence += [{"source": "/proc/xen/capabilities", "value": "control_d"},
-                         {"source": "/sys/hypervisor/type", "value": "xen"}]
-        else:
-            evidence.append({"source": "/dev/kvm", "value": "usable"})
-        return evidence
+        kind = self.profile.kind
+        return [{"source": "libvirt getType()", "value": kind.driver},
+                *({"source": source, "value": value} for source, value in kind.evidence)]
 
-    def hardware_check(self, bridges: list[str]) -> dict[str, Any]:
-        p = self.profile
+    def host_check(self) -> hostcheck.HostCheckReport:
+        """The flavor's host checks on the simulated host's facts: the evaluation the agent and the deploy run."""
+        return hostcheck.evaluate(self.flavor, self.profile.facts)
 
-        def check(name: str, detail: str) -> dict[str, Any]:
-            return {"name": name, "ok": True, "detail": detail}
-
-        if p.xen:
-            items = [check("xen dom0", "/proc/xen/capabilities holds control_d"),
-                     check("hypervisor", "/sys/hypervisor/type = 'xen'"),
-                     check("libxl driver", f"libvirt answers on {p.uri} (Xen {p.hypervisor_version})"),
-                     check("xenstored", "running"), check("xenconsoled", "running"),
-                     check("no /dev/kvm needed", "a Xen dom0 runs guests through Xen, not KVM")]
-        else:
-            virt = sorted(set(p.cpu_flags) & {"vmx", "svm"})
-            items = [check("/dev/kvm", "present and usable"),
-                     check("cpu virtualization", f"cpu flags: {', '.join(virt) or 'no vmx/svm'}"),
-                     check("qemu driver", f"libvirt answers on {p.uri}")]
-        items.append(check("bridge", f"bridges: {', '.join(bridges)}"))
-        return {"ok": True, "items": items}
+    def hardware_check(self) -> dict[str, Any]:
+        return self.host_check().as_dict()
 
     def free_memory_mib(self) -> int:
         used = sum(vm.mem for vm in self.vms.values() if vm.active)
-        return max(0, self.memory_mib - self.profile.dom0_mib - used)
+        return max(0, self.memory_mib - self.profile.kind.reserved_mib - used)
 
     def host_stats(self) -> dict[str, Any]:
         running = [vm for vm in self.vms.values() if vm.state in (RUNNING, BLOCKED, PAUSED, SHUTDOWN)]
         now = time.monotonic()
         cpu: dict[str, Any] = {"count": self.cpus}
-        if not self.profile.xen:  # libxl has no node CPU stats: the agent reports the count alone there
+        if self.flavor.node_cpu_stats:  # else (libxl) the agent reports the count alone
             total = int((time.time() - self.boot) * 1e9) * self.cpus
             busy = sum(vm.cpu_time(now) for vm in running)
             kernel, iowait = total // 40, total // 200
@@ -463,14 +465,28 @@ class SimHost:
 
     # ---- define / undefine ------------------------------------------------------------------------------
 
+    def host_refusals(self, spec: VmSpec, prefix: str = "") -> list[Decision]:
+        """What this host lacks for ``spec`` (``corral.agent.hostfacts``): its bridges; no libvirt networks
+        are defined, and the guests' files are taken to be there (a simulated host has none to look at)."""
+        view = HostView(frozenset(self.profile.bridges), frozenset(), files_checked=False)
+        return [d for d in check_spec(spec, view) if d.path.startswith(prefix)]
+
+    def refuse_missing(self, spec: VmSpec, doing: str, prefix: str = "") -> None:
+        missing = self.host_refusals(spec, prefix)
+        if missing:
+            raise Refused(f"cannot {doing}: " + "; ".join(f"{d.path}: {d.detail}" for d in missing),
+                          field=missing[0].path, decisions=[d.as_dict() for d in missing])
+
     def plan(self, spec: VmSpec) -> dict[str, Any]:
-        res = resolve(spec, self.profile.flavor, None, self.options)
-        return {"flavor": self.profile.flavor.name, "guest_type": res.guest_type.value, "ok": not res.refused,
-                "decisions": [d.as_dict() for d in res.decisions]}
+        res = resolve(spec, self.flavor, None, self.options)
+        decisions = merge(res.decisions, self.host_refusals(spec))
+        ok = not any(d.outcome is Outcome.REFUSED for d in decisions)
+        return {"flavor": self.flavor.name, "guest_type": res.guest_type.value, "ok": ok,
+                "decisions": [d.as_dict() for d in decisions]}
 
     def _render(self, spec: VmSpec, guest_type: GuestType | None = None) -> Resolution:
         try:
-            return render_resolution(spec, self.profile.flavor, guest_type, self.options)[1]
+            return render_resolution(spec, self.flavor, guest_type, self.options)[1]
         except RefusedError as exc:
             raise Refused(str(exc), field=exc.field, decisions=[d.as_dict() for d in exc.decisions]) from None
 
@@ -479,10 +495,11 @@ class SimHost:
             if known:
                 raise Conflict(f"a domain with {key} {value!r} already exists on this host", field=key)
         if not all(n.mac for n in spec.nics):
-            nics = [n if n.mac else n.model_copy(update={"mac": mac_for(n.id, self.profile.flavor.mac_prefix)})
+            nics = [n if n.mac else n.model_copy(update={"mac": mac_for(n.id, self.flavor.mac_prefix)})
                     for n in spec.nics]
             spec = spec.model_copy(update={"nics": nics})
         res = self._render(spec)
+        self.refuse_missing(spec, f"create {spec.name} on this host")
         vm = SimVm(spec.id, spec.name, -1, compact(spec.model_dump(mode="json")), res.guest_type.value,
                    spec.memory_mib, spec.effective_max_memory_mib, spec.vcpus, spec.effective_max_vcpus,
                    self.sim.rng.randint(2, 60))
@@ -510,16 +527,21 @@ class SimHost:
             vm = self.lookup(vm_id)
             if vm.active:
                 raise Conflict(f"VM {vm.name} is already running")
-            if self.profile.xen and vm.mem > self.free_memory_mib():
-                # libxl refuses to build a domain Xen has no memory for (KVM would overcommit)
-                raise LibvirtFailed(f"start {vm.name}: internal error: libxenlight failed to create new domain "
-                                    f"'{vm.name}'", libvirt_code=VIR_ERR_INTERNAL_ERROR)
+            if vm.tmpl < 0:
+                self.refuse_missing(vm.spec(), f"start {vm.name}")
+            refusal = self.profile.kind.no_memory_error
+            at_start = self.flavor.memory_at_start_mib(GuestType(vm.gt), vm.mem, vm.max_mem)
+            if refusal is not None and at_start > self.free_memory_mib():
+                # a driver that does not overcommit refuses to build a domain it has no memory for
+                raise LibvirtFailed(f"start {vm.name}: {refusal.format(name=vm.name)}",
+                                    libvirt_code=VIR_ERR_INTERNAL_ERROR)
             self.start_domain(vm)
             self.lifecycle(vm, "started", 0)
             return self.action_json(vm)
 
     async def shutdown(self, vm_id: str, timeout: float = 60.0, force: bool = False) -> str:
-        """Ask the guest to stop; it does after a moment (not while paused). ``force``: destroy at the timeout."""
+        """Ask the guest to stop; it does after a moment (not while paused). ``force``: destroy at the timeout;
+        without it, a guest still running then is a 409 ``timeout`` naming its state (``VmManager.shutdown``)."""
         vm = self.lookup(vm_id)
         async with self.locked(vm.uuid):
             vm = self.lookup(vm_id)
@@ -534,9 +556,12 @@ class SimHost:
             how = "shutdown"
             if vm.active:
                 if not force:
-                    return self.action_json(vm, stopped_by=None)
-                # Xen refuses VIR_DOMAIN_DESTROY_GRACEFUL ("unsupported flags"); QEMU accepts it
-                how = "destroy" if self.profile.xen else "destroy-graceful"
+                    state = state_name(vm.state, vm.reason)
+                    raise TimedOut(f"VM {vm.name} did not stop within {timeout:g} s of the shutdown request: it is "
+                                   f"still {state} (the guest ignored the request or is still shutting down); "
+                                   f"shut down again with force, or stop it", field="timeout", state=state)
+                # where the flavor has no graceful destroy, the agent destroys at once
+                how = "destroy-graceful" if self.flavor.graceful_destroy else "destroy"
                 self.stop_domain(vm, SHUTOFF_DESTROYED)
                 self.lifecycle(vm, "stopped", STOPPED_DESTROYED)
             return self.action_json(vm, stopped_by=how)
@@ -606,8 +631,9 @@ class SimHost:
         return vm, vm.spec()
 
     def _check_flavor(self, vm: SimVm, spec: VmSpec, path_prefix: str) -> Resolution:
-        flavor = self.profile.flavor
+        flavor = self.flavor
         res = resolve(spec, flavor, GuestType(vm.gt), self.options)
+        self.refuse_missing(spec, f"change {vm.name}", path_prefix)
         bad = [d for d in res.refused if d.path.startswith(path_prefix) or path_prefix == ""]
         if res.refused:
             bad = bad or res.refused
@@ -627,7 +653,7 @@ class SimHost:
         vm = self.lookup(vm_id)
         async with self.locked(vm.uuid):
             vm, spec = self.managed(vm_id)
-            planned = device_change(vm.name, spec, device_id, change, self.profile.flavor, GuestType(vm.gt))
+            planned = device_change(vm.name, spec, device_id, change, self.flavor, GuestType(vm.gt))
             self._check_flavor(vm, planned.spec, planned.section)
             self._persist(vm, planned.spec)
             detail = {planned.key: planned.value} if planned.key != "password" else {}
@@ -638,7 +664,7 @@ class SimHost:
         vm = self.lookup(vm_id)
         async with self.locked(vm.uuid):
             vm, spec = self.managed(vm_id)
-            device, new_spec = hotplugged(vm.name, spec, kind, data, self.profile.flavor.mac_prefix)
+            device, new_spec = hotplugged(vm.name, spec, kind, data, self.flavor.mac_prefix)
             self._check_flavor(vm, new_spec, "disks" if kind == "disk" else "nics")
             self._persist(vm, new_spec)
             self.bus.publish("device", vm.uuid, vm.name, device_id=device.id, change="attached", kind=kind)
@@ -678,12 +704,17 @@ class SimHost:
             return self.detail_json(vm)
 
     def console_log(self, vm_id: str, tail: int) -> dict[str, Any]:
+        """As ``VmManager.console_log``: the first character device libvirt logs or writes to a file, else
+        where the flavor's console daemon logs it; the log itself is a few invented lines."""
         vm = self.lookup(vm_id)
-        if self.profile.xen:
-            path: str | None = f"{XEN_CONSOLE_DIR}/guest-{vm.name}.log"
-        else:
-            path = next((d.get("log") for d in self.devices(vm) if d.get("kind") == "serial" and d.get("log")),
-                        None)
+        path: str | None = None
+        res = resolve(vm.spec(), self.flavor, GuestType(vm.gt), self.options)
+        for dev in res.domain.devices if res.domain is not None else []:
+            if isinstance(dev, cfg.CharDevice) and (dev.log_file or (dev.type == "file" and dev.source_path)):
+                path = dev.log_file or dev.source_path
+                break
+        if path is None and self.flavor.console_daemon_log is not None:
+            path = f"{CONSOLE_DAEMON_DIR}/{self.flavor.console_daemon_log.format(name=vm.name)}"
         if path is None:
             return {"path": None, "log": ""}
         if not vm.active:
@@ -706,14 +737,22 @@ class Simulator:
     def host(self, n: int) -> SimHost | None:
         return self.hosts[n - 1] if 1 <= n <= len(self.hosts) else None
 
-    def is_xen(self, n: int) -> bool:
-        """Xen hosts spread evenly: exactly round-down(n * ratio) of the first n hosts are Xen."""
+    def flavor_of(self, n: int) -> str:
+        """The flavor of host ``n``: the ratio's flavor (``xen_ratio``) spread evenly, exactly round-down(n *
+        ratio) of the first n hosts, the other flavor for the rest."""
         ratio = min(1.0, max(0.0, self.settings.xen_ratio))
-        return int(n * ratio + 1e-9) != int((n - 1) * ratio + 1e-9)
+        return RATIO_FLAVOR if int(n * ratio + 1e-9) != int((n - 1) * ratio + 1e-9) else OTHER_FLAVOR
+
+    def flavor_counts(self) -> dict[str, int]:
+        """How many hosts of each flavor, by flavor name (every flavor the simulation has, even at zero)."""
+        counts = dict.fromkeys(KINDS, 0)
+        for host in self.hosts:
+            counts[host.flavor_name] += 1
+        return counts
 
     def _make_host(self, n: int) -> SimHost:
         rng = random.Random(f"corral-simulate:{self.settings.seed}:host:{n}")
-        profile = PROFILES[("xen" if self.is_xen(n) else "kvm", rng.choice(("intel", "amd")))]
+        profile = PROFILES[(self.flavor_of(n), rng.choice(("intel", "amd")))]
         host = SimHost(self, n, profile, rng.choice((32, 48, 64, 96)),
                        rng.choice((256, 384, 512, 768)) * 1024)
         indexes, weights = TEMPLATE_WEIGHTS[profile.flavor.name]
