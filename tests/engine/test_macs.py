@@ -297,3 +297,36 @@ def test_vms_recovered_from_hosts_hold_their_macs(db_url: str) -> None:
         macs.call(db, create)
     assert refused.value.extra["used_by"]["vm"] == "lost"
     db.dispose()
+
+
+def test_migration_copies_the_macs_of_stored_vms(db_url: str) -> None:
+    """Upgrading a database whose VMs were stored before ``vm_macs``: their MACs become held, lower case; where
+    two VMs already shared one, the older keeps it (and the other is refused at its next spec change)."""
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from corral.engine.db.migrate import upgrade
+    from corral.engine.db.models import Cluster, utcnow
+
+    db = Database(db_url)
+    upgrade(db.engine, "0003")
+    now = utcnow()
+    old, young, bare = (str(uuid.uuid4()) for _ in range(3))
+
+    def vm(vm_id: str, name: str, age: int, *nic_macs: str | None) -> dict[str, Any]:
+        spec = vm_body(name) | {"id": vm_id, "nics": [{"id": str(uuid.uuid4()), "source": "br0", "mac": m}
+                                                       for m in nic_macs]}
+        return {"id": vm_id, "name": name, "cluster_id": "c", "external": False, "spec": spec, "memory_mib": 128,
+                "vcpus": 1, "state": "down", "state_reason": "", "created_at": now - timedelta(days=age),
+                "updated_at": now, "state_changed_at": now}
+    with db.engine.begin() as conn:
+        conn.execute(insert(Cluster), [{"id": "c", "name": "c", "description": "", "flavor_policy": "any",
+                                        "created_at": now}])
+        conn.execute(insert(Vm), [vm(young, "young", 1, "52:54:00:00:00:0B"),
+                                  vm(old, "old", 2, "52:54:00:00:00:0b", "52:54:00:00:00:0c"),
+                                  vm(bare, "bare", 3, None)])
+    db.migrate()
+    rows = db.call(lambda s: {r[0]: r[1] for r in s.execute(select(VmMac.mac, VmMac.vm_id))})
+    assert rows == {"52:54:00:00:00:0b": old, "52:54:00:00:00:0c": old}
+    db.dispose()
