@@ -5,7 +5,7 @@ A Xen dom0 has no ``/dev/kvm`` and needs none: it is recognised by libvirt's ``g
 host needs ``/dev/kvm``. On libvirt's test driver, ``--emulate xen|kvm`` makes the agent present itself as that
 hypervisor (and use its flavor) so that plans and placement can be seen without hardware.
 
-The hardware check is not written here: the agent reads the facts ``corral.domain.hostcheck`` declares (under
+The hardware check is not written here: the agent reads the facts ``corral.domain.flavors.hostcheck`` declares (under
 ``HostProbe.root``, which tests point at a fake tree) and evaluates the flavor's ``host_checks`` -- the same
 checks the deploy runs on facts it reads over SSH.
 """
@@ -25,10 +25,9 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from corral.domain import hostcheck
-from corral.domain.flavors import get_flavor
+from corral.domain.flavors import get_flavor, hostcheck
 from corral.domain.flavors.base import Flavor
-from corral.domain.hostcheck import HostCheckReport, HostFacts, KvmDevice, LibvirtAnswer, Setting
+from corral.domain.flavors.hostcheck import HostCheckReport, HostFacts, KvmDevice, LibvirtAnswer, Setting
 from corral.domain.matrix import flavor_matrix
 
 
@@ -141,11 +140,11 @@ def _or_absent(value: str | None) -> str:
 
 
 def gather_facts(det: Detection, conn: libvirt.virConnect, probe: HostProbe, bridges: list[str]) -> HostFacts:
-    """The facts ``corral.domain.hostcheck`` declares, read on this host (under the probe's root), and libvirt's
+    """The facts ``corral.domain.flavors.hostcheck`` declares, read on this host (under the probe's root), and libvirt's
     answer on this connection. ``xl info`` is asked only where Xen's sysfs does not say what it runs."""
     files = {key: (" ".join(text.split()) if (text := probe.read(path)) is not None else None)
              for key, path in hostcheck.FILES.items()}
-    if det.accel == "kvm" and not det.emulated:
+    if det.flavor.needs_dev_kvm and not det.emulated:
         kvm, kvm_detail = KvmDevice.USABLE, ""
     elif probe.exists("/dev/kvm"):
         kvm, kvm_detail = KvmDevice.PRESENT, det.kvm_detail or "not used"

@@ -17,9 +17,8 @@ import pytest
 
 from corral.agent.host import Detection, HostProbe, gather_facts
 from corral.agent.service import Agent, Settings
-from corral.domain import hostcheck
-from corral.domain.flavors import get_flavor
-from corral.domain.hostcheck import HostFacts, LibvirtAnswer, Setting
+from corral.domain.flavors import get_flavor, hostcheck
+from corral.domain.flavors.hostcheck import HostFacts, LibvirtAnswer, Setting
 from corral.domain.spec import GuestType
 from corral.engine.deploy.probe import parse_probe
 from tests.agent.conftest import Api, write_node

@@ -78,6 +78,51 @@ def _compared_names(tree: ast.AST) -> list[tuple[int, str]]:
     return found
 
 
+HYPERVISOR_ATTRIBUTES = {"xen", "is_xen"}
+
+
+def _hypervisor_attributes(tree: ast.AST) -> list[tuple[int, str]]:
+    """Attributes that answer "is this Xen?" (``profile.xen``, ``host.is_xen(n)``), read or defined: a branch on
+    them is a hypervisor-name branch in disguise."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in HYPERVISOR_ATTRIBUTES:
+            found.append((node.lineno, f"reads .{node.attr}"))
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in HYPERVISOR_ATTRIBUTES:
+            found.append((node.lineno, f"defines {node.name}"))
+    return found
+
+
+def test_hypervisor_attribute_check_finds_the_old_simulator_branches() -> None:
+    """The check below would have caught the simulator's ``HostProfile.xen`` property and its uses."""
+    old = """
+class HostProfile:
+    @property
+    def xen(self) -> bool:
+        return self.flavor.name == 'xen'
+
+def stats(self, vm):
+    kvm = not self.profile.xen
+    if self.sim.is_xen(3):
+        return kvm
+"""
+    assert _hypervisor_attributes(ast.parse(old)) == [(4, "defines xen"), (8, "reads .xen"), (9, "reads .is_xen")] \
+        or sorted(_hypervisor_attributes(ast.parse(old))) == [(4, "defines xen"), (8, "reads .xen"),
+                                                              (9, "reads .is_xen")]
+
+
+def test_no_hypervisor_attributes_outside_the_flavors() -> None:
+    """No ``.xen`` / ``.is_xen`` outside corral/domain/flavors/: ask the flavor a typed question instead."""
+    offenders = []
+    for path in sorted((ROOT / "corral").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("corral/domain/flavors/"):
+            continue
+        for line, what in _hypervisor_attributes(ast.parse(path.read_text())):
+            offenders.append(f"{rel}:{line} {what}")
+    assert not offenders, "hypervisor attributes outside corral/domain/flavors/:\n" + "\n".join(offenders)
+
+
 def test_no_hypervisor_name_branches_outside_the_flavors() -> None:
     """The flavors are the only code that knows a hypervisor: elsewhere a difference is a typed flavor answer.
 
@@ -88,6 +133,8 @@ def test_no_hypervisor_name_branches_outside_the_flavors() -> None:
         "corral/agent/service.py", "corral/cli/xml.py",
         # an agent's /v1/host answer is validated: its flavor must be one the engine knows
         "corral/engine/hostinfo.py",
+        # libvirt XML vocabulary read from foreign domains (a console's target type 'xen'), mapped to the spec
+        "corral/domain/importer.py",
     }
     offenders = []
     for path in sorted((ROOT / "corral").rglob("*.py")):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from corral.domain.flavors.features import Feature, MemoryAtStart
-from corral.domain.hostcheck import NO_HOST_CHECKS, HostChecks
+from corral.domain.flavors.hostcheck import NO_HOST_CHECKS, HostChecks
 from corral.domain.spec import GuestType
 
 
@@ -88,6 +88,8 @@ class Flavor:
     video: Mapping[str, tuple[str, int]]  # graphics type -> (video model, video RAM MiB), HVM only
     default_uri: str  # the libvirt URI of a host of this flavor
     accel: str | None = None  # kvm | tcg for QEMU; None where the hypervisor itself runs the guests
+    # guests run on /dev/kvm (detection found it usable and libvirt offers kvm domains)
+    needs_dev_kvm: bool = False
     hvm_features: tuple[str, ...] = ("acpi", "apic", "pae")
     bus_slots: Mapping[str, int] = field(default_factory=lambda: {"ide": 4})
     # console targets a guest can have only one of (Xen: the single PV console hvc0)
@@ -105,7 +107,7 @@ class Flavor:
     driver_logs: tuple[str, ...] = ()
     # host tools the agent uses on this flavor's hosts (reported in /v1/host)
     host_tools: tuple[str, ...] = ("ip", "qemu-img")
-    # the hardware check of a host of this flavor (run by the agent and by the deploy; corral.domain.hostcheck)
+    # the hardware check of a host of this flavor (run by the agent and by the deploy; corral.domain.flavors.hostcheck)
     host_checks: HostChecks = NO_HOST_CHECKS
 
     def rule(self, feature: Feature, guest_type: GuestType) -> Rule:

@@ -17,7 +17,7 @@ from corral.domain.flavors.features import (
     MemoryAtStart,
 )
 from corral.domain.flavors.features import Feature as F
-from corral.domain.hostcheck import KVM_CHECKS
+from corral.domain.flavors.hostcheck import KVM_CHECKS
 from corral.domain.spec import GuestType
 
 _AS_HVM = "QEMU runs every guest fully virtualised; the PV kernel is booted directly as an HVM guest"
@@ -95,6 +95,7 @@ TCG_TABLE: Table = {
 
 def _qemu(domain_type: str, title: str, table: Table, accel: str) -> Flavor:
     return Flavor(name="kvm", domain_type=domain_type, title=title, table=table, accel=accel,
+                  needs_dev_kvm=accel == "kvm",
                   guest_types=(GuestType.HVM,), os_type={GuestType.HVM: ("hvm", "pc")}, mac_prefix="52:54:00",
                   min_memory_mib={GuestType.HVM: 32}, max_vcpus={GuestType.HVM: 255},
                   video={"vnc": ("vga", 16), "spice": ("qxl", 64)}, default_uri="qemu:///system",

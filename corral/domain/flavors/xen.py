@@ -18,7 +18,7 @@ from corral.domain.flavors.features import (
     MemoryAtStart,
 )
 from corral.domain.flavors.features import Feature as F
-from corral.domain.hostcheck import XEN_CHECKS
+from corral.domain.flavors.hostcheck import XEN_CHECKS
 from corral.domain.spec import GuestType
 
 PV, PVH, HVM = GuestType.PV, GuestType.PVH, GuestType.HVM

@@ -2,7 +2,7 @@
 
 One module per job: ``options`` (what the API takes, how a deploy fails), ``ssh`` (connection, pinned host key,
 commands, files), ``probe`` (reading the host; the check items are the flavor's host checks of
-``corral.domain.hostcheck``, the ones the agent runs too), ``packages`` (what the package manager must add),
+``corral.domain.flavors.hostcheck``, the ones the agent runs too), ``packages`` (what the package manager must add),
 ``units`` (the files written on the host: layout, configuration, systemd unit or start script), ``certs`` (the
 agent's certificate), ``deployer`` (the steps, in order, with events and progress) and ``renew`` (certificate
 renewal). The steps are described in ``corral.engine.deploy.deployer``.

@@ -4,7 +4,8 @@ Steps (each one an event and a task progress line; a failure names the step and 
 
 1. ``connect``  -- SSH (asyncssh) as root; the host key is shown and pinned on first use (``hosts.ssh_host_key``);
    later connections (a rerun, reinstall, certificate renewal) refuse any other key.
-2. ``detect``   -- one shell probe reads the system and the hypervisor facts ``corral.domain.hostcheck`` declares;
+2. ``detect``   -- one shell probe reads the system and the hypervisor facts ``corral.domain.flavors.hostcheck``
+   declares;
    they say Xen dom0 (``/proc/xen/capabilities`` holds ``control_d``), KVM (``/dev/kvm``, vmx/svm) or none (QEMU
    under TCG when the deploy allows it), i.e. a flavor, whose title, default URI and checks serve from here on.
 3. ``packages`` -- what the agent needs from the host's package manager (python3 + venv, libvirt's Python

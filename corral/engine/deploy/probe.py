@@ -1,5 +1,5 @@
 """Reading a host over SSH: one shell script for the system (user, OS, Python, package manager, systemd) and the
-hypervisor facts ``corral.domain.hostcheck`` declares; what the facts say the host is; libvirt's answer; and
+hypervisor facts ``corral.domain.flavors.hostcheck`` declares; what the facts say the host is; libvirt's answer; and
 the check items, which are the flavor's host checks -- the very ones the agent runs for ``GET /v1/host``."""
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.domain import hostcheck
-from corral.domain.flavors import get_flavor
+from corral.domain.flavors import get_flavor, hostcheck
 from corral.domain.flavors.base import Flavor
-from corral.domain.hostcheck import HostFacts, LibvirtAnswer, Setting
+from corral.domain.flavors.hostcheck import HostFacts, LibvirtAnswer, Setting
 from corral.engine.deploy.ssh import Remote
 
 MIN_PYTHON = (3, 11)
