@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -219,10 +220,11 @@ def simulate(
     url = base_url(sock)
 
     def announce() -> None:
-        xen = sum(1 for h in sim.hosts if h.profile.xen)
+        flavors = Counter(h.profile.flavor.name for h in sim.hosts)
         secret = f"token from {token_file}" if token_file is not None else f"token {shared}"
         show({"url": url, "hosts": list(sim.urls(url)), "token": shared}, output,
-             Text(f"corral simulate: {hosts} agents ({xen} xen, {hosts - xen} kvm), {sim.vm_count()} VMs at "
+             Text(f"corral simulate: {hosts} agents ({flavors['xen']} xen, {flavors['kvm']} kvm), "
+                  f"{sim.vm_count()} VMs at "
                   f"{url}/hosts/<n> for n = 1..{hosts}; {secret}; seed {seed}"), line=True)
         sys.stdout.flush()
 

@@ -101,4 +101,7 @@ def _matrix_cell(cell: dict[str, Any]) -> str:
 
 
 def _matrix_style(column: str, text: str) -> str | None:
-    return outcome_style("outcome", text.split(" ")[0].replace("->", "translated"))
+    """A cell coloured by its outcome, as a plan's (the feature column plain)."""
+    if column == "feature":
+        return None
+    return outcome_style("outcome", "translated" if text.startswith("->") else text.split(" ")[0])
