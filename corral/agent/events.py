@@ -4,10 +4,9 @@ libvirt callbacks arrive on the event-loop thread; HTTP streams wait in asyncio.
 and wakes every waiting stream with ``call_soon_threadsafe``.
 
 The log lives in memory, so its sequence numbers start again at 1 when the agent restarts. Every event
-carries the log's ``epoch`` (an id drawn when the agent started): a client that kept ``(epoch, seq)`` knows,
-from the first event it reads after reconnecting, whether the numbers it holds still mean anything. A
-client asking for events after a number this log never reached (``after`` > the last sequence) holds a
-position from an earlier run: it gets the whole log, every event of which came after what it saw.
+carries the log's ``epoch`` (an id drawn when the agent started): a client that kept ``(epoch, seq)`` asks
+for the events after ``seq - 1`` when it reconnects, and the first one tells it whether its position is
+still one of this log (same epoch) or of an earlier run (another epoch, or no event at all).
 """
 
 from __future__ import annotations
@@ -72,10 +71,7 @@ class EventBus:
         return event
 
     def since(self, after: int, limit: int = 1000) -> list[Event]:
-        """Events numbered above ``after``; all of them for an ``after`` from an earlier run (see above)."""
         with self._lock:
-            if after > self._seq:
-                after = 0
             if not self._events or after >= self._seq:
                 return []
             first = self._events[0].seq

@@ -218,8 +218,8 @@ class AgentClient:
     async def health(self, t: AgentTarget) -> dict[str, Any]:
         return dict(await self.request(t, "GET", "/v1/health", timeout=5.0))
 
-    async def host(self, t: AgentTarget) -> dict[str, Any]:
-        return dict(await self.request(t, "GET", "/v1/host"))
+    async def host(self, t: AgentTarget, *, timeout: float | None = None) -> dict[str, Any]:
+        return dict(await self.request(t, "GET", "/v1/host", timeout=timeout))
 
     async def host_stats(self, t: AgentTarget) -> dict[str, Any]:
         return dict(await self.request(t, "GET", "/v1/host/stats"))
@@ -262,6 +262,25 @@ class AgentClient:
     # Events
     async def events_poll(self, t: AgentTarget, after: int) -> dict[str, Any]:
         return dict(await self.request(t, "GET", "/v1/events", params={"after": after, "wait": 0}))
+
+    async def event_position(self, t: AgentTarget) -> tuple[str | None, int]:
+        """Where the agent's event log ends now: ``(epoch, seq)`` of its last event, ``(None, 0)`` for an empty
+        log. A host being added is read from there, so the events it had before (its backlog) are not taken
+        for new ones. The agent API has no call for the end alone: the log is paged through (it keeps at most
+        10,000 events, ten pages); an agent that restarts meanwhile starts a new epoch, followed the same way."""
+        position: tuple[str | None, int] = (None, 0)
+        for _ in range(1000):
+            items = (await self.events_poll(t, position[1])).get("items") or []
+            last = items[-1] if items and isinstance(items[-1], dict) else None
+            seq = last.get("seq") if last is not None else None
+            if last is None or not isinstance(seq, int):
+                break
+            epoch = last.get("epoch")
+            found = (epoch if isinstance(epoch, str) and epoch else None, seq)
+            if found == position:
+                break
+            position = found
+        return position
 
     async def events_stream(self, t: AgentTarget, after: int) -> AsyncIterator[dict[str, Any]]:
         """Yield each event's data from the agent's SSE stream until it ends or fails."""

@@ -40,3 +40,10 @@ def evaluate(info: dict[str, Any]) -> tuple[HostState, str]:
     if info.get("flavor") not in ("kvm", "xen"):
         return HostState.NON_OPERATIONAL, f"agent reports no known flavor ({info.get('flavor')!r})"
     return HostState.UP, ""
+
+
+def host_identity(info: dict[str, Any]) -> str | None:
+    """The host's identity in the agent's host document (``host_uuid``, corral.agent.identity), lower case;
+    None from an agent that does not answer one (older agents, simulated hosts)."""
+    value = info.get("host_uuid")
+    return (value.strip().lower() or None) if isinstance(value, str) else None

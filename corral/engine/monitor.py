@@ -26,6 +26,7 @@ import random
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -36,11 +37,29 @@ from corral.engine.db.models import Host, HostState, Severity, utcnow
 from corral.engine.db.session import Database
 from corral.engine.events import event_row, record_many
 from corral.engine.hostinfo import evaluate, host_fields
-from corral.engine.reconcile import KNOWN, HostReport, Outcome, apply_reports, mark_unreachable
+from corral.engine.reconcile import (
+    CONTROL_DOMAIN_UUID,
+    KNOWN,
+    HostReport,
+    Outcome,
+    apply_reports,
+    mark_unreachable,
+)
 
 log = logging.getLogger(__name__)
 
 EVENT_SEVERITY = {"device_model_lost": Severity.ERROR, "agent": Severity.INFO, "device": Severity.INFO}
+
+
+def agent_time(ev: dict[str, Any]) -> datetime | None:
+    """When an agent event happened, by the agent's clock (seconds since the epoch); None if it says nothing."""
+    value = ev.get("time")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 @dataclass
@@ -89,13 +108,18 @@ class _Pending:
         return not (self.reports or self.unreachable or self.host_updates or self.events)
 
 
+class _StreamEnded(Exception):
+    """The agent closed its event stream (e.g. it stopped)."""
+
+
 class HostWatcher:
     """Polls one agent and follows its event stream."""
 
     def __init__(self, monitor: Monitor, host_id: str, name: str, target: AgentTarget, state: str,
-                 last_seq: int) -> None:
+                 last_seq: int, epoch: str | None = None) -> None:
         self.monitor, self.host_id, self.name, self.target, self.state = monitor, host_id, name, target, state
-        self.last_seq = last_seq
+        # the last event taken from the agent: its sequence number in the run (epoch) of the agent's event log
+        self.last_seq, self.epoch = last_seq, epoch
         self.reachable: bool | None = None
         self.polling = False
         self._failures = 0
@@ -156,7 +180,7 @@ class HostWatcher:
         if full or snapshot != self._last:
             self.monitor.submit(HostReport(self.host_id, [i.as_dict() for i in items], True), wake=wake)
             if full:
-                self.monitor.touch(self.host_id, self.last_seq)
+                self.monitor.touch(self.host_id)
         self._last = snapshot
         return True
 
@@ -194,14 +218,19 @@ class HostWatcher:
         backoff = 1.0
         while True:
             try:
-                async for ev in self.monitor.agents.events_stream(self.target, self.last_seq):
+                await self._check_position()
+                after = self.last_seq
+                async for ev in self.monitor.agents.events_stream(self.target, after):
                     backoff = 1.0
-                    seq = ev.get("seq")
-                    if isinstance(seq, int) and seq > self.last_seq:
-                        self.last_seq = seq
-                    self.monitor.agent_event(self.host_id, self.name, ev)
+                    if not self._take(ev, after):
+                        break
+                else:
+                    raise _StreamEnded
+                continue  # the agent restarted since ``after``: read its new log from its start, now
             except asyncio.CancelledError:
                 raise
+            except _StreamEnded:
+                pass
             except AgentError as exc:
                 if exc.status in (404, 405):
                     backoff = 60.0  # an agent without an event stream: the poll alone keeps up
@@ -209,6 +238,43 @@ class HostWatcher:
                 log.exception("event stream of host %s", self.name)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
+
+    async def _check_position(self) -> None:
+        """Before a stream is opened: is the position still one of the agent's log? Its numbers start again when
+        the agent restarts, and a stream opened after a number the new log has not reached would bring nothing
+        until it does. The agent's event at the position says it: the same epoch, or another run (an event of
+        another epoch, or none at all: the new log is shorter). A position of an earlier run goes back to the
+        start of the agent's log, all of which happened after what the engine saw (the agent restarted since)."""
+        if self.last_seq <= 0:
+            return
+        items = (await self.monitor.agents.events_poll(self.target, self.last_seq - 1)).get("items") or []
+        first = items[0] if items and isinstance(items[0], dict) else None
+        epoch = first.get("epoch") if first is not None else None
+        epoch = epoch if isinstance(epoch, str) and epoch else None
+        if first is None or (epoch is not None and self.epoch is not None and epoch != self.epoch):
+            log.info("host %s: the agent restarted; reading its new event log from the start", self.name)
+            self.epoch, self.last_seq = epoch, 0
+        elif self.epoch is None:
+            self.epoch = epoch  # a position kept before events had epochs
+
+    def _take(self, ev: dict[str, Any], after: int) -> bool:
+        """Hand one streamed event to the monitor, unless it was taken already. False: the agent restarted
+        between ``_check_position`` and the stream, which reads the new log from the middle: the position is
+        reset, for a new stream from the start of the new log."""
+        seq, epoch = ev.get("seq"), ev.get("epoch")
+        epoch = epoch if isinstance(epoch, str) and epoch else None
+        if epoch is not None and epoch != self.epoch:
+            if self.epoch is not None and after and seq != 1:
+                self.epoch, self.last_seq = epoch, 0
+                return False
+            self.epoch, self.last_seq = epoch, 0
+        if isinstance(seq, int):
+            if seq <= self.last_seq:
+                return True  # read already (a stream that resent what came before its position)
+            self.last_seq = seq
+        self.monitor.agent_event(self.host_id, self.name, ev)
+        self.monitor.position(self.host_id, self.epoch, self.last_seq)
+        return True
 
 
 class Monitor:
@@ -222,7 +288,7 @@ class Monitor:
         # hosts a deploy (corral.engine.deploy) is working on: not watched until it activates them
         self.held: set[str] = set()
         self._pending = _Pending()
-        self._seqs: dict[str, int] = {}
+        self._positions: dict[str, tuple[str | None, int]] = {}
         self._seen: set[str] = set()
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
@@ -255,8 +321,9 @@ class Monitor:
 
     async def sync_hosts(self) -> None:
         """Start watchers for new hosts, stop those of removed hosts (one query for all hosts)."""
-        def load(s: Session) -> list[tuple[str, str, str, str | None, str, int]]:
-            q = select(Host.id, Host.name, Host.agent_url, Host.agent_token, Host.state, Host.last_event_seq)
+        def load(s: Session) -> list[tuple[str, str, str, str | None, str, int, str | None]]:
+            q = select(Host.id, Host.name, Host.agent_url, Host.agent_token, Host.state, Host.last_event_seq,
+                       Host.event_epoch)
             # plain rows from the connection: the ORM's row handling costs more than the query for 1,000s of hosts
             return [tuple(r) for r in s.connection().execute(q)]  # type: ignore[misc]
         # a host whose agent never answered has an ``ssh://`` placeholder URL (deploy over SSH)
@@ -264,7 +331,7 @@ class Monitor:
         ids = {r[0] for r in rows}
         for host_id in [h for h in self.watchers if h not in ids]:
             await self.unwatch(host_id)
-        for host_id, name, url, token, state, seq in rows:
+        for host_id, name, url, token, state, seq, epoch in rows:
             w = self.watchers.get(host_id)
             target = AgentTarget(url, token)
             if w is not None and w.target == target:
@@ -274,10 +341,11 @@ class Monitor:
                 continue  # being added or activated: the activation starts its watcher when the agent answered
             if w is not None:
                 await self.unwatch(host_id)
-            self.watch(host_id, name, target, state, seq)
+            self.watch(host_id, name, target, state, seq, epoch)
 
-    def watch(self, host_id: str, name: str, target: AgentTarget, state: str, last_seq: int = 0) -> HostWatcher:
-        w = HostWatcher(self, host_id, name, target, state, last_seq)
+    def watch(self, host_id: str, name: str, target: AgentTarget, state: str, last_seq: int = 0,
+              epoch: str | None = None) -> HostWatcher:
+        w = HostWatcher(self, host_id, name, target, state, last_seq, epoch)
         self.watchers[host_id] = w
         w.start()
         if self._running:
@@ -330,14 +398,25 @@ class Monitor:
             self._pending.events.append(event)
         self._wake.set()
 
-    def touch(self, host_id: str, seq: int) -> None:
-        """Remember the host answered and its event position (written with the next batch)."""
+    def touch(self, host_id: str) -> None:
+        """Remember the host answered (written with the next batch)."""
         self._seen.add(host_id)
-        self._seqs[host_id] = seq
+
+    def position(self, host_id: str, epoch: str | None, seq: int) -> None:
+        """The host's last event taken: written in the batch that writes what the event made, so an engine
+        that restarts reads the agent's log from exactly there (nothing recorded twice, nothing missed)."""
+        self._positions[host_id] = (epoch, seq)
 
     def agent_event(self, host_id: str, host_name: str, ev: dict[str, Any]) -> None:
+        """One event of a host's stream: a VM's new state (written as a partial report) or an event row, which
+        keeps the agent's time (when it happened, not when the engine heard of it)."""
         kind = str(ev.get("type") or "")
         vm_id = ev.get("vm_id")
+        at = agent_time(ev)
+        if vm_id == CONTROL_DOMAIN_UUID:
+            vm_id = None  # the host's own domain (Xen's Domain-0): the host's event, not a VM's
+            if kind == "lifecycle":
+                return  # its state comes with the host's polls
         if kind == "lifecycle" and vm_id and ev.get("state") not in KNOWN:
             # "deleted" (undefined) or an agent-specific label: let a full poll say what is there now
             w = self.watchers.get(host_id)
@@ -345,16 +424,18 @@ class Monitor:
                 w.poll_soon()
         elif kind == "lifecycle" and vm_id:
             self.submit(HostReport(host_id, [{"id": vm_id, "name": ev.get("vm_name"), "state": ev["state"],
-                                              "reason": ev.get("detail") or ""}], False))
+                                              "reason": ev.get("detail") or "", "at": at}], False))
         elif kind in EVENT_SEVERITY:
             obj = ("vm", str(vm_id)) if vm_id else ("host", host_id)
             detail = ev.get("detail")
             text = f"{kind} on {host_name}" + (f" ({ev.get('vm_name')})" if ev.get("vm_name") else "")
             if isinstance(detail, str) and detail:
                 text += f": {detail}"
-            self._pending.events.append(event_row(
-                f"agent_{kind}", text, severity=EVENT_SEVERITY[kind], object_type=obj[0], object_id=obj[1],
-                detail={"host_id": host_id, "agent_event": ev}))
+            row = event_row(f"agent_{kind}", text, severity=EVENT_SEVERITY[kind], object_type=obj[0],
+                            object_id=obj[1], detail={"host_id": host_id, "agent_event": ev})
+            if at is not None:
+                row["time"] = at
+            self._pending.events.append(row)
             self._wake.set()
 
     async def _sync_loop(self) -> None:
@@ -461,9 +542,9 @@ class Monitor:
 
     async def _flush(self) -> Outcome:
         pending, self._pending = self._pending, _Pending()
-        seqs, self._seqs = self._seqs, {}
+        positions, self._positions = self._positions, {}
         seen, self._seen = self._seen, set()
-        if pending.empty() and not seqs:
+        if pending.empty() and not positions and not seen:
             return Outcome()
         busy = set(self.busy)
         now = utcnow()
@@ -473,8 +554,8 @@ class Monitor:
                 for host_id, reason in pending.unreachable.items():
                     mark_unreachable(s, [host_id], reason, busy)
             host_rows: dict[str, dict[str, Any]] = {h: dict(v) for h, v in pending.host_updates.items()}
-            for host_id, seq in seqs.items():
-                host_rows.setdefault(host_id, {})["last_event_seq"] = seq
+            for host_id, (epoch, seq) in positions.items():
+                host_rows.setdefault(host_id, {}).update(last_event_seq=seq, event_epoch=epoch)
             for host_id in seen:
                 host_rows.setdefault(host_id, {})["last_seen_at"] = now
             if host_rows:

@@ -16,6 +16,10 @@ Rules (state names are the agent's: up, paused, shutting_down, down, crashed, un
 - A VM the engine has not seen is recorded; external VMs (``external: true``) as such. A Corral VM the
   database lost (restored backup) is recovered with its spec.
 - VMs held by a running task (``busy``) are left alone: the task owns their state until it ends.
+- The domain whose UUID is all zeros is the host's own control domain (Xen's Domain-0, the same UUID on every
+  Xen host): not a VM at all. A full report stores it on its host (``hosts.control_domain``); it never becomes a
+  VM row, which would make the Domain-0s of all Xen hosts one VM, and a VM that could be stopped.
+- A state read from an agent event keeps the event's time (``at``) as the time the VM changed state.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from corral.engine.events import event_row, record_many
 from corral.engine.macs import hold_found
 
 ON_HOST = {VmState.UP.value, VmState.PAUSED.value, VmState.SHUTTING_DOWN.value}
+CONTROL_DOMAIN_UUID = "00000000-0000-0000-0000-000000000000"
 KNOWN = {s.value for s in VmState}
 CHUNK = 500
 
@@ -52,6 +57,8 @@ class Outcome:
     inserts: list[dict[str, Any]] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # host id -> its control domain as its full report showed it (None: it has none)
+    control_domains: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,19 +118,23 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
     for r in rows.values():
         on_host.setdefault(r.host_id, set()).add(r.id)
 
-    def change(row: Row, state: str, host_id: str | None, last_host_id: str | None, reason: str) -> None:
+    def change(row: Row, state: str, host_id: str | None, last_host_id: str | None, reason: str,
+               at: Any = None) -> None:
         if (row.state, row.host_id, row.last_host_id) == (state, host_id, last_host_id):
             return
+        when = at if at is not None else now
         if row.host_id != host_id:
             on_host.get(row.host_id, set()).discard(row.id)
             on_host.setdefault(host_id, set()).add(row.id)
         values: dict[str, Any] = {"id": row.id, "host_id": host_id, "last_host_id": last_host_id,
                                   "updated_at": now}
         if row.state != state:
-            values.update(state=state, state_reason=reason, state_changed_at=now)
-            out.events.append(event_row("vm_state", f"VM {row.name} is {state}" + (f" ({reason})" if reason else ""),
-                                        severity=_severity(state), object_type="vm", object_id=row.id,
-                                        detail={"from": row.state, "to": state, "host_id": host_id or last_host_id}))
+            values.update(state=state, state_reason=reason, state_changed_at=when)
+            event = event_row("vm_state", f"VM {row.name} is {state}" + (f" ({reason})" if reason else ""),
+                              severity=_severity(state), object_type="vm", object_id=row.id,
+                              detail={"from": row.state, "to": state, "host_id": host_id or last_host_id})
+            event["time"] = when
+            out.events.append(event)
         else:
             values["state"] = state
         out.updates.append(values)
@@ -131,15 +142,22 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
 
     for rep in reports:
         seen: set[str] = set()
+        if rep.full:
+            out.control_domains[rep.host_id] = None
         for info in rep.vms:
             vm_id = str(info.get("id") or info.get("vm_id") or "")
             if not vm_id:
                 continue
+            if vm_id == CONTROL_DOMAIN_UUID:
+                if rep.full:
+                    out.control_domains[rep.host_id] = control_domain(info)
+                continue  # not a VM: a row the engine made of it before is dropped below, as gone
             seen.add(vm_id)
             if vm_id in busy:
                 continue
             state = agent_state(info)
             reason = reason_of(info)
+            at = info.get("at")
             row = rows.get(vm_id)
             if row is None:
                 if rep.full:
@@ -150,11 +168,11 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
             if state in ON_HOST or state == VmState.UNKNOWN.value:
                 if row.host_id not in (None, rep.host_id) and row.state != VmState.UNKNOWN.value:
                     continue  # its host still has it; that host's full report settles a move
-                change(row, state, rep.host_id, rep.host_id, reason)
+                change(row, state, rep.host_id, rep.host_id, reason, at)
             elif row.host_id == rep.host_id:
-                change(row, state, None, rep.host_id, reason)
+                change(row, state, None, rep.host_id, reason, at)
             elif row.host_id is None:
-                change(row, state, None, row.last_host_id or rep.host_id, reason)
+                change(row, state, None, row.last_host_id or rep.host_id, reason, at)
         if not rep.full:
             continue
         for row_id in sorted(on_host.get(rep.host_id, set()) - seen - busy):
@@ -166,6 +184,12 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
             else:
                 change(row, VmState.DOWN.value, None, None, "no longer on its host")
     return out
+
+
+def control_domain(info: dict[str, Any]) -> dict[str, Any]:
+    """What the host record shows of its control domain."""
+    return {"id": CONTROL_DOMAIN_UUID, "name": str(info.get("name") or info.get("vm_name") or ""),
+            "state": agent_state(info), "memory_mib": info.get("memory_mib"), "vcpus": info.get("vcpus")}
 
 
 def _insert(out: Outcome, rows: dict[str, Row], info: dict[str, Any], host_id: str,
@@ -202,7 +226,11 @@ def apply_reports(s: Session, reports: list[HostReport], busy: set[str]) -> Outc
     if not reports:
         return Outcome()
     host_ids = sorted({r.host_id for r in reports})
-    clusters = {r[0]: r[1] for r in s.execute(select(Host.id, Host.cluster_id).where(Host.id.in_(host_ids)))}
+    clusters: dict[str, str] = {}
+    controls: dict[str, Any] = {}
+    for part in _chunks(host_ids):
+        for r in s.execute(select(Host.id, Host.cluster_id, Host.control_domain).where(Host.id.in_(part))):
+            clusters[r[0]], controls[r[0]] = r[1], r[2]
     reports = [r for r in reports if r.host_id in clusters]  # a host removed meanwhile reports nothing
     # Hosts in the order they were added (ids are time-ordered), each host's reports in the order they came:
     # when two hosts report one VM in the same batch, the older host keeps it whichever poll answered first.
@@ -215,6 +243,7 @@ def apply_reports(s: Session, reports: list[HostReport], busy: set[str]) -> Outc
     for part in _chunks(new_names):
         managed.update(s.scalars(select(Vm.name).where(Vm.name.in_(part), Vm.external.is_(False))).all())
     out = compute(reports, rows, clusters, managed, busy)
+    out.control_domains = {h: c for h, c in out.control_domains.items() if c != controls.get(h)}
     write(s, out)
     return out
 
@@ -227,6 +256,8 @@ def write(s: Session, out: Outcome) -> None:
         s.execute(update(Vm), out.updates)
     for part in _chunks(out.deletes):
         s.execute(delete(Vm).where(Vm.id.in_(part)))
+    if out.control_domains:
+        s.execute(update(Host), [{"id": h, "control_domain": c} for h, c in out.control_domains.items()])
     record_many(s, out.events)
 
 

@@ -8,20 +8,25 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Response
 from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from corral.engine import deploy, hostops
+from corral.engine.agent_client import AgentError, AgentTarget
 from corral.engine.api.clusters import default_cluster
 from corral.engine.api.deps import After, Ctx, Limit, cluster_id_of, find_cluster, find_host, page
 from corral.engine.api.schemas import ACCEPTED, ERRORS, HostDetail, HostIn, HostOut, HostReinstallIn, Page, TaskOut
 from corral.engine.db.models import RUNNING_STATES, Host, HostState, Vm
 from corral.engine.errors import Conflict, Invalid
 from corral.engine.events import record
+from corral.engine.hostinfo import host_identity
 from corral.engine.ids import new_id
 from corral.engine.tasks import TaskContext
 
 router = APIRouter(prefix="/hosts", tags=["hosts"], responses=ERRORS)
 
+# Asking an agent which host it is, while the client waits for the answer to its POST.
+IDENTITY_TIMEOUT = 10.0
 
 
 def _running(s: Session, host_id: str) -> tuple[int, int]:
@@ -58,13 +63,22 @@ def _placeholder_name(url: str) -> str:
 
 @router.post("", status_code=202, response_model=TaskOut, responses=ACCEPTED)
 async def add_host(ctx: Ctx, body: HostIn, response: Response) -> Any:
-    """Add a host: by a running agent's ``url``, or by ``ssh``, which deploys the agent (docs/deploy.md)."""
+    """Add a host: by a running agent's ``url``, or by ``ssh``, which deploys the agent (docs/deploy.md).
+    A host is added once: an agent answering the ``host_uuid`` of a host already here is refused (409)."""
     if body.ssh is not None:
         return await _deploy_host(ctx, body, response)
     assert body.url is not None
     url = body.url.rstrip("/")
     host_id = new_id()
     name = body.name or _placeholder_name(url)
+    # The agent says which host it is before anything is written: the same host under another URL
+    # (127.0.0.1 and localhost) is refused now. An agent that does not answer fails the task, as before.
+    answer: dict[str, Any] | AgentError
+    try:
+        answer = await ctx.agents.host(AgentTarget(url, body.token), timeout=IDENTITY_TIMEOUT)
+    except AgentError as exc:
+        answer = exc
+    identity = host_identity(answer) if isinstance(answer, dict) else None
 
     def create(s: Session) -> None:
         cluster = find_cluster(s, body.cluster) if body.cluster else default_cluster(s)
@@ -72,14 +86,21 @@ async def add_host(ctx: Ctx, body: HostIn, response: Response) -> Any:
             raise Conflict(f"a host with agent URL {url} exists", field="url")
         if s.scalar(select(Host.id).where(Host.name == name)):
             raise Conflict(f"host {name!r} exists", field="name")
+        if identity is not None:
+            same = s.execute(select(Host.name, Host.agent_url).where(Host.host_uuid == identity)).first()
+            if same is not None:
+                raise hostops.duplicate_error(url, identity, (same[0], same[1]))
         s.add(Host(id=host_id, name=name, cluster_id=cluster.id, agent_url=url, agent_token=body.token,
                    state=HostState.INSTALLING.value, reserved_memory_mib=body.reserved_memory_mib,
-                   cpu_flags=[], bridges=[], info={}))
+                   cpu_flags=[], bridges=[], info={}, host_uuid=identity))
 
-    await ctx.db.run(create)
+    try:
+        await ctx.db.run(create)
+    except IntegrityError:  # the same URL, name or host added by another request at this very moment
+        await ctx.db.run(create)  # that one is committed now: the checks name it
 
     async def work(task: TaskContext) -> dict[str, Any]:
-        return await hostops.activate(ctx, task, host_id, adding=True, rename=body.name is None)
+        return await hostops.activate(ctx, task, host_id, adding=True, rename=body.name is None, answer=answer)
 
     task = await ctx.tasks.submit("host_add", work, object_type="host", object_id=host_id,
                                   message=f"adding host {name}")

@@ -111,6 +111,9 @@ class HostDetail(HostOut):
     deploy: dict[str, Any] | None = None
     running_vms: int = 0
     committed_memory_mib: int = 0
+    # the agent's host identity; the host's own domain (Xen's Domain-0), which is not a VM (corral.engine.reconcile)
+    host_uuid: str | None = None
+    control_domain: dict[str, Any] | None = None
 
 
 class VmOut(Out):

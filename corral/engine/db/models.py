@@ -155,6 +155,13 @@ class Host(Base):
     ssh_host_key: Mapped[str | None] = mapped_column(Text, default=None)
     cert_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     deploy: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    # Migration 0005. The host's identity, the agent's ``host_uuid`` (corral.agent.identity): one row per host
+    # whatever URL reaches its agent. ``event_epoch``: the run of the agent's event log that ``last_event_seq``
+    # counts in (the numbers restart with the agent). ``control_domain``: the host's own domain (Xen's Domain-0,
+    # whose UUID is all zeros on every Xen host) as monitoring last saw it: part of the host, not a VM.
+    host_uuid: Mapped[str | None] = mapped_column(String(64), default=None, unique=True, index=True)
+    event_epoch: Mapped[str | None] = mapped_column(String(64), default=None)
+    control_domain: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
 
 
 class Vm(Base):
