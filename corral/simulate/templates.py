@@ -72,7 +72,7 @@ _XEN_CAPS = "xen-3.0-x86_64 xen-3.0-x86_32p hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3
 KINDS: dict[str, HostKind] = {kind.flavor.name: kind for kind in (
     HostKind(get_flavor("kvm"), "QEMU", "10.0.0", "8.2.2",
              (("/dev/kvm", "usable"), ("libvirt capabilities", "kvm domains offered")),
-             HostFacts(files=dict.fromkeys(FILES), kvm=KvmDevice.USABLE),
+             HostFacts(files=dict.fromkeys(FILES)),
              sees_virt_flags=True, bridge="virbr0", reserved_mib=2048, no_memory_error=None,
              detailed_stats=True, vif_name="vnet{seq}", live_aliases=True,
              controllers=(cfg.Controller(type="usb", model="piix3-uhci", alias="usb"),
@@ -125,7 +125,10 @@ def _profile(kind: HostKind, cpu: str) -> HostProfile:
         flags.add("hypervisor")
     bridges = (SHARED_BRIDGE, kind.bridge)
     answer = LibvirtAnswer(kind.flavor.default_uri, True, f"{kind.driver} {kind.hypervisor_version}")
-    facts = replace(kind.facts, cpu_flags=frozenset(flags & set(VIRT_FLAGS)), bridges=bridges, libvirt=answer)
+    # /dev/kvm creates VMs where the flavor's guests need it (as the agent reads a KVM host it detected)
+    kvm = KvmDevice.USABLE if kind.flavor.needs_dev_kvm else kind.facts.kvm
+    facts = replace(kind.facts, cpu_flags=frozenset(flags & set(VIRT_FLAGS)), kvm=kvm, bridges=bridges,
+                    libvirt=answer)
     return HostProfile(kind, model, vendor, tuple(sorted(flags)), bridges, flavor_matrix(kind.flavor), facts)
 
 
