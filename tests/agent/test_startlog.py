@@ -54,7 +54,8 @@ def test_a_shared_log_keeps_the_domains_lines_and_the_errors(tmp_path: Path) -> 
                                     "libxl: everything fine with db7\n"
                                     "libxl: bootloader [412] exited with error status 255\n")
     [excerpt] = logs.excerpts()
-    assert excerpt.lines == ("libxl: domain web1 is being created", "libxl: bootloader [412] exited with error status 255")
+    assert excerpt.lines == ("libxl: domain web1 is being created",
+                             "libxl: bootloader [412] exited with error status 255")
 
 
 def test_the_domains_own_log_gives_its_errors_or_else_its_last_lines(tmp_path: Path) -> None:
