@@ -84,6 +84,7 @@ _BRIEF = msgspec.json.Decoder(_VmBriefList)
 
 
 HEADERS = {"User-Agent": "corral-engine"}
+EVENT_PAGE = 1000  # the most events the agent answers to one ``GET /v1/events?wait=0``
 KEEPALIVE_SECONDS = 60.0  # shorter than the agents' own keep-alive, so a reused connection is rarely closed
 
 
@@ -280,6 +281,8 @@ class AgentClient:
             if found == position:
                 break
             position = found
+            if len(items) < EVENT_PAGE:
+                break  # a page short of full is the end of the log
         return position
 
     async def events_stream(self, t: AgentTarget, after: int) -> AsyncIterator[dict[str, Any]]:

@@ -147,3 +147,33 @@ def test_domain0_is_each_hosts_control_domain_not_a_vm(xen_hosts: dict[str, Agen
     stopped = {v["host_id"] for v in api.get("/vms", limit=1000)["items"] if v["state"] == "up"}
     free = next(n for n in xen_hosts if api.get(f"/hosts/{n}")["id"] not in stopped)
     assert api.post(f"/hosts/{free}/maintenance")["state"] == "maintenance"
+
+
+# ---- the pure rules (corral.engine.reconcile.compute) ----------------------------------------------------
+
+
+def test_reports_of_two_hosts_with_a_domain0_make_no_vm_and_drop_an_old_row() -> None:
+    from corral.engine.reconcile import HostReport, Row, compute
+
+    dom0 = {"id": ZERO, "name": "Domain-0", "state": "up", "external": True, "memory_mib": 1024, "vcpus": 2}
+    # a row an earlier engine made of host A's Domain-0
+    rows = {ZERO: Row(ZERO, "Domain-0", "up", "A", "A", True)}
+    out = compute([HostReport("A", [dom0], True), HostReport("B", [dom0], True)], rows, {"A": "c", "B": "c"},
+                  set(), set())
+    assert out.inserts == [] and out.deletes == [ZERO]
+    assert out.control_domains["A"] == out.control_domains["B"] == {
+        "id": ZERO, "name": "Domain-0", "state": "up", "memory_mib": 1024, "vcpus": 2}
+    # a host whose full report has none has none; a partial report says nothing of it
+    assert compute([HostReport("A", [], True)], {}, {"A": "c"}, set(), set()).control_domains == {"A": None}
+    assert compute([HostReport("A", [dom0], False)], {}, {"A": "c"}, set(), set()).control_domains == {}
+
+
+def test_a_state_from_an_agent_event_keeps_the_events_time() -> None:
+    from datetime import UTC
+
+    from corral.engine.reconcile import HostReport, Row, compute
+
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    rows = {"a": Row("a", "a", "up", "H", "H", False)}
+    out = compute([HostReport("H", [{"id": "a", "state": "down", "at": at}], False)], rows, {"H": "c"}, set(), set())
+    assert out.updates[0]["state_changed_at"] == at and out.events[0]["time"] == at
