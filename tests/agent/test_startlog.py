@@ -112,3 +112,12 @@ def test_kvm_quotes_the_domains_qemu_log(tmp_path: Path) -> None:
     assert excerpt.path == "/var/log/libvirt/qemu/k1.log"
     assert any("Could not open '/nope.qcow2'" in line for line in excerpt.lines)
     assert not any("starting up" in line for line in excerpt.lines)
+
+
+def test_the_agents_start_path_uses_it() -> None:
+    """libvirt's test driver never fails a create, so no offline start reaches this path (the Xen lab test
+    tests/e2e/test_xenlab_errors.py does): at least the agent's start must still mark and explain."""
+    agent_dir = Path(startlog.__file__).parent
+    sources = {p: p.read_text() for p in agent_dir.rglob("*.py") if p.name != "startlog.py"}
+    users = [p for p, text in sources.items() if "startlog.mark(" in text and "startlog.explain(" in text]
+    assert users, "no module of corral/agent calls startlog.mark() before a start and startlog.explain() on failure"
