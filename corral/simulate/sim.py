@@ -466,9 +466,9 @@ class SimHost:
     # ---- define / undefine ------------------------------------------------------------------------------
 
     def host_refusals(self, spec: VmSpec, prefix: str = "") -> list[Decision]:
-        """What this host lacks for ``spec`` (``corral.agent.hostfacts``): its bridges; no libvirt networks
-        are defined, and the guests' files are taken to be there (a simulated host has none to look at)."""
-        view = HostView(frozenset(self.profile.bridges), frozenset(), files_checked=False)
+        """What this host lacks for ``spec`` (``corral.agent.hostfacts``): its bridges and libvirt networks;
+        the guests' files are taken to be there (a simulated host has none to look at)."""
+        view = HostView(frozenset(self.profile.bridges), frozenset(self.profile.kind.networks), files_checked=False)
         return [d for d in check_spec(spec, view) if d.path.startswith(prefix)]
 
     def refuse_missing(self, spec: VmSpec, doing: str, prefix: str = "") -> None:

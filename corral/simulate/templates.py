@@ -57,6 +57,7 @@ class HostKind:
     facts: HostFacts  # a healthy host's facts, without the per-host ones (CPU flags, bridges, libvirt)
     sees_virt_flags: bool  # the host OS sees vmx/svm (a Xen dom0 does not: the hypervisor keeps them)
     bridge: str  # the host's own bridge, besides the shared one
+    networks: tuple[str, ...]  # libvirt networks defined (QEMU's packaging defines "default", on virbr0)
     reserved_mib: int  # memory the host itself keeps (dom0, the host OS)
     # what the driver answers a start it has no free memory for ({name}: the domain); None: it overcommits
     no_memory_error: str | None
@@ -73,7 +74,7 @@ KINDS: dict[str, HostKind] = {kind.flavor.name: kind for kind in (
     HostKind(get_flavor("kvm"), "QEMU", "10.0.0", "8.2.2",
              (("/dev/kvm", "usable"), ("libvirt capabilities", "kvm domains offered")),
              HostFacts(files=dict.fromkeys(FILES)),
-             sees_virt_flags=True, bridge="virbr0", reserved_mib=2048, no_memory_error=None,
+             sees_virt_flags=True, bridge="virbr0", networks=("default",), reserved_mib=2048, no_memory_error=None,
              detailed_stats=True, vif_name="vnet{seq}", live_aliases=True,
              controllers=(cfg.Controller(type="usb", model="piix3-uhci", alias="usb"),
                           cfg.Controller(type="pci", model="pci-root", alias="pci.0"))),
@@ -81,7 +82,7 @@ KINDS: dict[str, HostKind] = {kind.flavor.name: kind for kind in (
              ((FILES["xen_caps"], "control_d"), (FILES["hv_type"], "xen")),
              HostFacts(files={"xen_caps": "control_d", "hv_type": "xen", "hv_caps": _XEN_CAPS},
                        daemons=frozenset({"xenstored", "xenconsoled"}), libxl_versions=("4.17.0",)),
-             sees_virt_flags=False, bridge="xenbr0", reserved_mib=4096,
+             sees_virt_flags=False, bridge="xenbr0", networks=(), reserved_mib=4096,
              no_memory_error="internal error: libxenlight failed to create new domain '{name}'",
              detailed_stats=False, vif_name="vif{domid}.{index}", live_aliases=False,
              controllers=(cfg.Controller(type="xenbus", index=0),)),

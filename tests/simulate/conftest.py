@@ -1,8 +1,10 @@
 """Fixtures: a small simulator behind a TestClient, and the real agent (libvirt's test driver) to compare with.
 
 In the simulator made by ``sim``, host 1 is KVM and host 2 is Xen (``--xen-ratio 0.5`` alternates). The real
-agent presents a KVM host (``--emulate kvm``); every connection to ``test:///default`` in this process shares
-one driver state, so tests use fresh VM names and delete what they create.
+agents are libvirt's test driver presenting a KVM host (``--emulate kvm``, on ``test:///default``: every
+connection to it in this process shares one driver state, so tests use fresh VM names and delete what they
+create) and a Xen host (``--emulate xen``, on a test driver of its own). Each is given the bridges of the
+simulated host it is compared with.
 """
 
 from __future__ import annotations
@@ -42,12 +44,11 @@ def sim_client(sim: Simulator) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture
-def real_agent(tmp_path: Path) -> Iterator[Any]:
+def _agent(state_dir: Path, uri: str, emulate: str, bridges: list[str]) -> Iterator[Any]:
     libvirt = pytest.importorskip("libvirt")
     from corral.agent.service import Agent, Settings
 
-    agent = Agent(Settings(libvirt="test:///default", state_dir=tmp_path / "state", emulate="kvm", bridges=["br0"]))
+    agent = Agent(Settings(libvirt=uri, state_dir=state_dir, emulate=emulate, bridges=bridges))
     try:
         agent.start()
     except libvirt.libvirtError as exc:  # pragma: no cover - the test driver is part of libvirt's client library
@@ -58,12 +59,35 @@ def real_agent(tmp_path: Path) -> Iterator[Any]:
         agent.stop()
 
 
-@pytest.fixture
-def real_client(real_agent: Any) -> Iterator[TestClient]:
+def _client(agent: Any) -> Iterator[TestClient]:
     from corral.agent.app import create_app
 
-    with TestClient(create_app(real_agent, token=TOKEN), headers=AUTH) as client:
+    with TestClient(create_app(agent, token=TOKEN), headers=AUTH) as client:
         yield client
+
+
+@pytest.fixture
+def real_agent(tmp_path: Path) -> Iterator[Any]:
+    """KVM emulated on the shared test driver (whose network ``default`` adds the bridge ``virbr0``)."""
+    yield from _agent(tmp_path / "state", "test:///default", "kvm", ["br0"])
+
+
+@pytest.fixture
+def real_client(real_agent: Any) -> Iterator[TestClient]:
+    yield from _client(real_agent)
+
+
+@pytest.fixture
+def real_xen_agent(tmp_path: Path) -> Iterator[Any]:
+    """Xen emulated on a test driver of its own (a node file: no domains, no networks), bridges as a dom0's."""
+    node = tmp_path / "xen-node.xml"
+    node.write_text("<node>\n</node>\n")
+    yield from _agent(tmp_path / "xen-state", f"test://{node}", "xen", ["br0", "xenbr0"])
+
+
+@pytest.fixture
+def real_xen_client(real_xen_agent: Any) -> Iterator[TestClient]:
+    yield from _client(real_xen_agent)
 
 
 def cleanup(client: TestClient, prefix: str, vm_id: str) -> None:
