@@ -62,6 +62,7 @@ from corral.engine.agent_client import AgentClient, AgentTarget  # noqa: E402
 DOCS = REPO / "docs" / "performance.md"
 SECTION = "## Agent overhead"
 TOKEN = "benchmark-token-0123456789"
+BRIDGES = ["br0"]  # the bridge the specs' NICs name: the agent refuses a bridge its host lacks
 NODE_XML = """<node>
   <cpu><nodes>1</nodes><sockets>1</sockets><cores>8</cores><threads>1</threads>
        <active>8</active><mhz>2000</mhz><model>i686</model></cpu>
@@ -73,7 +74,7 @@ NODE_XML = """<node>
 def make_agent(tmp: Path, label: str) -> Agent:
     node = tmp / f"node-{label}.xml"
     node.write_text(NODE_XML)
-    agent = Agent(Settings(libvirt=f"test://{node}", state_dir=tmp / f"state-{label}"))
+    agent = Agent(Settings(libvirt=f"test://{node}", state_dir=tmp / f"state-{label}", bridges=BRIDGES))
     agent.start()
     return agent
 
@@ -195,7 +196,7 @@ class Server:
 
 
 def serve(port: int, node: str, state_dir: str) -> None:
-    agent = Agent(Settings(libvirt=f"test://{node}", state_dir=Path(state_dir)))
+    agent = Agent(Settings(libvirt=f"test://{node}", state_dir=Path(state_dir), bridges=BRIDGES))
     agent.start()
     uvicorn.run(create_app(agent, token=TOKEN), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
