@@ -47,6 +47,7 @@ class Feature(StrEnum):
     CDROM_BUS_SCSI = "cdrom.bus.scsi"
     CDROM_DEVICE = "cdrom.device"
     CDROM_EMPTY = "cdrom.empty"
+    CDROM_INSERT_LIVE = "cdrom.insert_live"  # media into a drive that was empty when the domain started
     CDROM_DRIVER = "cdrom.driver"
     FLOPPY = "floppy"
     DISK_FORMAT_RAW_FILE = "disk.format.raw.file"

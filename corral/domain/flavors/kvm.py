@@ -40,6 +40,7 @@ TABLE: Table = {
     F.CDROM_BUS_SCSI: native("scsi", "on a virtio-scsi controller"),
     F.CDROM_DEVICE: native(CdromDevice.REMOVABLE, "media changes live"),
     F.CDROM_EMPTY: native(None, "an empty drive, no <source>"),
+    F.CDROM_INSERT_LIVE: native(None, "media goes into the running drive"),
     F.CDROM_DRIVER: native(None, "the disk's own driver"),
     F.FLOPPY: native("fdc"),
     F.DISK_FORMAT_RAW_FILE: native("qemu"),

@@ -62,7 +62,14 @@ TABLE: Table = {
     F.CDROM_EMPTY: _pv_hvm(
         translated(None, "no drive while there is no media (a PV disk needs a source); it is plugged in when "
                          "media is inserted, under the same name"),
-        native(None, "an empty drive, rendered without <source> (never file='') [L4, L5]")),
+        native(None, "an empty drive, rendered without <source> (never file='') [L4, L5]; media for it goes in "
+                     "while the VM is down (a live insert into a drive that started empty crashes Xen's device "
+                     "model [X4])")),
+    F.CDROM_INSERT_LIVE: _pv_hvm(
+        native(None, "the read-only PV disk is plugged in"),
+        refused("Debian's Xen device model (qemu 7.2) segfaults when media goes into an HVM CD-ROM that was empty "
+                "when the domain started (measured on Xen 4.17); changing or ejecting media of a drive started with "
+                "media works [X4]. Insert the media while the VM is down, or start it with media")),
     F.CDROM_DRIVER: _pv_hvm(
         native(None, "the disk's own driver (a PV CD-ROM is a PV disk)"),
         translated("qemu", "libxl takes HVM CD-ROMs on the qdisk backend only ('Backend for CD devices on HVM "
