@@ -36,7 +36,7 @@ TAIL_LINES = 3  # a log of the domain's own without an error line: its last line
 # "bootloader failed"; qemu: "Could not open"; libvirt: "error :")
 ERROR_WORDS = re.compile(
     r"error|fail|unable|cannot|can't|could not|couldn't|must be|denied|no such|not found|invalid|refused"
-    r"|exited|non-?existe?n?t|timed out|abort",
+    r"|exited|non-?existe?n?t|timed out|abort|panic|out of memory|too large",
     re.IGNORECASE,
 )
 

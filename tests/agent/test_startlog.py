@@ -121,3 +121,19 @@ def test_the_agents_start_path_uses_it() -> None:
     sources = {p: p.read_text() for p in agent_dir.rglob("*.py") if p.name != "startlog.py"}
     users = [p for p, text in sources.items() if "startlog.mark(" in text and "startlog.explain(" in text]
     assert users, "no module of corral/agent calls startlog.mark() before a start and startlog.explain() on failure"
+
+
+def test_a_libxc_panic_that_names_no_domain_is_kept(tmp_path: Path) -> None:
+    """Measured on the lab: a PV guest too small for its kernel and initrd fails with a libxc panic line that
+    names no domain, before the two libxl lines; the panic is the cause and must be quoted."""
+    log = tmp_path / "var/log/libvirt/libxl/libxl-driver.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("old line\n")
+    logs = startlog.mark(("/var/log/libvirt/libxl/libxl-driver.log",), "small", tmp_path)
+    with log.open("a") as fh:
+        fh.write("2026-12-07 14:46:30.336+0000: xc: panic: xg_dom_core.c:536: xc_dom_chk_alloc_pages: segment "
+                 "module0 too large (0x213 > 0x4000 - 0x4000 pages): Out of memory\n"
+                 "2026-12-07 14:46:31.380+0000: libxl: libxl_create.c:1640:domcreate_rebuild_done: Domain 3:cannot "
+                 "(re-)build domain: -3\n")
+    [excerpt] = logs.excerpts()
+    assert any("Out of memory" in line for line in excerpt.lines)
