@@ -446,7 +446,7 @@ def test_xen_a_shutdown_the_guest_ignores_fails_and_says_so(engine: Engine, xen_
     name = f"shut-{uuid.uuid4().hex[:6]}"
     b.cleanup.append(lambda: _undefine(b, name))
     host = _add_host(engine, b)
-    spec = {"name": name, "memory_mib": 64, "guest_type": "pv", "kernel": b.kernel, "initrd": b.initrd,
+    spec = {"name": name, "memory_mib": 128, "guest_type": "pv", "kernel": b.kernel, "initrd": b.initrd,
             "cmdline": b.cmdline, "consoles": [{"kind": "pv"}]}
     vm = engine.call("POST", "/vms", json=spec, expect=201)
     engine.run("POST", f"/vms/{vm['id']}/start", json={"host": host["id"]})
@@ -482,22 +482,31 @@ def test_xen_hvm_stop_ends_down_and_cdroms_work(engine: Engine, xen_backend: Bac
     plan = _decisions(engine, vm_id, host["id"])
     assert plan["disks.1.driver"]["outcome"] == "translated" and "qdisk" in plan["disks.1.driver"]["detail"]
     assert not [d for d in plan.values() if d["outcome"] == "refused"], plan
+    other = f"/var/lib/corral-lab/{name}-other.iso"
+    b.sh(f"cp {b.media} {other}")
+    b.cleanup.append(lambda: b.sh(f"rm -f {other}"))
     for round_ in range(2):
         engine.run("POST", f"/vms/{vm_id}/start", json={"host": host["id"]})
         _wait(lambda: "CORRAL-XEN-MBR-UP" in _console(engine, vm_id), 300, "the MBR marker", every=3)
         cd_id = engine.call("GET", f"/vms/{vm_id}")["spec"]["disks"][2]["id"]
-        if round_ == 0:  # media inserted and ejected live on the emulated IDE CD-ROM
-            engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": media})
-            assert media in b.sh(f"{b.virsh} domblklist {name}")
-            engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": None})
+        if round_ == 0:  # X4: media into a drive that started empty would crash qemu: refused, nothing changes
+            resp = engine.http.patch(f"/vms/{vm_id}/devices/{cd_id}", json={"media": media})
+            assert resp.status_code == 409 and resp.json()["code"] == "unsupported", resp.text
+            assert "while the VM is down" in resp.json()["message"], resp.text
             assert media not in b.sh(f"{b.virsh} domblklist {name}")
-            engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": media})  # inserted at next start
-        else:
+        else:  # started with media: change, eject and insert live
             assert media in b.sh(f"{b.virsh} domblklist {name}")
+            for now in (other, None, media):
+                engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": now})
+                listed = b.sh(f"{b.virsh} domblklist {name}")
+                assert (now or "-") in listed and (now == media or media not in listed), listed
         time.sleep(5)  # two watchdog cycles see the running device model before the stop
+        assert engine.call("GET", f"/vms/{vm_id}")["state"] == "up"
         engine.run("POST", f"/vms/{vm_id}/stop")
         time.sleep(5)  # and two more after it: a late false loss would show now
         assert engine.call("GET", f"/vms/{vm_id}")["state"] == "down"
         assert "device_model_lost" not in _events_of(engine, vm_id)
         assert "crashed" not in _events_of(engine, vm_id)
+        if round_ == 0:  # inserted while down: in the drive at the next start
+            engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": media})
     engine.call("DELETE", f"/vms/{vm_id}", expect=204)
