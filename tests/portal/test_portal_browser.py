@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from corral.domain.flavors import get_flavor
 from tests.portal.support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -185,8 +186,9 @@ def test_portal_walk(engine: AllInOne, page: Page, shots: Shots, tmp_path: Path,
         # ---- hosts: the two all-in-one hosts, then add a third
         page.click("nav >> text=Hosts")
         expect(page.locator("#hosts-table tbody tr")).to_have_count(2)
-        expect(page.locator("#hosts-table")).to_contain_text("Xen (emulated)")
-        expect(page.locator("#hosts-table")).to_contain_text("KVM (emulated)")
+        # hypervisors are named by their flavors' titles
+        expect(page.locator("#hosts-table")).to_contain_text(f"{get_flavor('xen').title} (emulated)")
+        expect(page.locator("#hosts-table")).to_contain_text(f"{get_flavor('kvm').title} (emulated)")
         shots.take("hosts")
         page.click("text=Add host")
         page.fill("#h-url", extra.url)

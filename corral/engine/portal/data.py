@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from corral.domain.flavors import all_flavors
 from corral.engine.db.models import RUNNING_STATES, Event, Host, HostState, Vm
 
 HOST_TROUBLE = {HostState.UNREACHABLE.value: 0, HostState.NON_OPERATIONAL.value: 1,
@@ -81,9 +82,16 @@ def host_choices(s: Session, limit: int = 500) -> list[dict[str, Any]]:
                                       Host.cluster_id).order_by(up_first, Host.name).limit(limit))]
 
 
-HYPERVISORS = {"xen": "Xen", "kvm": "KVM", "qemu": "QEMU (TCG)", "test": "test driver"}
+# A host's ``hypervisor`` is the libvirt domain type its flavor renders (xen, kvm, qemu), so the flavor names it;
+# libvirt's test driver is no flavor's (a test-driver host emulates one, and says so with ``emulated``).
+NO_FLAVOR = {"test": "test driver"}
+
+
+def hypervisor_labels() -> dict[str, str]:
+    """Display names by ``Host.hypervisor``: each flavor's ``title`` under its domain type."""
+    return {**NO_FLAVOR, **{f.domain_type: f.title for f in all_flavors()}}
 
 
 def hypervisor_label(hv: str | None, emulated: bool = False) -> str:
-    label = HYPERVISORS.get(hv or "", hv or "unknown")
+    label = hypervisor_labels().get(hv or "", hv or "unknown")
     return f"{label} (emulated)" if emulated else label
