@@ -532,7 +532,7 @@ class _Importer:
     def _disk_bus(self, target: _Node | None, target_dev: str, device: str) -> str:
         bus = target.attr("bus") if target is not None else None
         if bus is None:
-            return next((b for p, b in _PREFIX_BUS if target_dev.startswith(p)), "auto")
+            bus = next((b for p, b in _PREFIX_BUS if target_dev.startswith(p)), "auto")
         if bus == "fdc" and device == "floppy":
             return "auto"  # a floppy's only bus
         if bus not in _DISK_BUSES and target is not None:

@@ -56,3 +56,14 @@ def test_dropped_setting_is_reported(extra: str, path: str, words: tuple[str, ..
 ])
 def test_what_the_flavor_derives_is_not_reported(extra: str) -> None:
     assert warnings_of(extra) == {}
+
+
+def test_a_floppy_without_a_bus_attribute_imports() -> None:
+    """`<target dev='fda'/>` (no bus): the prefix says fdc, a floppy's only bus, which the spec calls 'auto'."""
+    from corral.domain.importer import import_domain
+
+    xml = ("<domain type='kvm'><name>f</name><memory>131072</memory><os><type>hvm</type></os><devices>"
+           "<disk type='file' device='floppy'><source file='/var/lib/corral/boot.img'/><target dev='fda'/></disk>"
+           "</devices></domain>")
+    spec = import_domain(xml).spec
+    assert [(d.device.value, d.bus.value) for d in spec.disks] == [("floppy", "auto")]
