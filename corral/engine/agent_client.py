@@ -130,23 +130,14 @@ class AgentClient:
     The connections are aiohttp's: one pool, reused across polls (no cap on idle ones), HTTP parsed in C, a
     connection found by a dict lookup; about 0.25 ms of CPU per poll where httpx takes 1.2 ms and, holding
     one connection per agent and per event stream in one pool, looks at every connection on each request
-    (O(hosts^2) per monitoring cycle). With a ``transport`` (httpx's, for tests), httpx serves instead."""
+    (O(hosts^2) per monitoring cycle). Tests talk to it over real loopback servers: it has no other path."""
 
     def __init__(self, *, timeout: httpx.Timeout = DEFAULT_TIMEOUT, max_connections: int | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None,
                  verify: bool | str | ssl.SSLContext = True) -> None:
         self._timeout = timeout
         self._max_connections = max_connections or 0
-        self._http: httpx.AsyncClient | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._ssl = verify if isinstance(verify, ssl.SSLContext) else None
-        if transport is not None:
-            limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=None,
-                                  keepalive_expiry=KEEPALIVE_SECONDS)
-            self._http = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport, verify=verify,
-                                           headers=HEADERS)
-        elif self._ssl is None:
-            self._ssl = _ssl_context(verify)  # type: ignore[arg-type]
+        self._ssl = verify if isinstance(verify, ssl.SSLContext) else _ssl_context(verify)
 
     def _aio(self) -> aiohttp.ClientSession:
         if self._session is None:  # made on first use, inside the running event loop
@@ -160,8 +151,6 @@ class AgentClient:
         """An agent that is no longer watched: its idle connections expire by themselves."""
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -183,13 +172,12 @@ class AgentClient:
         try:
             try:
                 status, content = await self._exchange(target, method, url, json_body, params, timeout)
-            except (httpx.RemoteProtocolError, httpx.ReadError, aiohttp.ServerDisconnectedError,
-                    aiohttp.ClientOSError) as exc:
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if method != "GET" or isinstance(exc, aiohttp.ClientConnectorError):
                     raise  # a host that refuses or cannot be reached is not retried at once (one timeout)
                 # the agent closed a kept-alive connection as it was reused: a GET is safe to send again
                 status, content = await self._exchange(target, method, url, json_body, params, timeout)
-        except (httpx.HTTPError, aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
             raise AgentUnreachable(f"{target.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
         if status >= 400:
             raise _error_from(status, content)
@@ -197,14 +185,6 @@ class AgentClient:
 
     async def _exchange(self, target: AgentTarget, method: str, url: str, json_body: Any,
                         params: dict[str, Any] | None, timeout: float | None) -> tuple[int, bytes]:
-        if self._http is not None:
-            kwargs: dict[str, Any] = {"headers": target.headers(), "params": params}
-            if json_body is not None:
-                kwargs["json"] = json_body
-            if timeout is not None:
-                kwargs["timeout"] = httpx.Timeout(timeout, connect=5.0)
-            resp = await self._http.request(method, url, **kwargs)
-            return resp.status_code, resp.content
         query = {k: str(v) for k, v in params.items()} if params else None
         headers = target.headers()
         data = None
@@ -307,19 +287,11 @@ class AgentClient:
                 name, _, value = line.partition(":")
                 if name == "data":
                     data.append(value.removeprefix(" "))
-        except (httpx.HTTPError, aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
             raise AgentUnreachable(f"{t.url}: event stream: {type(exc).__name__}: {exc}") from exc
 
     async def _stream_lines(self, url: str, params: dict[str, str], headers: dict[str, str]) -> AsyncIterator[str]:
         """The lines of a streamed answer, without their line ends; ``AgentError`` for an error status."""
-        if self._http is not None:
-            async with self._http.stream("GET", url, params=params, headers=headers,
-                                         timeout=STREAM_TIMEOUT) as resp:
-                if resp.status_code >= 400:
-                    raise _error_from(resp.status_code, await resp.aread())
-                async for line in resp.aiter_lines():
-                    yield line
-            return
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=STREAM_TIMEOUT.connect, sock_read=STREAM_TIMEOUT.read)
         async with self._aio().get(url, params=params, headers=headers, timeout=timeout) as aresp:
             if aresp.status >= 400:

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 
 from corral.engine.agent_client import AgentClient
@@ -35,7 +34,7 @@ API_TITLE = "Corral engine API"
 
 
 def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: bool = True,
-               start_monitor: bool = True, agent_transport: httpx.AsyncBaseTransport | None = None,
+               start_monitor: bool = True,
                agent_verify: bool | str | ssl.SSLContext | None = None, data_dir: Path | None = None,
                cert_renew_interval: float = 6 * 3600.0) -> FastAPI:
     """Build the engine app on the database at ``db_url`` (``sqlite:///PATH`` or ``postgresql+psycopg://``).
@@ -61,7 +60,7 @@ def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: boo
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         verify = agent_verify if agent_verify is not None else (pki.client_ssl_context() if pki else True)
-        agents = AgentClient(transport=agent_transport, verify=verify)
+        agents = AgentClient(verify=verify)
         mon = Monitor(db, agents, tasks.busy_vms, monitor)
         ctx = EngineContext(db=db, agents=agents, tasks=tasks, monitor=mon, scheduler=Scheduler(agents.plan),
                             tokens=TokenChecker(db), auth=auth, pki=pki)

@@ -1,55 +1,76 @@
-"""The agent client: error mapping, bearer token, SSE parsing (on httpx's mock transport)."""
+"""The agent client: error mapping, bearer token, SSE parsing -- over a real HTTP server on loopback (aiohttp's),
+through the client's one production path (no mock transport)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 
 from corral.engine.agent_client import AgentClient, AgentError, AgentTarget, AgentUnreachable
 
-T = AgentTarget("http://agent.example:8470/", "secret-token")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def run(handler: httpx.MockTransport, coro_fn):  # type: ignore[no-untyped-def]
-    async def main():  # type: ignore[no-untyped-def]
-        client = AgentClient(transport=handler)
+def serve(handler: Handler, call: Callable[[AgentClient, AgentTarget], Awaitable[Any]]) -> Any:
+    """Run ``handler`` for every path on a loopback port, and ``call`` with a client aimed at it."""
+    async def main() -> Any:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        client = AgentClient()
         try:
-            return await coro_fn(client)
+            return await call(client, AgentTarget(f"http://127.0.0.1:{port}/", "secret-token"))
         finally:
             await client.aclose()
+            await runner.cleanup()
     return asyncio.run(main())
 
 
 def test_token_sent_and_json_returned() -> None:
-    def handle(req: httpx.Request) -> httpx.Response:
-        assert req.headers["authorization"] == "Bearer secret-token"
-        assert req.url.path == "/v1/vms"
-        return httpx.Response(200, json={"items": [{"id": "a"}]})
-    assert run(httpx.MockTransport(handle), lambda c: c.list_vms(T)) == [{"id": "a"}]
+    seen: list[tuple[str, str]] = []
+
+    async def handle(req: web.Request) -> web.Response:
+        seen.append((req.headers["Authorization"], req.path))
+        return web.json_response({"items": [{"id": "a"}]})
+    assert serve(handle, lambda c, t: c.list_vms(t)) == [{"id": "a"}]
+    assert seen == [("Bearer secret-token", "/v1/vms")]
 
 
 def test_error_body_becomes_agent_error() -> None:
-    def handle(req: httpx.Request) -> httpx.Response:
-        return httpx.Response(422, json={"code": "refused", "message": "floppy", "field": "disks.0",
-                                         "decisions": [1]})
+    async def handle(req: web.Request) -> web.Response:
+        assert await req.json() == {"name": "x"} and req.query["start"] == "false"
+        return web.json_response({"code": "refused", "message": "floppy", "field": "disks.0", "decisions": [1]},
+                                 status=422)
     with pytest.raises(AgentError) as err:
-        run(httpx.MockTransport(handle), lambda c: c.create_vm(T, {"name": "x"}))
+        serve(handle, lambda c, t: c.create_vm(t, {"name": "x"}))
     assert (err.value.status, err.value.code, err.value.field) == (422, "refused", "disks.0")
     assert err.value.body["decisions"] == [1]
 
 
 def test_non_json_error_and_connection_failure() -> None:
+    async def boom(req: web.Request) -> web.Response:
+        return web.Response(status=500, text="boom")
     with pytest.raises(AgentError) as err:
-        run(httpx.MockTransport(lambda r: httpx.Response(500, text="boom")), lambda c: c.host(T))
+        serve(boom, lambda c, t: c.host(t))
     assert err.value.code == "http_error" and err.value.status == 500
 
-    def refuse(req: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=req)
+    async def refused() -> None:
+        client = AgentClient()
+        try:
+            await client.host(AgentTarget("http://127.0.0.1:9/", "x"))  # discard port: nothing listens
+        finally:
+            await client.aclose()
     with pytest.raises(AgentUnreachable):
-        run(httpx.MockTransport(refuse), lambda c: c.host(T))
+        asyncio.run(refused())
 
 
 def test_sse_stream_parsed() -> None:
@@ -58,10 +79,26 @@ def test_sse_stream_parsed() -> None:
     body = "retry: 1000\n: hello\n\n" + "".join(
         f"id: {e['seq']}\nevent: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events) + ": keepalive\n\n"
 
-    def handle(req: httpx.Request) -> httpx.Response:
-        assert req.url.params["after"] == "7" and req.headers["last-event-id"] == "7"
-        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+    async def handle(req: web.Request) -> web.StreamResponse:
+        assert req.query["after"] == "7" and req.headers["Last-Event-ID"] == "7"
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(req)
+        for chunk in (body[:17], body[17:60], body[60:]):  # lines split across writes, as a network does
+            await resp.write(chunk.encode())
+        await resp.write_eof()
+        return resp
 
-    async def collect(c: AgentClient) -> list[dict[str, object]]:
-        return [e async for e in c.events_stream(T, 7)]
-    assert run(httpx.MockTransport(handle), collect) == events
+    async def collect(c: AgentClient, t: AgentTarget) -> list[dict[str, object]]:
+        return [e async for e in c.events_stream(t, 7)]
+    assert serve(handle, collect) == events
+
+
+def test_a_stream_error_status_is_an_agent_error() -> None:
+    async def handle(req: web.Request) -> web.Response:
+        return web.json_response({"code": "unauthorized", "message": "bad token", "field": None}, status=401)
+
+    async def collect(c: AgentClient, t: AgentTarget) -> list[dict[str, object]]:
+        return [e async for e in c.events_stream(t, 0)]
+    with pytest.raises(AgentError) as err:
+        serve(handle, collect)
+    assert (err.value.status, err.value.code) == (401, "unauthorized")
