@@ -36,7 +36,8 @@ class StatsReader:
     def all(self, conn: libvirt.virConnect) -> Records:
         if self.bulk:
             try:
-                return conn.getAllDomainStats(STATS_FLAGS, 0)  # type: ignore[no-any-return]
+                records: Records = conn.getAllDomainStats(STATS_FLAGS, 0)
+                return records
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in _UNSUPPORTED:
                     raise
