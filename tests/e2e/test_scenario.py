@@ -510,3 +510,25 @@ def test_xen_hvm_stop_ends_down_and_cdroms_work(engine: Engine, xen_backend: Bac
         if round_ == 0:  # inserted while down: in the drive at the next start
             engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": media})
     engine.call("DELETE", f"/vms/{vm_id}", expect=204)
+
+
+@pytest.mark.xenlab
+def test_xen_host_identity_and_domain0(engine: Engine, xen_backend: Backend) -> None:
+    """Issue 20 item 8 on a real dom0: one identity per host (the same agent under another URL is refused),
+    Domain-0 (all-zero UUID on every Xen host) is the host's control domain, not a VM row, and the agent's
+    backlog from before the add is not recorded as new."""
+    b = xen_backend
+    host = _add_host(engine, b)
+    assert host["host_uuid"] and host["host_uuid"] != "00000000-0000-0000-0000-000000000000"
+    again = engine.http.post("/hosts", json={"name": "xen-host-again", "token": b.agent_token,
+                                             "url": b.agent_url.replace("127.0.0.1", "localhost")})
+    assert again.status_code == 409, again.text
+    assert again.json()["field"] == "url" and "xen-host" in again.json()["message"]
+    _wait(lambda: (engine.call("GET", f"/hosts/{host['id']}").get("control_domain") or {}).get("name"), 60,
+          "the control domain in the host record")
+    dom0 = engine.call("GET", f"/hosts/{host['id']}")["control_domain"]
+    assert dom0["name"] == "Domain-0" and dom0["state"] == "up"
+    vms = engine.call("GET", "/vms", params={"limit": 500})["items"]
+    assert not [v for v in vms if v["id"] == "00000000-0000-0000-0000-000000000000" or v["name"] == "Domain-0"]
+    added = engine.call("GET", "/events", params={"limit": 500})["items"]
+    assert not [e for e in added if "device_model_lost" in repr(e)], "the agent's backlog was replayed"
