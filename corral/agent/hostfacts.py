@@ -6,8 +6,11 @@ The flavor's table says whether a setting *can* work on a hypervisor; only the h
 that did not exist surfaced as "libxenlight failed to create new domain"). The answers replace the plan's
 decision for the same field, so a plan never says native for something the start would refuse.
 
+A disk's format is probed from its first bytes, never trusted from its declaration or its name (gap L1, the raw
+trap): a qcow2 image declared raw, or a raw one declared qcow2, is refused by field.
+
 On libvirt's test driver (an emulated host) there are no guest files to look at: only bridges and networks are
-checked there, and the plan says the files were not.
+checked there.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 
 from corral.domain.flavors.base import Decision, Outcome
 from corral.domain.flavors.features import Check
-from corral.domain.spec import DiskSource, NicSource, VmSpec
+from corral.domain.spec import DiskFormat, DiskSource, NicSource, VmSpec
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,30 @@ class HostView:
     files_checked: bool = True  # False on an emulated host: its guest paths are not on this machine
     stat_path: Callable[[str], os.stat_result] = field(default=os.stat)
     executable: Callable[[str], bool] = field(default=lambda p: os.access(p, os.X_OK))
+    read_head: Callable[[str], bytes] = field(default=lambda p: _head(p))
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+def _head(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(len(QCOW2_MAGIC))
+
+
+def _format_problem(view: HostView, path: str, declared: DiskFormat) -> str | None:
+    """The format is probed, never trusted [L1]: a qcow2 image declared raw would hand the guest its qcow2
+    header as data (and a guest could write a header naming any host file as its backing file)."""
+    try:
+        head = view.read_head(path)
+    except OSError:
+        return None  # unreadable here: _file_problem has said what it could
+    is_qcow2 = head == QCOW2_MAGIC
+    if is_qcow2 and declared is DiskFormat.RAW:
+        return f"{path} is a qcow2 image (its header says so) but is declared raw; declare format qcow2 [L1]"
+    if not is_qcow2 and declared is DiskFormat.QCOW2:
+        return f"{path} is not a qcow2 image (no qcow2 header) but is declared qcow2; declare format raw"
+    return None
 
 
 def _file_problem(view: HostView, path: str, block: bool) -> str | None:
@@ -69,6 +96,8 @@ def check_spec(spec: VmSpec, view: HostView) -> list[Decision]:
         if problem:
             out.append(Decision(f"disks.{i}.source", Check.HOST_BLOCK if block else Check.HOST_FILE,
                                 Outcome.REFUSED, problem))
+        elif wrong := _format_problem(view, disk.source, disk.format):
+            out.append(Decision(f"disks.{i}.format", Check.HOST_FORMAT, Outcome.REFUSED, wrong))
     for name in ("kernel", "initrd"):
         path = getattr(spec, name)
         if path and (problem := _file_problem(view, path, False)):

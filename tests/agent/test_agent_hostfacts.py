@@ -95,3 +95,21 @@ def test_merge_replaces_the_flavors_decision_for_the_same_field(tmp_path: Path) 
     merged = merge(res.decisions, host)
     assert [d.outcome.value for d in merged if d.path == "nics.0.source"] == ["refused"]
     assert len(merged) == len(res.decisions)
+
+
+def test_the_format_is_probed_never_trusted(tmp_path: Path) -> None:
+    """Gap L1, the raw trap: `web1.qcow2` declared raw would give the guest the qcow2 header as data."""
+    qcow2 = tmp_path / "web1.qcow2"
+    qcow2.write_bytes(b"QFI\xfb" + b"\0" * 508)
+    raw = tmp_path / "data.qcow2"  # a raw image with a misleading name
+    raw.write_bytes(b"\0" * 512)
+
+    def refusals(source: Path, fmt: str) -> dict[str, str]:
+        data = {"id": "5d4f7c1e-2b1a-4c8e-9a5b-0c1d2e3f4a5d", "name": "fmt", "memory_mib": 128,
+                "disks": [{"source": str(source), "format": fmt}]}
+        return {d.path: d.detail for d in check_spec(VmSpec.model_validate(data), _view())}
+
+    assert "qcow2 image" in refusals(qcow2, "raw")["disks.0.format"]
+    assert refusals(qcow2, "qcow2") == {}
+    assert "not a qcow2 image" in refusals(raw, "qcow2")["disks.0.format"]
+    assert refusals(raw, "raw") == {}

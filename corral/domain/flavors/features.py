@@ -107,6 +107,7 @@ class Check(StrEnum):
     HOST_FILE = "host.file"
     HOST_BLOCK = "host.block_device"
     HOST_BOOTLOADER = "host.bootloader"
+    HOST_FORMAT = "host.format"  # the image's bytes say another format than the one declared [L1]
 
 
 F = Feature
