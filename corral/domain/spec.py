@@ -225,7 +225,8 @@ class DiskSpec(_Device):
 
 
 class NicSpec(_Device):
-    mac: str | None = Field(default=None, description="generated per flavor when absent")
+    mac: str | None = Field(default=None, description="the engine assigns one from its pool when absent "
+                                                      "(offline tools: derived from the NIC id, flavor's prefix)")
     source_type: NicSource = NicSource.BRIDGE
     source: str
     model: NicModel = NicModel.AUTO
