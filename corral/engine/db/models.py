@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -274,3 +275,86 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class StorageType(StrEnum):
+    """What a storage domain is on its hosts: the libvirt pool type the agent defines (``dir``, ``netfs``,
+    ``logical``). ``dir`` and ``logical`` are local (each host has its own; a volume lives on one host), ``nfs``
+    is shared (every host of the cluster mounts the same export; a volume is on all of them)."""
+
+    DIR = "dir"
+    NFS = "nfs"
+    LOGICAL = "logical"
+
+
+class DomainHostState(StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    ERROR = "error"
+
+
+class VolumeState(StrEnum):
+    CREATING = "creating"
+    READY = "ready"
+    DELETING = "deleting"
+
+
+class StorageDomain(Base):
+    """Where volumes live, per cluster (migration 0006). It is a libvirt storage pool of the same name on every
+    host of its cluster; ``source`` is the pool's source (``{"host", "dir"}`` for nfs, ``{"vg"}`` for logical)."""
+
+    __tablename__ = "storage_domains"
+    __table_args__ = (UniqueConstraint("cluster_id", "name"), Index(None, "cluster_id", "id"))
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
+    type: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str | None] = mapped_column(String(1024), default=None)
+    source: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StorageDomainHost(Base):
+    """A storage domain as one host sees it: realised (``active``), not (``inactive``: the host is not up), or
+    not reachable there (``error`` with the agent's or libvirt's reason); capacity and free space as the
+    host's pool last reported them. Deleted with the domain or the host."""
+
+    __tablename__ = "storage_domain_hosts"
+    __table_args__ = (Index(None, "host_id"),)
+
+    domain_id: Mapped[str] = mapped_column(ForeignKey("storage_domains.id", ondelete="CASCADE"), primary_key=True)
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default=DomainHostState.INACTIVE.value)
+    capacity_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    free_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Volume(Base):
+    """A disk image in a storage domain. On a local domain it lives on one host (``host_id``; NULL again if
+    that host is removed), on a shared one on all. ``path`` is where the host's pool put it (what a VM's disk
+    names until disks name volumes); ``vm_id`` the VM it belongs to; ``backing_id`` the volume a thin clone
+    reads from."""
+
+    __tablename__ = "volumes"
+    __table_args__ = (
+        UniqueConstraint("domain_id", "name"),
+        Index(None, "domain_id", "id"),
+        Index(None, "host_id"),
+        Index(None, "vm_id"),
+        Index(None, "backing_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    domain_id: Mapped[str] = mapped_column(ForeignKey("storage_domains.id"))
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"), default=None)
+    format: Mapped[str] = mapped_column(String(16))
+    capacity_bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str | None] = mapped_column(String(1024), default=None)
+    backing_id: Mapped[str | None] = mapped_column(ForeignKey("volumes.id"), default=None)
+    vm_id: Mapped[str | None] = mapped_column(ForeignKey("vms.id", ondelete="SET NULL"), default=None)
+    state: Mapped[str] = mapped_column(String(16), default=VolumeState.CREATING.value)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
