@@ -13,7 +13,7 @@ import libvirt
 from lxml import etree
 
 from corral.agent.bodies import device_change, hotplugged, unplugged, with_memory, with_vcpus
-from corral.agent.errors import from_libvirt
+from corral.agent.errors import Unsupported, from_libvirt
 from corral.agent.events import EventBus
 from corral.agent.hooks import Hooks
 from corral.agent.vms.answers import Answers, warned
@@ -21,6 +21,8 @@ from corral.agent.vms.links import NicLinks
 from corral.agent.vms.live import LiveDevices
 from corral.agent.vms.registry import Registry, Vm
 from corral.agent.vms.rendering import RenderedVm, Rendering
+from corral.domain import config as cfg
+from corral.domain.flavors.base import Outcome
 from corral.domain.flavors.features import CdromDevice, Feature
 from corral.domain.spec import DiskSpec, GuestType, NicSpec, VmSpec
 
@@ -81,6 +83,8 @@ class DeviceChanges:
                       media: str | None) -> None:
         if not dom.isActive():
             return
+        if media is not None:
+            self._refuse_live_insert(vm, dom, rendered, disk)
         if self.flavor.rule(Feature.CDROM_DEVICE, rendered.guest_type).value == CdromDevice.READONLY_DISK:
             self._replug_media(vm, dom, rendered, disk.id, media)
             return
@@ -89,6 +93,23 @@ class DeviceChanges:
             dom.updateDeviceFlags(etree.tostring(elem.to_element(), encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as exc:
             raise from_libvirt(exc, "change the CD-ROM media") from None
+
+    def _refuse_live_insert(self, vm: Vm, dom: libvirt.virDomain, rendered: RenderedVm, disk: DiskSpec) -> None:
+        """Where the flavor cannot put media into a running drive that started empty (Xen HVM [X4]: qemu
+        segfaults), refuse before anything changes. Whether it started empty is known for the domain the agent
+        saw start; for one it did not (the agent restarted meanwhile) a drive empty now counts as started empty."""
+        rule = self.flavor.rule(Feature.CDROM_INSERT_LIVE, rendered.guest_type)
+        if rule.outcome is not Outcome.REFUSED:
+            return
+        known = vm.started_empty
+        if known is not None and known[0] == dom.ID():
+            empty_at_start = disk.id in known[1]
+        else:
+            live = self.live.find(vm, dom, disk.id)
+            empty_at_start = live is None or not isinstance(live.config, cfg.Disk) or not live.config.source
+        if empty_at_start:
+            raise Unsupported(f"cannot insert media into CD-ROM {disk.id} of running VM {vm.name}: it was empty "
+                              f"when the VM started. {rule.reason}", field="media")
 
     def _replug_media(self, vm: Vm, dom: libvirt.virDomain, rendered: RenderedVm, disk_id: str,
                       media: str | None) -> None:

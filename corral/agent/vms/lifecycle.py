@@ -27,7 +27,7 @@ from corral.agent.vms.registry import Registry, Vm
 from corral.agent.vms.rendering import RenderedVm, Rendering
 from corral.agent.vms.states import LIBVIRT_STATES, is_active, state_name
 from corral.domain.flavors.features import Feature, MemoryAtStart
-from corral.domain.spec import GuestType, VmSpec
+from corral.domain.spec import DiskDevice, GuestType, VmSpec
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,11 @@ class Lifecycle:
         spec = vm.spec
         if spec is None:
             return warnings
+        try:  # which CD-ROMs this domain started without media (X4: a live insert into one is refused)
+            vm.started_empty = (dom.ID(), frozenset(d.id for d in spec.disks
+                                                    if d.device is DiskDevice.CDROM and d.source is None))
+        except libvirt.libvirtError:
+            vm.started_empty = None
         if self._balloon_after_start(vm):
             target = spec.memory_mib
             try:

@@ -60,6 +60,8 @@ class Vm:
     # the running domain's id and the CPU time it had when read: asked of libvirt again after any lifecycle
     # event, a start by the agent, or CPU time going backwards (a restart whose event was missed)
     domid: tuple[int, int] | None = None
+    # (domain id, CD-ROM ids without media) of the running domain when the agent saw it start; None: not seen
+    started_empty: tuple[int, frozenset[str]] | None = None
     # Made from ``spec`` once per spec object (a spec is replaced, never changed), each tagged with the spec
     # and guest type it was made for.
     answer_cache: AnswerCache | None = field(default=None, repr=False, compare=False)
