@@ -18,10 +18,12 @@ from typing import Any
 
 import libvirt
 import msgspec
-from fastapi import Body, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Body, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral import __version__
@@ -30,6 +32,7 @@ from corral.agent.connection import Unavailable
 from corral.agent.errors import AgentError, Invalid, from_libvirt
 from corral.agent.fastpath import FastPath
 from corral.agent.service import Agent
+from corral.agent.storage import ResizeBody, StorageManager, VolumeBody, check_name, parse, parse_pool
 from corral.agent.vms import VmManager
 from corral.domain.spec import SpecError, VmSpec, parse_spec
 
@@ -220,6 +223,7 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
         app.add_middleware(_BearerAuth, token=token)
 
     install_error_handlers(app)
+    app.include_router(storage_router(StorageManager(lambda: agent.connection.conn, agent.settings.state_dir)))
 
     def vms() -> VmManager:
         return calls.vms
@@ -319,3 +323,90 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+UPLOAD_BATCH = 1024 * 1024  # bytes gathered from the request body per hop to the thread that feeds libvirt
+
+
+def storage_router(storage: StorageManager) -> APIRouter:
+    """``/v1/storage``: pools and volumes (corral.agent.storage). Uploads and downloads stream: the body is read
+    in chunks and handed to libvirt's stream as it comes, never held whole in memory."""
+    router = APIRouter(prefix="/v1/storage/pools")
+
+    @router.get("", response_model=dict[str, Any])
+    def list_pools() -> Response:
+        return answer({"items": storage.list_pools()})
+
+    @router.get("/{pool}", response_model=dict[str, Any])
+    def show_pool(pool: str) -> Response:
+        return answer(storage.show_pool(pool))
+
+    @router.put("/{pool}", response_model=dict[str, Any])
+    def put_pool(pool: str, data: Any = Body(...)) -> Response:
+        return answer(storage.ensure_pool(pool, parse_pool(data)))
+
+    @router.delete("/{pool}", status_code=204)
+    def delete_pool(pool: str) -> Response:
+        storage.delete_pool(pool)
+        return Response(status_code=204)
+
+    @router.get("/{pool}/volumes", response_model=dict[str, Any])
+    def list_volumes(pool: str) -> Response:
+        return answer({"items": storage.list_volumes(pool)})
+
+    @router.post("/{pool}/volumes", status_code=201, response_model=dict[str, Any])
+    def create_volume(pool: str, data: Any = Body(...)) -> Response:
+        return answer(storage.create_volume(pool, parse(VolumeBody, data)), 201)
+
+    @router.get("/{pool}/volumes/{volume}", response_model=dict[str, Any])
+    def show_volume(pool: str, volume: str) -> Response:
+        return answer(storage.show_volume(pool, volume))
+
+    @router.post("/{pool}/volumes/{volume}/resize", response_model=dict[str, Any])
+    def resize(pool: str, volume: str, data: Any = Body(...)) -> Response:
+        return answer(storage.resize(pool, volume, parse(ResizeBody, data)))
+
+    @router.delete("/{pool}/volumes/{volume}", status_code=204)
+    def delete_volume(pool: str, volume: str) -> Response:
+        storage.delete_volume(pool, volume)
+        return Response(status_code=204)
+
+    @router.put("/{pool}/volumes/{volume}/content", response_model=dict[str, Any])
+    async def upload(request: Request, pool: str, volume: str, format: str | None = Query(None),
+                     content_length: str | None = Header(None)) -> Response:
+        if content_length is None or not content_length.isdigit():
+            raise Invalid("an upload needs a Content-Length header (bytes)", field="Content-Length")
+        job = await run_in_threadpool(storage.begin_upload, pool, check_name(volume, "volume"),
+                                      int(content_length), format)
+        try:
+            batch: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= UPLOAD_BATCH:
+                    await run_in_threadpool(job.send, b"".join(batch))
+                    batch, size = [], 0
+            if batch:
+                await run_in_threadpool(job.send, b"".join(batch))
+            return answer(await run_in_threadpool(job.finish))
+        except BaseException as exc:  # the client went away, or libvirt failed: no partial volume is left
+            await run_in_threadpool(job.abort)
+            if isinstance(exc, ClientDisconnect):
+                return Response(status_code=400)  # nobody reads it
+            raise
+
+    @router.get("/{pool}/volumes/{volume}/content", response_model=None)
+    async def download(pool: str, volume: str) -> StreamingResponse:
+        job = await run_in_threadpool(storage.begin_download, pool, volume)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                while data := await run_in_threadpool(job.read):
+                    yield data
+            finally:
+                job.abort()  # no-op after the end; else stops libvirt's stream (quick, and cancellation-proof)
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    return router

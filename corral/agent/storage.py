@@ -1,0 +1,734 @@
+"""This host's storage: libvirt storage pools (``dir``, ``netfs``, ``logical``) and their volumes, as the engine
+asks for them through ``/v1/storage`` (docs/agent-api.md, "Storage"; issue 12).
+
+Everything goes through libvirt's storage APIs -- define/build/create/autostart of pools, ``createXML`` and
+``createXMLFrom`` of volumes, ``virStream`` upload and download, ``resize``, ``delete`` -- and where this host's
+libvirt driver lacks one of them (the test driver has no upload, download or resize) the answer is a 409
+``unsupported`` naming the operation, never a pretended success.
+
+A volume's format is probed from its first bytes (qcow2 starts with ``QFI\\xfb``), never taken from its name
+nor from what an uploader claims: a raw guest disk whose bytes say qcow2 with a backing file would otherwise give
+a guest any host file (the raw trap). Only where the file cannot be read (libvirt's test driver has no files)
+is libvirt's own idea of the format reported, and ``format_probed`` says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import libvirt
+from lxml import etree
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from corral.agent.errors import AgentError, Conflict, Invalid, LibvirtFailed, NotFound, from_libvirt
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
+MAX_BYTES = 1 << 60  # 1 EiB: far above any disk, far below what libvirt's unsigned long long holds
+SEND_SLICE = 256 * 1024  # one virStreamSend: libvirt's RPC carries at most 256 KiB of stream data per message
+RECV_SIZE = 256 * 1024
+
+POOL_STATES = {libvirt.VIR_STORAGE_POOL_INACTIVE: "inactive", libvirt.VIR_STORAGE_POOL_BUILDING: "building",
+               libvirt.VIR_STORAGE_POOL_RUNNING: "running", libvirt.VIR_STORAGE_POOL_DEGRADED: "degraded",
+               libvirt.VIR_STORAGE_POOL_INACCESSIBLE: "inaccessible"}
+
+
+# ---------------------------------------------------------------------------------------------------- bodies
+
+
+def _absolute_path(value: str) -> str:
+    if "\0" in value or not value.startswith("/") or value == "/" or os.path.normpath(value) != value:
+        raise ValueError("must be an absolute, normalised path other than / (no '..', '//' or trailing '/')")
+    return value
+
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+AbsPath = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_absolute_path)]
+HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?$")]
+Bytes = Annotated[int, Field(gt=0, le=MAX_BYTES, strict=True)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DirPool(_Body):
+    type: Literal["dir"]
+    path: AbsPath
+
+
+class NetfsSource(_Body):
+    host: HostName
+    dir: AbsPath
+    format: Literal["nfs", "auto", "glusterfs", "cifs"] = "nfs"
+
+
+class NetfsPool(_Body):
+    type: Literal["netfs"]
+    path: AbsPath
+    source: NetfsSource
+
+
+class LogicalSource(_Body):
+    vg: Name
+
+
+class LogicalPool(_Body):
+    type: Literal["logical"]
+    source: LogicalSource
+
+
+PoolBody = DirPool | NetfsPool | LogicalPool
+_POOL_BODIES: dict[str, type[DirPool] | type[NetfsPool] | type[LogicalPool]] = {
+    "dir": DirPool, "netfs": NetfsPool, "logical": LogicalPool}
+
+
+class VolumeRef(_Body):
+    pool: Name
+    volume: Name
+
+
+class VolumeBody(_Body):
+    """``format`` defaults to qcow2 for a thin clone, to the source's format for a full copy, else raw;
+    ``capacity_bytes`` to the backing's or the source's (it may be larger, never smaller)."""
+
+    name: Name
+    format: Literal["raw", "qcow2"] | None = None
+    capacity_bytes: Bytes | None = None
+    backing: VolumeRef | None = None
+    clone_of: VolumeRef | None = None
+
+
+class ResizeBody(_Body):
+    capacity_bytes: Bytes
+
+
+def invalid(exc: ValidationError, prefix: str = "") -> Invalid:
+    """A pydantic error as the agent's 422, naming the first field (and listing every one)."""
+    errors = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        errors.append({"field": path or None, "message": str(err["msg"]).removeprefix("Value error, ")})
+    first = errors[0]
+    return Invalid(f"{first['field']}: {first['message']}" if first["field"] else str(first["message"]),
+                   field=first["field"], errors=errors)
+
+
+def parse_pool(data: Any) -> PoolBody:
+    if not isinstance(data, dict):
+        raise Invalid("the body must be an object", field="body")
+    kind = _POOL_BODIES.get(data.get("type"))  # type: ignore[arg-type]
+    if kind is None:
+        raise Invalid(f"type must be one of {', '.join(_POOL_BODIES)}", field="type")
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def parse(model: type[VolumeBody] | type[ResizeBody], data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise Invalid("the body must be an object", field="body")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+
+
+def check_name(value: str, field: str) -> str:
+    """A pool or volume name from the URL, by the same rule as in bodies."""
+    if not _NAME.fullmatch(value):
+        raise Invalid(f"{field} must match {NAME_PATTERN}", field=field)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------- probing
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a volume's first bytes say: its format, and for qcow2 its virtual size and backing file."""
+
+    format: str
+    virtual_size: int | None = None
+    backing: str | None = None
+
+
+# formats recognised by their magic bytes (offset, magic), as qemu's block drivers probe them; anything else is raw
+_MAGICS: tuple[tuple[str, int, bytes], ...] = (
+    ("qcow2", 0, b"QFI\xfb"), ("qed", 0, b"QED\x00"), ("vmdk", 0, b"KDMV"), ("vhdx", 0, b"vhdxfile"),
+    ("vpc", 0, b"conectix"), ("vdi", 64, b"\x7f\x10\xda\xbe"))
+
+
+def probe(path: str) -> Probe | None:
+    """The format of a volume file or block device from its bytes; None where it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+            name = next((n for n, offset, magic in _MAGICS if head[offset:offset + len(magic)] == magic), "raw")
+            if name != "qcow2" or len(head) < 32:
+                return Probe(name)
+            backing_offset, backing_size = struct.unpack(">QI", head[8:20])
+            (size,) = struct.unpack(">Q", head[24:32])
+            backing = None
+            if backing_offset and 0 < backing_size <= 1023:
+                f.seek(backing_offset)
+                backing = f.read(backing_size).decode("utf-8", "replace")
+                if not backing.startswith("/") and ":" not in backing:  # relative to the image's directory
+                    backing = os.path.normpath(os.path.join(os.path.dirname(path), backing))
+            return Probe("qcow2", size, backing)
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------- XML
+
+
+def pool_xml(name: str, body: PoolBody) -> str:
+    pool = etree.Element("pool", type=body.type)
+    etree.SubElement(pool, "name").text = name
+    if isinstance(body, NetfsPool):
+        source = etree.SubElement(pool, "source")
+        etree.SubElement(source, "host", name=body.source.host)
+        etree.SubElement(source, "dir", path=body.source.dir)
+        etree.SubElement(source, "format", type=body.source.format)
+    elif isinstance(body, LogicalPool):
+        source = etree.SubElement(pool, "source")
+        etree.SubElement(source, "name").text = body.source.vg
+        etree.SubElement(source, "format", type="lvm2")
+    target = etree.SubElement(pool, "target")
+    etree.SubElement(target, "path").text = (f"/dev/{body.source.vg}" if isinstance(body, LogicalPool)
+                                             else body.path)
+    return etree.tostring(pool, encoding="unicode")
+
+
+def volume_xml(name: str, fmt: str, capacity: int, sparse: bool, backing: tuple[str, str] | None = None) -> str:
+    vol = etree.Element("volume")
+    etree.SubElement(vol, "name").text = name
+    etree.SubElement(vol, "capacity", unit="bytes").text = str(capacity)
+    if sparse:
+        etree.SubElement(vol, "allocation", unit="bytes").text = "0"
+    target = etree.SubElement(vol, "target")
+    etree.SubElement(target, "format", type=fmt)
+    if backing is not None:
+        store = etree.SubElement(vol, "backingStore")
+        etree.SubElement(store, "path").text = backing[0]
+        etree.SubElement(store, "format", type=backing[1])
+    return etree.tostring(vol, encoding="unicode")
+
+
+def _definition(root: etree._Element) -> dict[str, Any]:
+    """The parts of a pool definition a PUT states, to compare an existing pool with what is asked."""
+    kind = root.get("type")
+    out: dict[str, Any] = {"type": kind}
+    if kind == "logical":
+        out["source.vg"] = root.findtext("source/name")
+        return out
+    out["path"] = root.findtext("target/path")
+    if kind == "netfs":
+        host = root.find("source/host")
+        src_dir = root.find("source/dir")
+        fmt = root.find("source/format")
+        out["source.host"] = host.get("name") if host is not None else None
+        out["source.dir"] = src_dir.get("path") if src_dir is not None else None
+        out["source.format"] = fmt.get("type") if fmt is not None else "auto"
+    return out
+
+
+def _source(root: etree._Element) -> dict[str, Any] | None:
+    kind = root.get("type")
+    if kind == "netfs":
+        host, src_dir, fmt = root.find("source/host"), root.find("source/dir"), root.find("source/format")
+        return {"host": host.get("name") if host is not None else None,
+                "dir": src_dir.get("path") if src_dir is not None else None,
+                "format": fmt.get("type") if fmt is not None else "auto"}
+    if kind == "logical":
+        return {"vg": root.findtext("source/name")}
+    return None
+
+
+def _users(root: etree._Element, path: str, pool: str, volume: str) -> bool:
+    """Does this domain XML use the volume: as a disk or in a disk's backing chain, or as kernel or initrd?"""
+    for src in root.iterfind("devices/disk//source"):
+        if path in (src.get("file"), src.get("dev")) or (src.get("pool"), src.get("volume")) == (pool, volume):
+            return True
+    return any((root.findtext(f"os/{tag}") or "") == path for tag in ("kernel", "initrd"))
+
+
+# ---------------------------------------------------------------------------------------------------- manager
+
+
+def _libvirt(exc: libvirt.libvirtError, doing: str, field: str | None = None) -> AgentError:
+    code = exc.get_error_code()
+    message = exc.get_error_message() or str(exc)
+    if code in (libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL):
+        return NotFound(f"{doing}: {message}", field=field)
+    if code == libvirt.VIR_ERR_STORAGE_VOL_EXIST:
+        return Conflict(f"{doing}: {message}", field=field)
+    return from_libvirt(exc, doing)
+
+
+def _inactive_xml(pool: libvirt.virStoragePool) -> str:
+    """The pool's persistent definition (libvirt's test driver knows no such flag: it has only the one)."""
+    try:
+        return str(pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE))
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+            raise
+        return str(pool.XMLDesc(0))
+
+
+class StorageManager:
+    """The storage routes' work, on the agent's libvirt connection.
+
+    A pool that failed to start stays defined, and libvirt then calls it merely inactive: the reason is kept
+    here (and in the state dir, over agent restarts) so that the pool reads ``inaccessible`` with its error
+    until it runs."""
+
+    def __init__(self, conn: Callable[[], libvirt.virConnect], state_dir: Path) -> None:
+        self._conn = conn
+        self._errors_file = state_dir / "storage-pool-errors.json"
+        self._lock = threading.Lock()
+        self._uploading: set[tuple[str, str]] = set()
+        try:
+            self._errors: dict[str, str] = json.loads(self._errors_file.read_text())
+        except (OSError, ValueError):
+            self._errors = {}
+
+    # ---- pools
+
+    def _set_error(self, name: str, error: str | None) -> None:
+        with self._lock:
+            if self._errors.get(name) == error:
+                return
+            if error is None:
+                self._errors.pop(name, None)
+            else:
+                self._errors[name] = error
+            try:
+                self._errors_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self._errors_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self._errors))
+                tmp.replace(self._errors_file)
+            except OSError as exc:
+                log.warning("cannot keep storage pool errors in %s: %s", self._errors_file, exc)
+
+    def _pool(self, name: str) -> libvirt.virStoragePool:
+        check_name(name, "pool")
+        try:
+            return self._conn().storagePoolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise NotFound(f"no storage pool {name} on this host", field="pool") from None
+            raise _libvirt(exc, f"look up pool {name}") from None
+
+    def _running(self, name: str) -> libvirt.virStoragePool:
+        pool = self._pool(name)
+        if not pool.isActive():
+            error = self._errors.get(name)
+            raise Conflict(f"storage pool {name} is not running" + (f": {error}" if error else ""), field="pool")
+        return pool
+
+    def pool_info(self, pool: libvirt.virStoragePool) -> dict[str, Any]:
+        name = pool.name()
+        root = etree.fromstring(pool.XMLDesc(0).encode())
+        code, capacity, allocation, available = pool.info()
+        state = POOL_STATES.get(code, "inactive")
+        error = self._errors.get(name)
+        if state == "running" and error is not None:
+            self._set_error(name, None)
+            error = None
+        elif state == "inactive" and error is not None:
+            state = "inaccessible"
+        return {"name": name, "type": root.get("type"), "state": state, "path": root.findtext("target/path"),
+                "source": _source(root), "capacity_bytes": capacity, "allocation_bytes": allocation,
+                "available_bytes": available, "autostart": bool(pool.autostart()), "error": error}
+
+    def list_pools(self) -> list[dict[str, Any]]:
+        out = []
+        for pool in self._conn().listAllStoragePools(0):
+            try:
+                out.append(self.pool_info(pool))
+            except libvirt.libvirtError as exc:  # undefined meanwhile
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise _libvirt(exc, "list storage pools") from None
+        return sorted(out, key=lambda p: p["name"])
+
+    def show_pool(self, name: str) -> dict[str, Any]:
+        return self.pool_info(self._pool(name))
+
+    def ensure_pool(self, name: str, body: PoolBody) -> dict[str, Any]:
+        """Define (or keep an equal definition), build where needed, autostart, start: idempotent."""
+        check_name(name, "name")
+        conn = self._conn()
+        xml = pool_xml(name, body)
+        wanted = _definition(etree.fromstring(xml.encode()))
+        try:
+            pool = conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise _libvirt(exc, f"look up pool {name}") from None
+            try:
+                pool = conn.storagePoolDefineXML(xml, 0)
+            except libvirt.libvirtError as exc:
+                raise _libvirt(exc, f"define pool {name}") from None
+        else:
+            have = _definition(etree.fromstring(_inactive_xml(pool).encode()))
+            for key in (*wanted, *have):
+                if have.get(key) != wanted.get(key):
+                    raise Conflict(f"storage pool {name} is already defined with {key} {have.get(key)!r}, "
+                                   f"not {wanted.get(key)!r}", field=key, pool=self.pool_info(pool))
+        try:
+            if not pool.autostart():
+                pool.setAutostart(1)
+        except libvirt.libvirtError as exc:
+            raise _libvirt(exc, f"set pool {name} to autostart") from None
+        if not pool.isActive():
+            try:
+                if not isinstance(body, LogicalPool):  # dir: mkdir the path; netfs: the mount point. A VG must exist
+                    pool.build(0)
+                pool.create(0)
+            except libvirt.libvirtError as exc:
+                reason = exc.get_error_message() or str(exc)
+                self._set_error(name, reason)
+                raise LibvirtFailed(f"storage pool {name} cannot start: {reason}", pool=self.pool_info(pool)) \
+                    from None
+        self._set_error(name, None)
+        return self.pool_info(pool)
+
+    def delete_pool(self, name: str) -> None:
+        """Stop and undefine; the volumes' files stay where they are."""
+        pool = self._pool(name)
+        try:
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+        except libvirt.libvirtError as exc:
+            raise _libvirt(exc, f"remove pool {name}") from None
+        self._set_error(name, None)
+
+    # ---- volumes
+
+    def _volume(self, pool: libvirt.virStoragePool, name: str, field: str = "volume") -> libvirt.virStorageVol:
+        check_name(name, field)
+        try:
+            return pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise NotFound(f"storage pool {pool.name()} has no volume {name}", field=field) from None
+            raise _libvirt(exc, f"look up volume {name}") from None
+
+    def _ref(self, ref: VolumeRef, field: str) -> libvirt.virStorageVol:
+        try:
+            pool = self._running(ref.pool)
+        except AgentError as exc:
+            exc.field = f"{field}.pool"
+            raise
+        return self._volume(pool, ref.volume, f"{field}.volume")
+
+    def volume_info(self, vol: libvirt.virStorageVol, pool_name: str) -> dict[str, Any]:
+        path = vol.path()
+        _kind, capacity, allocation = vol.info()
+        root = etree.fromstring(vol.XMLDesc(0).encode())
+        found = probe(path)
+        if found is not None:
+            fmt, backing = found.format, found.backing
+            capacity = found.virtual_size or capacity
+        else:
+            fmt_el = root.find("target/format")
+            fmt = fmt_el.get("type", "raw") if fmt_el is not None else "raw"
+            backing = root.findtext("backingStore/path")
+        return {"name": vol.name(), "pool": pool_name, "path": path, "format": fmt, "format_probed": found is not None,
+                "capacity_bytes": capacity, "allocation_bytes": allocation, "backing": backing}
+
+    def list_volumes(self, pool_name: str) -> list[dict[str, Any]]:
+        pool = self._running(pool_name)
+        try:
+            vols = pool.listAllVolumes(0)
+        except libvirt.libvirtError as exc:
+            raise _libvirt(exc, f"list the volumes of pool {pool_name}") from None
+        return sorted((self.volume_info(v, pool_name) for v in vols), key=lambda v: v["name"])
+
+    def show_volume(self, pool_name: str, name: str) -> dict[str, Any]:
+        return self.volume_info(self._volume(self._running(pool_name), name), pool_name)
+
+    def create_volume(self, pool_name: str, body: VolumeBody) -> dict[str, Any]:
+        pool = self._running(pool_name)
+        pool_type = etree.fromstring(pool.XMLDesc(0).encode()).get("type")
+        if body.name in pool.listVolumes():
+            raise Conflict(f"storage pool {pool_name} already has a volume {body.name}", field="name")
+        if body.backing is not None and body.clone_of is not None:
+            raise Invalid("give backing (a thin clone) or clone_of (a full copy), not both", field="clone_of")
+        source = body.backing or body.clone_of
+        source_info = None
+        if source is not None:
+            field = "backing" if body.backing is not None else "clone_of"
+            source_vol = self._ref(source, field)
+            source_info = self.volume_info(source_vol, source.pool)
+        if body.backing is not None:
+            fmt = body.format or "qcow2"
+            if fmt != "qcow2":
+                raise Invalid("a thin clone (backing) is a qcow2 volume", field="format")
+        elif source_info is not None:
+            fmt = body.format or (source_info["format"] if source_info["format"] in ("raw", "qcow2") else "raw")
+        else:
+            fmt = body.format or "raw"
+        if pool_type == "logical" and fmt != "raw":
+            raise Invalid(f"storage pool {pool_name} is an LVM volume group: its volumes are raw", field="format")
+        capacity = body.capacity_bytes
+        if source_info is not None:
+            if capacity is None:
+                capacity = source_info["capacity_bytes"]
+            elif capacity < source_info["capacity_bytes"]:
+                raise Invalid(f"capacity_bytes must be at least the source's {source_info['capacity_bytes']}",
+                              field="capacity_bytes")
+        if capacity is None:
+            raise Invalid("capacity_bytes is required for a new empty volume", field="capacity_bytes")
+        sparse = pool_type != "logical"
+        try:
+            if body.backing is not None:
+                assert source_info is not None
+                xml = volume_xml(body.name, fmt, capacity, sparse, (source_info["path"], source_info["format"]))
+                vol = pool.createXML(xml, 0)
+            elif body.clone_of is not None:
+                vol = pool.createXMLFrom(volume_xml(body.name, fmt, capacity, sparse), source_vol, 0)
+            else:
+                vol = pool.createXML(volume_xml(body.name, fmt, capacity, sparse), 0)
+        except libvirt.libvirtError as exc:
+            doing = ("create a thin clone" if body.backing else "copy a volume (createXMLFrom)" if body.clone_of
+                     else "create a volume")
+            raise _libvirt(exc, f"{doing} {pool_name}/{body.name}", field="name") from None
+        return self.volume_info(vol, pool_name)
+
+    def domains_using(self, path: str, pool_name: str, name: str, active_only: bool = False) -> list[str]:
+        """Names of this host's domains (defined or running) whose disks or kernel use the volume."""
+        names = []
+        for dom in self._conn().listAllDomains(0):
+            try:
+                active = bool(dom.isActive())
+                if active_only and not active:
+                    continue
+                xmls = [dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)] + ([dom.XMLDesc(0)] if active else [])
+                if any(_users(etree.fromstring(x.encode()), path, pool_name, name) for x in xmls):
+                    names.append(dom.name())
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise _libvirt(exc, "read the domains") from None
+        return sorted(names)
+
+    def volumes_backed_by(self, path: str) -> list[str]:
+        """``pool/volume`` of every volume (in running pools) whose backing file is this path."""
+        out = []
+        for pool in self._conn().listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+            try:
+                for vol in pool.listAllVolumes(0):
+                    if self.volume_info(vol, pool.name())["backing"] == path:
+                        out.append(f"{pool.name()}/{vol.name()}")
+            except libvirt.libvirtError:
+                continue  # a pool stopped or a volume deleted meanwhile
+        return sorted(out)
+
+    def _refuse_in_use(self, vol: libvirt.virStorageVol, pool_name: str, doing: str,
+                       active_only: bool = False) -> None:
+        users = self.domains_using(vol.path(), pool_name, vol.name(), active_only)
+        if users:
+            raise Conflict(f"cannot {doing} volume {pool_name}/{vol.name()}: domain {', '.join(users)} uses it",
+                           field="volume", domains=users)
+
+    def resize(self, pool_name: str, name: str, body: ResizeBody) -> dict[str, Any]:
+        """Grow only: shrinking a disk destroys whatever the guest kept at its end."""
+        vol = self._volume(self._running(pool_name), name)
+        info = self.volume_info(vol, pool_name)
+        if body.capacity_bytes < info["capacity_bytes"]:
+            raise Invalid(f"capacity_bytes {body.capacity_bytes} is smaller than the volume's "
+                          f"{info['capacity_bytes']}: volumes only grow", field="capacity_bytes")
+        if body.capacity_bytes == info["capacity_bytes"]:
+            return info
+        self._refuse_in_use(vol, pool_name, "resize (offline)", active_only=True)
+        try:
+            vol.resize(body.capacity_bytes, 0)
+        except libvirt.libvirtError as exc:
+            raise _libvirt(exc, f"resize volume {pool_name}/{name}", field="capacity_bytes") from None
+        return self.volume_info(vol, pool_name)
+
+    def delete_volume(self, pool_name: str, name: str) -> None:
+        vol = self._volume(self._running(pool_name), name)
+        self._refuse_in_use(vol, pool_name, "delete")
+        backed = self.volumes_backed_by(vol.path())
+        if backed:
+            raise Conflict(f"cannot delete volume {pool_name}/{name}: it is the backing file of {', '.join(backed)}",
+                           field="volume", volumes=backed)
+        try:
+            vol.delete(0)
+        except libvirt.libvirtError as exc:
+            raise _libvirt(exc, f"delete volume {pool_name}/{name}") from None
+
+    # ---- streams
+
+    def begin_upload(self, pool_name: str, name: str, length: int, expect: str | None) -> Upload:
+        """Open an upload of ``length`` bytes into a volume, created (raw, that size) when missing."""
+        if expect is not None and expect not in ("raw", "qcow2"):
+            raise Invalid("format must be raw or qcow2", field="format")
+        if not 0 < length <= MAX_BYTES:
+            raise Invalid(f"Content-Length must be between 1 and {MAX_BYTES}", field="Content-Length")
+        pool = self._running(pool_name)
+        check_name(name, "volume")
+        key = (pool_name, name)
+        with self._lock:
+            if key in self._uploading:
+                raise Conflict(f"an upload to {pool_name}/{name} is already running", field="volume")
+            self._uploading.add(key)
+        try:
+            created = False
+            try:
+                vol = pool.storageVolLookupByName(name)
+                self._refuse_in_use(vol, pool_name, "upload into")
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise _libvirt(exc, f"look up volume {name}") from None
+                pool_type = etree.fromstring(pool.XMLDesc(0).encode()).get("type")
+                try:
+                    vol = pool.createXML(volume_xml(name, "raw", length, pool_type != "logical"), 0)
+                except libvirt.libvirtError as exc2:
+                    raise _libvirt(exc2, f"create volume {pool_name}/{name} for the upload") from None
+                created = True
+            stream = self._conn().newStream(0)
+            try:
+                vol.upload(stream, 0, length, 0)
+            except libvirt.libvirtError as exc:
+                if created:
+                    _delete_quietly(vol)
+                raise _libvirt(exc, f"upload into volume {pool_name}/{name} (virStorageVolUpload)") from None
+        except BaseException:
+            with self._lock:
+                self._uploading.discard(key)
+            raise
+        return Upload(self, pool_name, vol, stream, length, expect)
+
+    def _upload_done(self, pool_name: str, name: str) -> None:
+        with self._lock:
+            self._uploading.discard((pool_name, name))
+
+    def begin_download(self, pool_name: str, name: str) -> Download:
+        vol = self._volume(self._running(pool_name), name)
+        stream = self._conn().newStream(0)
+        try:
+            vol.download(stream, 0, 0, 0)
+        except libvirt.libvirtError as exc:
+            raise _libvirt(exc, f"download volume {pool_name}/{name} (virStorageVolDownload)") from None
+        return Download(stream)
+
+
+def _delete_quietly(vol: libvirt.virStorageVol) -> None:
+    try:
+        vol.delete(0)
+    except libvirt.libvirtError as exc:
+        log.warning("could not delete the partial volume %s: %s", vol.path(), exc)
+
+
+class Upload:
+    """One upload in progress: bytes go to libvirt's stream in slices, the sha256 is computed on the way.
+
+    Any end but ``finish`` with every byte sent (the client went away, the body was short, libvirt failed, the
+    bytes are not the format asked for) deletes the volume: a partial image must never be taken for one."""
+
+    def __init__(self, manager: StorageManager, pool: str, vol: libvirt.virStorageVol, stream: libvirt.virStream,
+                 length: int, expect: str | None) -> None:
+        self.manager, self.pool, self.vol, self.stream = manager, pool, vol, stream
+        self.length, self.expect = length, expect
+        self.sent = 0
+        self.sha256 = hashlib.sha256()
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        if self.sent + len(data) > self.length:
+            self.abort()
+            raise Invalid(f"the body is longer than its Content-Length {self.length}", field="Content-Length")
+        self.sha256.update(data)
+        view = memoryview(data)
+        try:
+            while view:
+                done = self.stream.send(bytes(view[:SEND_SLICE]))
+                if done <= 0:
+                    raise libvirt.libvirtError(f"virStreamSend returned {done}")
+                view = view[done:]
+        except libvirt.libvirtError as exc:
+            self.abort()
+            raise _libvirt(exc, f"upload into volume {self.pool}/{self.vol.name()}") from None
+        self.sent += len(data)
+
+    def finish(self) -> dict[str, Any]:
+        name = self.vol.name()
+        if self.sent != self.length:
+            self.abort()
+            raise Invalid(f"the body had {self.sent} bytes, its Content-Length said {self.length}",
+                          field="Content-Length")
+        try:
+            self.stream.finish()
+        except libvirt.libvirtError as exc:
+            self.abort()
+            raise _libvirt(exc, f"upload into volume {self.pool}/{name}") from None
+        self.closed = True
+        try:
+            self.manager._pool(self.pool).refresh(0)  # libvirt re-reads the file's format and sizes
+        except (libvirt.libvirtError, AgentError):
+            pass
+        try:
+            info = self.manager.volume_info(self.vol, self.pool)
+        finally:
+            self.manager._upload_done(self.pool, name)
+        if self.expect is not None and info["format"] != self.expect:
+            _delete_quietly(self.vol)
+            raise Invalid(f"the uploaded bytes are {info['format']}, not {self.expect}; volume {name} was removed",
+                          field="format", probed=info["format"])
+        return {**info, "sha256": self.sha256.hexdigest()}
+
+    def abort(self) -> None:
+        """The upload failed or was interrupted: stop the stream, delete the partial volume."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.stream.abort()
+        except libvirt.libvirtError:
+            pass
+        _delete_quietly(self.vol)
+        self.manager._upload_done(self.pool, self.vol.name())
+
+
+class Download:
+    """A volume's bytes, read from libvirt's stream in slices."""
+
+    def __init__(self, stream: libvirt.virStream) -> None:
+        self.stream = stream
+        self.closed = False
+
+    def read(self) -> bytes:
+        """The next slice; b"" at the end (the stream is then finished)."""
+        data: bytes | int = self.stream.recv(RECV_SIZE)
+        if isinstance(data, int):  # -2: would block, never on a blocking stream
+            raise LibvirtFailed(f"virStreamRecv returned {data}")
+        if not data:
+            self.closed = True
+            self.stream.finish()
+        return data
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.stream.abort()
+            except libvirt.libvirtError:
+                pass
