@@ -401,7 +401,7 @@ class StorageManager:
                     pool.build(0)
                 pool.create(0)
             except libvirt.libvirtError as exc:
-                reason = exc.get_error_message() or str(exc)
+                reason = (exc.get_error_message() or str(exc)).strip()
                 self._set_error(name, reason)
                 raise LibvirtFailed(f"storage pool {name} cannot start: {reason}", pool=self.pool_info(pool)) \
                     from None
