@@ -390,6 +390,9 @@ def storage_router(storage: StorageManager) -> APIRouter:
             if batch:
                 await run_in_threadpool(job.send, b"".join(batch))
             return answer(await run_in_threadpool(job.finish))
+        except asyncio.CancelledError:  # the server is stopping: no await may run now
+            job.abort()
+            raise
         except BaseException as exc:  # the client went away, or libvirt failed: no partial volume is left
             await run_in_threadpool(job.abort)
             if isinstance(exc, ClientDisconnect):

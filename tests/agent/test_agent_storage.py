@@ -20,8 +20,9 @@ from typing import Any
 import libvirt
 import pytest
 
+from corral.agent.errors import Conflict
 from corral.agent.service import Agent, Settings
-from corral.agent.storage import probe
+from corral.agent.storage import StorageManager, probe
 from tests.agent.conftest import TOKEN, Api, Served, spec, wait_for
 from tests.qemulab import lab_unavailable_reason, qemu_lab
 from tests.require import unavailable
@@ -235,8 +236,6 @@ def test_what_the_test_driver_lacks_is_unsupported_by_name(tapi: Api, tmp_path: 
 
 def test_a_pool_error_is_kept_over_agent_restarts(agent_factory: Callable[..., Agent], tmp_path: Path) -> None:
     """The reason a pool could not start is the agent's (libvirt only says inactive): kept in the state dir."""
-    from corral.agent.storage import StorageManager
-
     agent = agent_factory()
     api = Api(agent)
     dir_pool(api, tmp_path)
@@ -372,6 +371,9 @@ def test_real_dir_pool_volumes_upload_download_clone_resize(lab_api: Api, tmp_pa
     try:
         body = api.delete(f"{vols}/disk.qcow2", expect=409).json()
         assert body["domains"] == [dom_name] and dom_name in body["message"]
+        body = api.put(f"{vols}/disk.qcow2/content", content=b"overwrite", expect=409).json()
+        assert body["domains"] == [dom_name]
+        assert (where / "disk.qcow2").read_bytes() == data
         assert (where / "disk.qcow2").exists()
     finally:
         dom.undefine()
@@ -409,6 +411,19 @@ def test_real_interrupted_upload_leaves_no_volume(lab_api: Api, tmp_path: Path) 
             sock.settimeout(30)
             sock.recv(65536)
         wait_for(lambda: not (where / "short").exists(), 30, "the short volume to be deleted")
+
+    # one upload per volume at a time; an aborted one leaves nothing
+    storage = StorageManager(lambda: api.agent.connection.conn, api.agent.settings.state_dir)
+    first = storage.begin_upload(pool, "one", MiB, None)
+    with pytest.raises(Conflict, match="already running"):
+        storage.begin_upload(pool, "one", MiB, None)
+    first.send(b"z" * 1000)
+    first.abort()
+    assert not (where / "one").exists()
+    second = storage.begin_upload(pool, "one", 4, None)
+    second.send(b"abcd")
+    assert second.finish()["sha256"] == _sha256(b"abcd")
+    assert (where / "one").read_bytes() == b"abcd"
 
 
 @pytest.mark.qemulab
