@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from corral import __version__
 from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.connection import Unavailable
-from corral.agent.errors import AgentError, Invalid, from_libvirt
+from corral.agent.errors import AgentError, Invalid, Unsupported, from_libvirt
 from corral.agent.fastpath import FastPath
 from corral.agent.service import Agent
 from corral.agent.storage import ResizeBody, StorageManager, VolumeBody, check_name, parse, parse_pool
@@ -328,47 +328,53 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
 UPLOAD_BATCH = 1024 * 1024  # bytes gathered from the request body per hop to the thread that feeds libvirt
 
 
-def storage_router(storage: StorageManager) -> APIRouter:
+def storage_router(manager: StorageManager | None) -> APIRouter:
     """``/v1/storage``: pools and volumes (corral.agent.storage). Uploads and downloads stream: the body is read
-    in chunks and handed to libvirt's stream as it comes, never held whole in memory."""
+    in chunks and handed to libvirt's stream as it comes, never held whole in memory. Without a manager (the
+    simulator's hosts, which have no storage yet) the same routes answer 409 ``unsupported``."""
     router = APIRouter(prefix="/v1/storage/pools")
+
+    def storage() -> StorageManager:
+        if manager is None:
+            raise Unsupported("storage: this host has no storage pools to manage (a simulated host)")
+        return manager
 
     @router.get("", response_model=dict[str, Any])
     def list_pools() -> Response:
-        return answer({"items": storage.list_pools()})
+        return answer({"items": storage().list_pools()})
 
     @router.get("/{pool}", response_model=dict[str, Any])
     def show_pool(pool: str) -> Response:
-        return answer(storage.show_pool(pool))
+        return answer(storage().show_pool(pool))
 
     @router.put("/{pool}", response_model=dict[str, Any])
     def put_pool(pool: str, data: Any = Body(...)) -> Response:
-        return answer(storage.ensure_pool(pool, parse_pool(data)))
+        return answer(storage().ensure_pool(pool, parse_pool(data)))
 
     @router.delete("/{pool}", status_code=204)
     def delete_pool(pool: str) -> Response:
-        storage.delete_pool(pool)
+        storage().delete_pool(pool)
         return Response(status_code=204)
 
     @router.get("/{pool}/volumes", response_model=dict[str, Any])
     def list_volumes(pool: str) -> Response:
-        return answer({"items": storage.list_volumes(pool)})
+        return answer({"items": storage().list_volumes(pool)})
 
     @router.post("/{pool}/volumes", status_code=201, response_model=dict[str, Any])
     def create_volume(pool: str, data: Any = Body(...)) -> Response:
-        return answer(storage.create_volume(pool, parse(VolumeBody, data)), 201)
+        return answer(storage().create_volume(pool, parse(VolumeBody, data)), 201)
 
     @router.get("/{pool}/volumes/{volume}", response_model=dict[str, Any])
     def show_volume(pool: str, volume: str) -> Response:
-        return answer(storage.show_volume(pool, volume))
+        return answer(storage().show_volume(pool, volume))
 
     @router.post("/{pool}/volumes/{volume}/resize", response_model=dict[str, Any])
     def resize(pool: str, volume: str, data: Any = Body(...)) -> Response:
-        return answer(storage.resize(pool, volume, parse(ResizeBody, data)))
+        return answer(storage().resize(pool, volume, parse(ResizeBody, data)))
 
     @router.delete("/{pool}/volumes/{volume}", status_code=204)
     def delete_volume(pool: str, volume: str) -> Response:
-        storage.delete_volume(pool, volume)
+        storage().delete_volume(pool, volume)
         return Response(status_code=204)
 
     @router.put("/{pool}/volumes/{volume}/content", response_model=dict[str, Any])
@@ -376,7 +382,7 @@ def storage_router(storage: StorageManager) -> APIRouter:
                      content_length: str | None = Header(None)) -> Response:
         if content_length is None or not content_length.isdigit():
             raise Invalid("an upload needs a Content-Length header (bytes)", field="Content-Length")
-        job = await run_in_threadpool(storage.begin_upload, pool, check_name(volume, "volume"),
+        job = await run_in_threadpool(storage().begin_upload, pool, check_name(volume, "volume"),
                                       int(content_length), format)
         try:
             batch: list[bytes] = []
@@ -401,7 +407,7 @@ def storage_router(storage: StorageManager) -> APIRouter:
 
     @router.get("/{pool}/volumes/{volume}/content", response_model=None)
     async def download(pool: str, volume: str) -> StreamingResponse:
-        job = await run_in_threadpool(storage.begin_download, pool, volume)
+        job = await run_in_threadpool(storage().begin_download, pool, volume)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:

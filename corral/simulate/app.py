@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from corral import __version__
-from corral.agent.app import ACTIONS, agent_fastapi, install_error_handlers
+from corral.agent.app import ACTIONS, agent_fastapi, install_error_handlers, storage_router
 from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.errors import Invalid
 from corral.agent.events import EventBus
@@ -117,6 +117,7 @@ def create_agent_app() -> FastAPI:
     app = agent_fastapi(root_path_in_servers=False)
 
     install_error_handlers(app)
+    app.include_router(storage_router(None))  # the agent's storage routes; simulated hosts have no storage yet
 
     @app.get("/v1/health", response_model=dict[str, Any])
     async def health() -> Response:

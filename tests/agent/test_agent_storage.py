@@ -442,3 +442,20 @@ def test_real_pool_that_cannot_mount_answers_the_reason(lab_api: Api, tmp_path: 
     assert reason in api.get(f"{POOLS}/{pool}/volumes", expect=409).json()["message"]
     api.delete(f"{POOLS}/{pool}", expect=204)
     assert pool not in [p["name"] for p in api.get(POOLS).json()["items"]]
+
+
+# ------------------------------------------------------------------------------------------- simulator
+
+
+def test_simulated_hosts_have_the_routes_and_say_they_have_no_storage() -> None:
+    from fastapi.testclient import TestClient
+
+    from corral.simulate import Simulator, SimulatorSettings, create_simulator_app
+
+    token = "storage-sim-token-0123456789"
+    sim = Simulator(SimulatorSettings(hosts=1, vms_per_host=0, seed=1, token=token, event_rate=0))
+    with TestClient(create_simulator_app(sim), headers={"Authorization": f"Bearer {token}"}) as client:
+        for method, path, kw in [("GET", POOLS, {}), ("PUT", f"{POOLS}/p", {"json": {"type": "dir", "path": "/x"}}),
+                                 ("PUT", f"{POOLS}/p/volumes/v/content", {"content": b"abc"})]:
+            resp = client.request(method, f"/hosts/1{path}", **kw)
+            assert resp.status_code == 409 and resp.json()["code"] == "unsupported", resp.text
