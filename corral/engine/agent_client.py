@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import httpx
@@ -117,6 +118,11 @@ def _error_from(status: int, content: bytes) -> AgentError:
         return AgentError(status, str(body["code"]), str(body.get("message", "")), body.get("field"), body)
     text = content[:200].decode(errors="replace").strip()
     return AgentError(status, "http_error", f"HTTP {status}: {text}")
+
+
+def _seg(name: str) -> str:
+    """A name as one path segment."""
+    return quote(name, safe="")
 
 
 def _aio_timeout(t: httpx.Timeout, total: float | None = None) -> aiohttp.ClientTimeout:
@@ -239,6 +245,35 @@ class AgentClient:
 
     async def delete_vm(self, t: AgentTarget, vm_id: str) -> None:
         await self.request(t, "DELETE", f"/v1/vms/{vm_id}")
+
+    # Storage (docs/agent-api.md, storage pools and volumes): a storage domain is a pool of the same name
+    async def storage_pools(self, t: AgentTarget, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        body = await self.request(t, "GET", "/v1/storage/pools", timeout=timeout)
+        return [dict(p) for p in body["items"]]
+
+    async def put_pool(self, t: AgentTarget, name: str, body: dict[str, Any], *,
+                       timeout: float = 120.0) -> dict[str, Any]:
+        """Define (or keep), build, start and autostart the pool: idempotent. 409: another definition has
+        that name; 502: it is defined but cannot start (a mount that fails), with libvirt's reason."""
+        return dict(await self.request(t, "PUT", f"/v1/storage/pools/{_seg(name)}", json_body=body,
+                                       timeout=timeout))
+
+    async def delete_pool(self, t: AgentTarget, name: str) -> None:
+        await self.request(t, "DELETE", f"/v1/storage/pools/{_seg(name)}", timeout=60.0)
+
+    async def pool_volumes(self, t: AgentTarget, pool: str) -> list[dict[str, Any]]:
+        body = await self.request(t, "GET", f"/v1/storage/pools/{_seg(pool)}/volumes")
+        return [dict(v) for v in body["items"]]
+
+    async def create_volume(self, t: AgentTarget, pool: str, body: dict[str, Any], *,
+                            timeout: float = 600.0) -> dict[str, Any]:
+        return dict(await self.request(t, "POST", f"/v1/storage/pools/{_seg(pool)}/volumes", json_body=body,
+                                       timeout=timeout))
+
+    async def delete_volume(self, t: AgentTarget, pool: str, volume: str) -> None:
+        """409 when a domain defined on the host uses it (the agent names it)."""
+        await self.request(t, "DELETE", f"/v1/storage/pools/{_seg(pool)}/volumes/{_seg(volume)}",
+                           timeout=120.0)
 
     # Events
     async def events_poll(self, t: AgentTarget, after: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from corral.engine import storage
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.context import EngineContext
 from corral.engine.db.models import Host, HostState, Severity
@@ -103,6 +104,8 @@ async def activate(ctx: EngineContext, task: TaskContext, host_id: str, *, addin
     else:
         w.state = result["state"]
         w.reachable = True
+    if result["state"] == HostState.UP.value:  # the storage domains of its cluster, put on it now
+        await storage.activate_host(ctx.db, ctx.agents, host_id, AgentTarget(url, token))
     return result
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from corral.engine import storage
 from corral.engine.agent_client import AgentClient, AgentError, AgentTarget, AgentUnreachable
 from corral.engine.db.models import Host, HostState, Severity, utcnow
 from corral.engine.db.session import Database
@@ -181,6 +182,8 @@ class HostWatcher:
             self.monitor.submit(HostReport(self.host_id, [i.as_dict() for i in items], True), wake=wake)
             if full:
                 self.monitor.touch(self.host_id)
+        if full:
+            self.monitor.refresh_storage(self)
         self._last = snapshot
         return True
 
@@ -294,6 +297,7 @@ class Monitor:
         self._flushing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._side: set[asyncio.Task[Any]] = set()  # polls outside the cycles, cycle polls past the deadline
+        self._storage: set[str] = set()  # hosts whose storage pools are being read
         self._running = False
         self._cycle_number = 0
         self.cycles: deque[CycleStats] = deque(maxlen=1000)
@@ -372,6 +376,19 @@ class Monitor:
         if w is not None:
             await w.stop()
             await self.agents.release(w.target)
+
+    def refresh_storage(self, w: HostWatcher) -> None:
+        """After an up host's full poll: its storage pools (one ``GET /v1/storage/pools``, beside the cycle, one
+        at a time per host; ``corral.engine.storage.refresh_host``)."""
+        if self._running and w.state == HostState.UP.value and w.host_id not in self._storage:
+            self._storage.add(w.host_id)
+            self._background(self._refresh_storage(w), f"storage-{w.name}")
+
+    async def _refresh_storage(self, w: HostWatcher) -> None:
+        try:
+            await storage.refresh_host(self.db, self.agents, w.host_id, w.target)
+        finally:
+            self._storage.discard(w.host_id)
 
     def set_host_state(self, host_id: str, state: str) -> None:
         w = self.watchers.get(host_id)
