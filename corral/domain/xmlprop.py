@@ -76,7 +76,7 @@ def _unsigned(value: int) -> str | None:
 
 
 def _yesno(text: str, node: etree._Element, where: str) -> bool | None:
-    return {"yes": True, "no": False, "on": True, "off": False}.get(text)
+    return {"yes": True, "no": False}.get(text)
 
 
 STR = Conv("str", lambda text, node, where: text, str)
@@ -123,8 +123,7 @@ class Path:
     attr: str | None
     find: str | None  # what lxml's ``find`` takes for the steps, None for the element itself
     # for the writer: each step's path from the element (its key among the children made) and its attributes
-    made: tuple[tuple[Any, str, dict[str, str] | None], ...] = dataclasses.field(init=False, compare=False)
-
+    made: tuple[tuple[str, str, dict[str, str] | None], ...] = dataclasses.field(init=False, compare=False)
     plain: bool = dataclasses.field(init=False, compare=False)  # steps without predicates
 
     def __post_init__(self) -> None:
@@ -180,7 +179,7 @@ class _Writer:
 
     def __init__(self, elem: etree._Element) -> None:
         self.elem = elem
-        self.made: dict[Any, etree._Element] = {}
+        self.made: dict[str | None, etree._Element] = {}
 
     def node(self, path: Path) -> etree._Element:
         node = self.made.get(path.find)
@@ -429,12 +428,8 @@ def _join(where: str, path: str) -> str:
 
 # --- field helpers (dataclass fields that carry their declaration) ----------------------------------------
 
-T = TypeVar("T")
-
-
-def _field(prop: Prop, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING,
-           compare: bool = True) -> Any:
-    return dataclasses.field(default=default, default_factory=factory, compare=compare, metadata={_XML: prop})
+def _field(prop: Prop, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    return dataclasses.field(default=default, default_factory=factory, metadata={_XML: prop})
 
 
 NODEFAULT: Any = dataclasses.MISSING  # ``xml(..., default=NODEFAULT)``: the constructor must be given it
@@ -554,13 +549,3 @@ def element(tag: str | None = None, *, tag_field: str | None = None, ignore: Ite
 
     return wrap
 
-
-def declared_paths(cls: type[XmlElement]) -> dict[str, tuple[Path, ...]]:
-    """Field name -> the paths it is written to (tests check that a round trip keeps each)."""
-    out: dict[str, tuple[Path, ...]] = {}
-    for prop in cls.__xml__.props:
-        if isinstance(prop, Value):
-            out[prop.name] = tuple(p for p in (prop.path, *prop.by_paths.values()) if p is not None)
-        elif isinstance(prop, (Flag, Tags, Raw, Child, Items)):
-            out[prop.name] = (prop.path,)
-    return out
