@@ -114,7 +114,7 @@ def test_kvm_guest_rendered_for_xen_has_xen_devices_only(kvm_spec: VmSpec, guest
         _translated(decisions, "consoles.0", "xen")
     else:
         assert decision(decisions, "disks.2.bus").outcome is Outcome.NATIVE
-        _translated(decisions, "max_memory_mib", "max")
+        _translated(decisions, "max_memory_mib", "at-max-then-balloon")
 
     live = define_and_read_back(xml)
     dropped_ids = {spec.disks[int(d.path.split(".")[1])].id for d in dropped}
