@@ -284,6 +284,21 @@ def _wait_host_added(api: httpx.Client, name: str, task: dict[str, Any], timeout
         fail(f"adding host {name}: {(task.get('error') or {}).get('message', task)}", code=1)
 
 
+DEFAULT_STORAGE = "local"
+
+
+def _default_storage(api: httpx.Client, path: Path) -> str:
+    """A ``dir`` storage domain for the hosts' cluster, made on the first start (a restart, or an engine whose
+    operator made domains of their own, keeps what is there): volumes can be created at once. Its name."""
+    found = api.get("/storage-domains", params={"limit": 1}).json().get("items") or []
+    if found:
+        return str(found[0]["name"])
+    resp = api.post("/storage-domains", json={"name": DEFAULT_STORAGE, "type": "dir", "path": str(path)})
+    if resp.status_code >= 400:
+        fail(f"creating the storage domain {DEFAULT_STORAGE}: {resp.text}", code=1)
+    return DEFAULT_STORAGE
+
+
 def all_in_one(
     listen: str = typer.Option("127.0.0.1:8080", "--listen", help="engine HOST:PORT"),
     data_dir: Path = typer.Option(None, "--data-dir", help="state directory (default: user data dir)"),
@@ -353,12 +368,15 @@ def all_in_one(
                 adding.append((a["name"], resp.json()))
         for name, task in adding:  # ready means the hosts are there: a VM started right away finds them
             _wait_host_added(api, name, task)
+        storage = _default_storage(api, data / "images")
         info = {"url": url, "token": token, "data_dir": str(data), "portal": f"{url}/portal/",
-                "username": ADMIN_USER, "password": password, "hosts": [a["name"] for a in agents]}
+                "username": ADMIN_USER, "password": password, "hosts": [a["name"] for a in agents],
+                "storage": storage}
         login = password if password is not None else "(set with corral engine create-admin)"
         text = Text(f"Corral is running.\n  API and portal: {url}\n  admin token:    {token}\n"
                     f"  portal login:   {ADMIN_USER} / {login}  ({url}/portal/)\n"
                     f"  hosts:          {', '.join(a['name'] for a in agents)} ({libvirt_uri})\n"
+                    f"  storage:        {storage} (corral storage show {storage})\n"
                     f"  data:           {data}\n  CLI:            corral login {url} --token {token}\n"
                     "Press Ctrl-C to stop.")
         show(info, output, text if output is Output.TABLE else Record(info, "Corral is running"), line=True)

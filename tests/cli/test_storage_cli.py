@@ -129,3 +129,16 @@ def test_storage_and_volume_commands(engine: tuple[str, str, dict[str, AgentProc
     assert "storage domain images removed" in corral(env, "storage", "remove", "images").stdout
     assert json.loads(corral(env, "storage", "list", "-o", "json").stdout)["items"] == []
     assert "[domain]" in corral(env, "storage", "show", "images", code=2).stderr
+
+
+def test_all_in_one_has_a_dir_domain_on_each_host(tmp_path: Path) -> None:
+    """``corral all-in-one`` makes a ``dir`` domain for its hosts' cluster, so a volume can be made at once."""
+    from tests.cli.support import all_in_one
+
+    with all_in_one(tmp_path) as (server, cli):
+        assert server.info["storage"] == "local"
+        shown = cli.json("storage", "show", "local")
+        assert shown["type"] == "dir" and shown["path"] == str(server.data_dir.resolve() / "images")
+        assert {h["host"]: h["state"] for h in shown["hosts"]} == {"xen-host": "active", "kvm-host": "active"}
+        made = cli.json("volume", "create", "disk1", "--storage", "local", "--size", "1G")
+        assert made["state"] == "ready" and made["host"] in ("xen-host", "kvm-host")
