@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -69,6 +70,7 @@ class Row:
     host_id: str | None
     last_host_id: str | None
     external: bool
+    changed_at: datetime | None = None  # when its state last changed (an event older than that is stale)
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -77,7 +79,7 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 
 
 def load_rows(s: Session, host_ids: Sequence[str], vm_ids: Sequence[str]) -> dict[str, Row]:
-    cols = (Vm.id, Vm.name, Vm.state, Vm.host_id, Vm.last_host_id, Vm.external)
+    cols = (Vm.id, Vm.name, Vm.state, Vm.host_id, Vm.last_host_id, Vm.external, Vm.state_changed_at)
     rows: dict[str, Row] = {}
     conn = s.connection()  # plain rows: thousands per flush, the ORM's row handling would cost more than the query
     for part in _chunks(list(host_ids)):
@@ -139,6 +141,8 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
             values["state"] = state
         out.updates.append(values)
         row.state, row.host_id, row.last_host_id = state, host_id, last_host_id
+        if "state_changed_at" in values:
+            row.changed_at = when
 
     for rep in reports:
         seen: set[str] = set()
@@ -159,6 +163,10 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
             reason = reason_of(info)
             at = info.get("at")
             row = rows.get(vm_id)
+            if row is not None and at is not None and row.changed_at is not None and at < row.changed_at:
+                # an event that happened before the row's last change (a task's answer, a newer event) arrived
+                # late: applying it would undo a newer state (a 'paused' after the resume that ended it)
+                continue
             if row is None:
                 if rep.full:
                     _insert(out, rows, info, rep.host_id, host_clusters, managed_names, state, now)

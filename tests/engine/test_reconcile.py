@@ -105,3 +105,21 @@ def test_apply_batches_and_unreachable(db_url: str) -> None:
         assert db.call(lambda s: s.get(Host, "H2").state) == "unreachable"  # type: ignore[union-attr]
     finally:
         db.dispose()
+
+
+def test_an_event_older_than_the_rows_last_change_is_stale() -> None:
+    """Seen as a flaky 'paused' after pause + resume: the 'suspended' event of the pause reached the writer after
+    the resume task had set the row up, and undid it."""
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    rows = {"a": Row("a", "a", "up", "H", "H", False, t0)}
+    stale = compute([HostReport("H", [{"id": "a", "state": "paused", "at": t0 - timedelta(seconds=1)}], False)],
+                    rows, {"H": "c"}, set(), set())
+    assert stale.updates == [] and rows["a"].state == "up"
+    newer = compute([HostReport("H", [{"id": "a", "state": "paused", "at": t0 + timedelta(seconds=1)}], False)],
+                    rows, {"H": "c"}, set(), set())
+    assert [u["state"] for u in newer.updates] == ["paused"] and rows["a"].changed_at == t0 + timedelta(seconds=1)
+    # a poll (no time) always says what is there now
+    polled = compute([HostReport("H", [{"id": "a", "state": "up"}], True)], rows, {"H": "c"}, set(), set())
+    assert [u["state"] for u in polled.updates] == ["up"]
