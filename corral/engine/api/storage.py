@@ -31,6 +31,8 @@ from corral.engine.db.models import (
     Severity,
     StorageDomain,
     StorageDomainHost,
+    Task,
+    TaskState,
     Vm,
     Volume,
     VolumeState,
@@ -483,7 +485,12 @@ async def delete_volume(ctx: Ctx, volume: str, response: Response) -> Any:
     def mark(s: Session) -> tuple[str, str, str, str | None, list[tuple[str, str, AgentTarget]]]:
         v = find_volume(s, volume)
         if v.state != VolumeState.READY.value:
-            raise Conflict(f"volume {v.name} is {v.state}", field="volume")
+            # a volume left creating/deleting by an engine that stopped mid-task (its task was failed at the next
+            # start) can be deleted; one whose task still runs cannot
+            running = s.scalar(select(Task.id).where(
+                Task.object_id == v.id, Task.state.in_([TaskState.PENDING.value, TaskState.RUNNING.value])).limit(1))
+            if running is not None:
+                raise Conflict(f"volume {v.name} is {v.state} (task {running})", field="volume")
         users = _users(s, v)
         if users:
             raise Conflict(f"volume {v.name} is used by VM {', '.join(users)}", field="volume", vms=users)
