@@ -507,8 +507,10 @@ def test_xen_hvm_stop_ends_down_and_cdroms_work(engine: Engine, xen_backend: Bac
         assert engine.call("GET", f"/vms/{vm_id}")["state"] == "down"
         assert "device_model_lost" not in _events_of(engine, vm_id)
         assert "crashed" not in _events_of(engine, vm_id)
-        if round_ == 0:  # inserted while down: in the drive at the next start
-            engine.call("PATCH", f"/vms/{vm_id}/devices/{cd_id}", json={"media": media})
+        if round_ == 0:  # inserted while down (the engine changes a stopped VM's spec): in the drive at next start
+            stopped = engine.call("GET", f"/vms/{vm_id}")["spec"]
+            stopped["disks"][2]["source"] = media
+            engine.call("PUT", f"/vms/{vm_id}", json=stopped)
     engine.call("DELETE", f"/vms/{vm_id}", expect=204)
 
 
