@@ -61,7 +61,7 @@ def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: boo
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         verify = agent_verify if agent_verify is not None else (pki.client_ssl_context() if pki else True)
         agents = AgentClient(verify=verify)
-        mon = Monitor(db, agents, tasks.busy_vms, monitor)
+        mon = Monitor(db, agents, tasks.busy_vms, monitor, released=tasks.released)
         ctx = EngineContext(db=db, agents=agents, tasks=tasks, monitor=mon, scheduler=Scheduler(agents.plan),
                             tokens=TokenChecker(db), auth=auth, pki=pki)
         app.state.corral = ctx

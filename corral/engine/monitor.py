@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.engine import storage
-from corral.engine.agent_client import AgentClient, AgentError, AgentTarget, AgentUnreachable
+from corral.engine.agent_client import AgentClient, AgentError, AgentTarget, AgentUnreachable, VmBrief
 from corral.engine.db.models import Host, HostState, Severity, utcnow
 from corral.engine.db.session import Database
 from corral.engine.events import event_row, record_many
@@ -159,6 +159,7 @@ class HostWatcher:
     async def _poll(self, wake: bool) -> bool:
         settings, agents = self.monitor.settings, self.monitor.agents
         n, self._n = self._n, self._n + 1
+        observed = time.monotonic()
         try:
             items = await agents.list_vm_states(self.target, timeout=settings.poll_deadline)
         except AgentUnreachable as exc:
@@ -179,7 +180,8 @@ class HostWatcher:
         snapshot = {str(i.id): (i.state, i.reason) for i in items}
         full = n % max(1, settings.full_every) == 0
         if full or snapshot != self._last:
-            self.monitor.submit(HostReport(self.host_id, [i.as_dict() for i in items], True), wake=wake)
+            self.monitor.note_memory(items)
+            self.monitor.submit(HostReport(self.host_id, [i.as_dict() for i in items], True, observed), wake=wake)
             if full:
                 self.monitor.touch(self.host_id)
         if full:
@@ -284,8 +286,10 @@ class Monitor:
     """Owns the watchers and the batched writer."""
 
     def __init__(self, db: Database, agents: AgentClient, busy: set[str],
-                 settings: MonitorSettings | None = None) -> None:
+                 settings: MonitorSettings | None = None, released: dict[str, float] | None = None) -> None:
         self.db, self.agents, self.busy = db, agents, busy
+        # VM id -> when its last task ended (``TaskRunner.released``): reports taken before are superseded
+        self.released: dict[str, float] = released if released is not None else {}
         self.settings = settings or MonitorSettings()
         self.watchers: dict[str, HostWatcher] = {}
         # hosts a deploy (corral.engine.deploy) is working on: not watched until it activates them
@@ -293,6 +297,7 @@ class Monitor:
         self._pending = _Pending()
         self._positions: dict[str, tuple[str | None, int]] = {}
         self._seen: set[str] = set()
+        self.live_memory: dict[str, int] = {}  # VM id -> MiB it runs with (note_memory)
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -396,6 +401,15 @@ class Monitor:
             w.state = state
 
     # inputs from watchers
+    def note_memory(self, items: list[VmBrief]) -> None:
+        """The memory each VM runs with, as its host last reported it (the balloon's current size), for the
+        API's ``memory_current_mib``. Kept in memory, not written: it moves with the balloon, and the rows hold
+        what was asked (which placement counts). Taken on full polls and on changes, not on every cycle."""
+        live = self.live_memory
+        for i in items:
+            if isinstance(i.memory_mib, int) and not isinstance(i.memory_mib, bool):
+                live[str(i.id)] = i.memory_mib
+
     def submit(self, report: HostReport, *, wake: bool = True) -> None:
         """A report to write; ``wake=False`` (a cycle's poll): the cycle writes it when all hosts answered."""
         self._pending.reports.append(report)
@@ -441,7 +455,8 @@ class Monitor:
                 w.poll_soon()
         elif kind == "lifecycle" and vm_id:
             self.submit(HostReport(host_id, [{"id": vm_id, "name": ev.get("vm_name"), "state": ev["state"],
-                                              "reason": ev.get("detail") or "", "at": at}], False))
+                                              "reason": ev.get("detail") or "", "at": at}], False,
+                                    time.monotonic()))
         elif kind in EVENT_SEVERITY:
             obj = ("vm", str(vm_id)) if vm_id else ("host", host_id)
             detail = ev.get("detail")
@@ -557,6 +572,27 @@ class Monitor:
         async with self._flushing:
             return await self._flush()
 
+    def _supersede(self, reports: list[HostReport]) -> None:
+        """Mark in each report the VMs whose task ended after the report was taken: the task's answer, written
+        when it ended, is newer than what the report says of them. A poll that had such VMs is followed by a
+        full one (the watcher sends only changes, and the skipped state may be the one that changed). Ends
+        older than any report still to come are forgotten: a poll is answered within ``poll_deadline``."""
+        if not self.released:
+            return
+        for rep in reports:
+            if rep.observed is None:
+                continue
+            gone = frozenset(v for v, t in self.released.items() if t >= rep.observed)
+            if gone:
+                rep.superseded = gone
+                w = self.watchers.get(rep.host_id)
+                if rep.full and w is not None:
+                    w.force_full()
+        horizon = time.monotonic() - 2 * self.settings.poll_deadline - 1.0
+        horizon = min([horizon, *(r.observed for r in self._pending.reports if r.observed is not None)])
+        for v in [v for v, t in self.released.items() if t < horizon]:
+            self.released.pop(v, None)
+
     async def _flush(self) -> Outcome:
         pending, self._pending = self._pending, _Pending()
         positions, self._positions = self._positions, {}
@@ -564,6 +600,7 @@ class Monitor:
         if pending.empty() and not positions and not seen:
             return Outcome()
         busy = set(self.busy)
+        self._supersede(pending.reports)
         now = utcnow()
 
         def write(s: Session) -> Outcome:

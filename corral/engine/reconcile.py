@@ -15,7 +15,12 @@ Rules (state names are the agent's: up, paused, shutting_down, down, crashed, un
   external VM, forgotten.
 - A VM the engine has not seen is recorded; external VMs (``external: true``) as such. A Corral VM the
   database lost (restored backup) is recovered with its spec.
-- VMs held by a running task (``busy``) are left alone: the task owns their state until it ends.
+- VMs held by a running task (``busy``) are left alone: the task owns their state until it ends. So are VMs
+  whose task ended after the report was taken (``HostReport.superseded``): a poll that read the host during a
+  start (the domain not yet, or no longer, defined) or a pause, written after the task's answer, would undo
+  it ('down, no longer on its host' after a start; 'paused' after the resume that followed).
+- A VM ``starting`` belongs to the start task that claimed it, even before the task holds it busy (the claim
+  is written first); an engine restart turns a leftover ``starting`` into down or unknown (``fail_orphans``).
 - The domain whose UUID is all zeros is the host's own control domain (Xen's Domain-0, the same UUID on every
   Xen host): not a VM at all. A full report stores it on its host (``hosts.control_domain``); it never becomes a
   VM row, which would make the Domain-0s of all Xen hosts one VM, and a VM that could be stopped.
@@ -45,11 +50,17 @@ CHUNK = 500
 
 @dataclass
 class HostReport:
-    """VMs one host reported. ``full``: the whole list (a poll); otherwise single events."""
+    """VMs one host reported. ``full``: the whole list (a poll); otherwise single events.
+
+    ``observed``: when the engine asked the agent (a poll) or heard the event (``time.monotonic()``);
+    ``superseded``: VMs whose task ended after that (``Monitor`` fills it as it writes): what the report says
+    of them was seen before the task's answer was written, and is older than it."""
 
     host_id: str
     vms: list[dict[str, Any]]
     full: bool
+    observed: float | None = None
+    superseded: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -157,7 +168,7 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
                     out.control_domains[rep.host_id] = control_domain(info)
                 continue  # not a VM: a row the engine made of it before is dropped below, as gone
             seen.add(vm_id)
-            if vm_id in busy:
+            if vm_id in busy or vm_id in rep.superseded:
                 continue
             state = agent_state(info)
             reason = reason_of(info)
@@ -167,6 +178,8 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
                 # an event that happened before the row's last change (a task's answer, a newer event) arrived
                 # late: applying it would undo a newer state (a 'paused' after the resume that ended it)
                 continue
+            if row is not None and row.state == VmState.STARTING.value:
+                continue  # claimed by a start task that is not busy yet: it owns the state
             if row is None:
                 if rep.full:
                     _insert(out, rows, info, rep.host_id, host_clusters, managed_names, state, now)
@@ -183,8 +196,10 @@ def compute(reports: list[HostReport], rows: dict[str, Row], host_clusters: dict
                 change(row, state, None, row.last_host_id or rep.host_id, reason, at)
         if not rep.full:
             continue
-        for row_id in sorted(on_host.get(rep.host_id, set()) - seen - busy):
+        for row_id in sorted(on_host.get(rep.host_id, set()) - seen - busy - rep.superseded):
             row = rows[row_id]
+            if row.state == VmState.STARTING.value:
+                continue
             if row.external:
                 out.deletes.append(row.id)
                 on_host[rep.host_id].discard(row.id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,9 @@ def error_body(exc: BaseException) -> dict[str, Any]:
 class TaskRunner:
     db: Database
     busy_vms: set[str] = field(default_factory=set)
+    # VM id -> when (time.monotonic()) its last task ended: monitoring reports taken before that are older than
+    # the task's answer and are not applied to the VM (``HostReport.superseded``); pruned by the monitor
+    released: dict[str, float] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def fail_orphans(self) -> int:
@@ -127,6 +131,7 @@ class TaskRunner:
             await self._finish(task_id, TaskState.SUCCEEDED, result=result or {})
         finally:
             if busy_vm:
+                self.released[busy_vm] = time.monotonic()
                 self.busy_vms.discard(busy_vm)
 
     async def _set(self, task_id: str, **values: Any) -> None:

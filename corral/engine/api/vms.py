@@ -63,6 +63,7 @@ def _name_taken(s: Session, name: str, but: str | None = None) -> bool:
 _OUT_COLUMNS = (Vm.id, Vm.name, Vm.cluster_id, Vm.external, Vm.state, Vm.state_reason, Vm.host_id,
                 Vm.last_host_id, Vm.memory_mib, Vm.vcpus, Vm.created_at, Vm.state_changed_at)
 _OUT_KEYS = tuple(c.key for c in _OUT_COLUMNS)
+_RUNNING = ("up", "paused", "shutting_down")  # states in which a VM's memory is in use on its host
 
 
 def _json(data: Any) -> Response:
@@ -94,7 +95,11 @@ def list_vms(ctx: Ctx, limit: Limit = 100, after: After = None, state: str | Non
         more = len(rows) > limit
         items = [{**dict(zip(_OUT_KEYS, r, strict=False)), "host_name": r[-1]} for r in rows[:limit]]
         return {"items": items, "next": items[-1]["id"] if more and items else None}
-    return _json(ctx.db.read(q))
+    page = ctx.db.read(q)
+    live = ctx.monitor.live_memory
+    for item in page["items"]:
+        item["memory_current_mib"] = live.get(item["id"]) if item["state"] in _RUNNING else None
+    return _json(page)
 
 
 @router.post("", status_code=201, response_model=VmDetail)
@@ -154,7 +159,8 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
 
 @router.delete("/{vm}", status_code=204, response_class=Response)
 async def delete_vm(ctx: Ctx, vm: str, force: bool = False) -> Response:
-    """Delete a VM that is down, undefining it on the host that still has it (``force``: even if unreachable)."""
+    """Delete a VM that is down, undefining it on the host that still has it (``force``: even if unreachable);
+    refused (409) while a task holds the VM, rather than leaving a domain behind on a host."""
     def q(s: Session) -> tuple[str, str, AgentTarget | None]:
         row = find_vm(s, vm)
         if row.state not in EDITABLE:
@@ -162,7 +168,10 @@ async def delete_vm(ctx: Ctx, vm: str, force: bool = False) -> Response:
         h = s.get(Host, row.last_host_id) if row.last_host_id else None
         return row.id, row.name, AgentTarget(h.agent_url, h.agent_token) if h else None
     vm_id, name, target = await ctx.db.run(q)
-    if target is not None and vm_id not in ctx.tasks.busy_vms:
+    if vm_id in ctx.tasks.busy_vms:
+        # the task may be defining it on a host right now: dropping the row would leave that domain behind
+        raise Conflict(f"a task is running on VM {name}; delete it when the task has ended", code="busy")
+    if target is not None:
         try:
             await ctx.agents.delete_vm(target, vm_id)
         except AgentUnreachable as exc:
@@ -200,7 +209,8 @@ async def show_vm(ctx: Ctx, vm: str) -> Response:
             row = s.connection().execute(query.where(Vm.id == found.id)).one()
         out = dict(zip(_DETAIL_KEYS, row, strict=False))
         h = row[len(_DETAIL_KEYS):]
-        out.update(host_name=None, host=None, devices=None, devices_source="spec", live=None)
+        out.update(host_name=None, host=None, devices=None, devices_source="spec", live=None,
+                   memory_current_mib=None)
         if h[0] is not None and out["host_id"]:
             out["host"] = {"id": h[0], "name": h[1], "state": h[2]}
             out["host_name"] = h[1]
@@ -214,6 +224,8 @@ async def show_vm(ctx: Ctx, vm: str) -> Response:
         out["devices"] = info.pop("devices", None)
         out["devices_source"] = "live" if out["devices"] is not None else "spec"
         out["live"] = info
+        if out["state"] in _RUNNING and isinstance(info.get("memory_mib"), int):
+            out["memory_current_mib"] = info["memory_mib"]
     return _json(redact.vm_answer(out))
 
 
