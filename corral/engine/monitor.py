@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.engine import storage
-from corral.engine.agent_client import AgentClient, AgentError, AgentTarget, AgentUnreachable
+from corral.engine.agent_client import AgentClient, AgentError, AgentTarget, AgentUnreachable, VmBrief
 from corral.engine.db.models import Host, HostState, Severity, utcnow
 from corral.engine.db.session import Database
 from corral.engine.events import event_row, record_many
@@ -180,6 +180,7 @@ class HostWatcher:
         snapshot = {str(i.id): (i.state, i.reason) for i in items}
         full = n % max(1, settings.full_every) == 0
         if full or snapshot != self._last:
+            self.monitor.note_memory(items)
             self.monitor.submit(HostReport(self.host_id, [i.as_dict() for i in items], True, observed), wake=wake)
             if full:
                 self.monitor.touch(self.host_id)
@@ -296,6 +297,7 @@ class Monitor:
         self._pending = _Pending()
         self._positions: dict[str, tuple[str | None, int]] = {}
         self._seen: set[str] = set()
+        self.live_memory: dict[str, int] = {}  # VM id -> MiB it runs with (note_memory)
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -399,6 +401,15 @@ class Monitor:
             w.state = state
 
     # inputs from watchers
+    def note_memory(self, items: list[VmBrief]) -> None:
+        """The memory each VM runs with, as its host last reported it (the balloon's current size), for the
+        API's ``memory_current_mib``. Kept in memory, not written: it moves with the balloon, and the rows hold
+        what was asked (which placement counts). Taken on full polls and on changes, not on every cycle."""
+        live = self.live_memory
+        for i in items:
+            if isinstance(i.memory_mib, int) and not isinstance(i.memory_mib, bool):
+                live[str(i.id)] = i.memory_mib
+
     def submit(self, report: HostReport, *, wake: bool = True) -> None:
         """A report to write; ``wake=False`` (a cycle's poll): the cycle writes it when all hosts answered."""
         self._pending.reports.append(report)

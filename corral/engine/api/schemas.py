@@ -127,6 +127,7 @@ class VmOut(Out):
     last_host_id: str | None
     host_name: str | None = None
     memory_mib: int
+    memory_current_mib: int | None = None  # what it runs with now (the balloon), when it runs
     vcpus: int
     created_at: datetime
     state_changed_at: datetime

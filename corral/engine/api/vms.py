@@ -63,6 +63,7 @@ def _name_taken(s: Session, name: str, but: str | None = None) -> bool:
 _OUT_COLUMNS = (Vm.id, Vm.name, Vm.cluster_id, Vm.external, Vm.state, Vm.state_reason, Vm.host_id,
                 Vm.last_host_id, Vm.memory_mib, Vm.vcpus, Vm.created_at, Vm.state_changed_at)
 _OUT_KEYS = tuple(c.key for c in _OUT_COLUMNS)
+_RUNNING = ("up", "paused", "shutting_down")  # states in which a VM's memory is in use on its host
 
 
 def _json(data: Any) -> Response:
@@ -94,7 +95,11 @@ def list_vms(ctx: Ctx, limit: Limit = 100, after: After = None, state: str | Non
         more = len(rows) > limit
         items = [{**dict(zip(_OUT_KEYS, r, strict=False)), "host_name": r[-1]} for r in rows[:limit]]
         return {"items": items, "next": items[-1]["id"] if more and items else None}
-    return _json(ctx.db.read(q))
+    page = ctx.db.read(q)
+    live = ctx.monitor.live_memory
+    for item in page["items"]:
+        item["memory_current_mib"] = live.get(item["id"]) if item["state"] in _RUNNING else None
+    return _json(page)
 
 
 @router.post("", status_code=201, response_model=VmDetail)
@@ -204,7 +209,8 @@ async def show_vm(ctx: Ctx, vm: str) -> Response:
             row = s.connection().execute(query.where(Vm.id == found.id)).one()
         out = dict(zip(_DETAIL_KEYS, row, strict=False))
         h = row[len(_DETAIL_KEYS):]
-        out.update(host_name=None, host=None, devices=None, devices_source="spec", live=None)
+        out.update(host_name=None, host=None, devices=None, devices_source="spec", live=None,
+                   memory_current_mib=None)
         if h[0] is not None and out["host_id"]:
             out["host"] = {"id": h[0], "name": h[1], "state": h[2]}
             out["host_name"] = h[1]
@@ -218,6 +224,8 @@ async def show_vm(ctx: Ctx, vm: str) -> Response:
         out["devices"] = info.pop("devices", None)
         out["devices_source"] = "live" if out["devices"] is not None else "spec"
         out["live"] = info
+        if out["state"] in _RUNNING and isinstance(info.get("memory_mib"), int):
+            out["memory_current_mib"] = info["memory_mib"]
     return _json(redact.vm_answer(out))
 
 
