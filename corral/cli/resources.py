@@ -336,7 +336,8 @@ def vm_list(state: str = typer.Option(None), host: str = typer.Option(None), nam
     if host:
         host = api.resolve("hosts", host)["id"]
     data = api.get("/vms", state=state, host=host, name=name, cluster=cluster, limit=limit, after=after)
-    _page(data, ["id", "name", "state", "host_name", "memory_mib", "memory_current_mib", "vcpus", "external"], "VMs", output)
+    _page(data, ["id", "name", "state", "host_name", "memory_mib", "memory_current_mib", "vcpus", "external"],
+          "VMs", output)
 
 
 @vm_app.command("show")
