@@ -196,13 +196,34 @@ class CpuSpec(_Model):
         return self
 
 
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # the engine's volume and storage domain names
+MAX_VOLUME_BYTES = 1 << 50  # 1 PiB
+
+
 class DiskSpec(_Device):
+    """A disk is one of: ``source``, a path on the host (what the agent always receives); ``volume``, a volume
+    of the engine by name (``storage`` says which domain when the name is not unique); ``size_bytes``, a new
+    volume the engine makes for the VM (in ``storage``, or the cluster's only domain), which it stores as a
+    ``volume`` reference at once. The engine turns references into paths before a spec reaches a host."""
+
     device: DiskDevice = DiskDevice.DISK
     source_type: DiskSource = DiskSource.FILE
-    source: str | None = Field(default=None, description="absolute path; None only for an empty CD-ROM")
+    source: str | None = Field(default=None, description="absolute path; None only for an empty CD-ROM, or "
+                                                         "when the disk names a volume or a size")
+    volume: str | None = Field(default=None, description="a volume of the engine (name or id)")
+    size_bytes: int | None = Field(default=None, ge=1, le=MAX_VOLUME_BYTES,
+                                   description="a new volume of this size, made by the engine for this VM")
+    storage: str | None = Field(default=None, description="the storage domain of the volume (name or id)")
     format: DiskFormat = DiskFormat.RAW
     bus: DiskBus = DiskBus.AUTO
     readonly: bool = False
+
+    @field_validator("volume", "storage")
+    @classmethod
+    def _volume_name(cls, value: str | None) -> str | None:
+        if value is not None and not VOLUME_NAME_RE.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
 
     @field_validator("source")
     @classmethod
@@ -217,8 +238,16 @@ class DiskSpec(_Device):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.source is None and self.device is not DiskDevice.CDROM:
-            raise FieldError("source", f"a {self.device.value} needs a source; only a CD-ROM may be empty")
+        given = [f for f in ("source", "volume", "size_bytes") if getattr(self, f) is not None]
+        if len(given) > 1:
+            raise FieldError(given[1], f"give one of source, volume or size_bytes, not {' and '.join(given)}")
+        if self.storage is not None and self.volume is None and self.size_bytes is None:
+            raise FieldError("storage", "storage goes with volume or size_bytes")
+        if self.size_bytes is not None and self.device is not DiskDevice.DISK:
+            raise FieldError("size_bytes", f"a new empty volume is for a disk, not a {self.device.value}")
+        if not given and self.device is not DiskDevice.CDROM:
+            raise FieldError("source", f"a {self.device.value} needs a source, a volume or a size_bytes; "
+                                       "only a CD-ROM may be empty")
         if self.device is DiskDevice.CDROM and not self.readonly:
             object.__setattr__(self, "readonly", True)
         return self

@@ -3,7 +3,9 @@
 Filters first, collecting every reason a host fails (an operator wants all of them): host up, cluster flavor
 policy, the hypervisor the VM requires (``VmSpec.hypervisor``), free memory (host memory minus reserve minus the
 memory of the VMs that occupy it), vCPUs, CPU compatibility (required features; skipped when the host reports no
-flags), bridges present. One function (``_reasons``) decides them for every host, in production and in tests.
+flags), bridges present, storage (every storage domain the VM's disks need active on the host; a local volume
+that exists only on its host: ``StorageNeed``). One function (``_reasons``) decides them for every host, in
+production and in tests.
 
 The hosts that survive are asked whether their flavor can run the spec: the agent's plan, with no ``refused``
 decision. A plan depends on a few facts of the host, not on the host itself (``PlanHost``: flavor, accel,
@@ -14,11 +16,12 @@ which guest type the host runs the VM as, which fixes the memory the VM takes at
 Then the ranking (``_rank``): fidelity first (the guest type kept, then the fewest translated decisions), load
 second (free memory, then fewest running VMs).
 
-The database is read with two queries whatever the number of hosts: the cluster's hosts (only the columns
-placement needs), and one GROUP BY for the memory and VM count they carry. ``Scheduler.candidates`` reads
-them at most every ``ttl`` seconds per cluster and counts in the placements it made since (``claim``, until
-the start's task ends: ``release``), so a burst of starts costs one read, not one per start. The decision
-recorded on the VM keeps the reasons of every rejected host and the scores of the best ``TOP_SCORES``.
+The database is read with three queries whatever the number of hosts: the cluster's hosts (only the columns
+placement needs), one GROUP BY for the memory and VM count they carry, and their storage domain rows.
+``Scheduler.candidates`` reads them at most every ``ttl`` seconds per cluster and counts in the placements it
+made since (``claim``, until the start's task ends: ``release``), so a burst of starts costs one read, not one
+per start. The decision recorded on the VM keeps the reasons of every rejected host and the scores of the best
+``TOP_SCORES``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,16 @@ from corral.domain.flavors import UnknownFlavor, get_flavor
 from corral.domain.flavors.base import Flavor
 from corral.domain.spec import CpuMode, FeaturePolicy, GuestType, NicSource, VmSpec
 from corral.engine.agent_client import AgentError, AgentTarget
-from corral.engine.db.models import RUNNING_STATES, Cluster, Host, HostState, Vm, utcnow
+from corral.engine.db.models import (
+    RUNNING_STATES,
+    Cluster,
+    DomainHostState,
+    Host,
+    HostState,
+    StorageDomainHost,
+    Vm,
+    utcnow,
+)
 from corral.engine.db.session import Database
 
 TOP_SCORES = 20
@@ -110,6 +122,8 @@ class Candidate:
     emulated: bool = False
     committed_mib: int = 0
     running_vms: int = 0
+    # storage domain id -> (state, reason, free bytes): the host's storage_domain_hosts rows
+    storage: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
 
     @property
     def free_mib(self) -> int:
@@ -166,6 +180,38 @@ def spec_hash(spec: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class StorageNeed:
+    """A storage domain a VM's disks need (``corral.engine.vmvolumes.needs``). ``host_id``: a local domain's
+    volume that exists already lives on that host only ("" when its host was removed); ``new_bytes``: what the
+    VM's volumes still to be made take there, checked against the free space where it is all allocated at once
+    (``preallocated``: an LVM volume group)."""
+
+    domain_id: str
+    domain: str
+    host_id: str | None = None
+    host: str | None = None
+    volume: str | None = None
+    new_bytes: int = 0
+    preallocated: bool = False
+
+
+def _storage_reasons(needs: tuple[StorageNeed, ...], c: Candidate) -> list[str]:
+    reasons: list[str] = []
+    for n in needs:
+        if n.host_id is not None and n.host_id != c.id:
+            where = f"lives on host {n.host}" if n.host else "has no host any more (its host was removed)"
+            reasons.append(f"volume {n.volume} {where}")
+            continue
+        state, why, free = c.storage.get(n.domain_id, (DomainHostState.INACTIVE.value, "not realised here yet", None))
+        if state != DomainHostState.ACTIVE.value:
+            reasons.append(f"storage domain {n.domain} not active here ({state}: {why or 'no reason given'})")
+        elif n.preallocated and free is not None and n.new_bytes > free:
+            reasons.append(f"storage domain {n.domain} has {free} bytes free here, the VM's new volumes need "
+                           f"{n.new_bytes}")
+    return reasons
+
+
+@dataclass(frozen=True)
 class _Needs:
     """What a spec asks of every host, worked out once per placement rather than once per host."""
 
@@ -174,15 +220,16 @@ class _Needs:
     features: tuple[str, ...]
     bridges: frozenset[str]
     hypervisor: str
+    storage: tuple[StorageNeed, ...] = ()
 
     @classmethod
-    def of(cls, spec: VmSpec) -> _Needs:
+    def of(cls, spec: VmSpec, storage: tuple[StorageNeed, ...] = ()) -> _Needs:
         features: tuple[str, ...] = ()
         if spec.cpu is not None and spec.cpu.mode is CpuMode.CUSTOM:
             features = tuple(f.name for f in spec.cpu.features if f.policy is FeaturePolicy.REQUIRE)
         return cls(spec.memory_mib, spec.vcpus, features,
                    frozenset(n.source for n in spec.nics if n.source_type is NicSource.BRIDGE),
-                   spec.hypervisor.value)
+                   spec.hypervisor.value, storage)
 
 
 def _reasons(needs: _Needs, c: Candidate, flavor_policy: str) -> list[str]:
@@ -208,6 +255,8 @@ def _reasons(needs: _Needs, c: Candidate, flavor_policy: str) -> list[str]:
     if needs.bridges and not needs.bridges.issubset(c.bridges):
         wanted = sorted(needs.bridges.difference(c.bridges))
         reasons.append(f"missing bridge(s): {', '.join(wanted)}")
+    if needs.storage:
+        reasons += _storage_reasons(needs.storage, c)
     return reasons
 
 
@@ -281,7 +330,7 @@ def _committed(flavor_name: str | None, accel: str | None, sums: list[tuple[str 
 
 
 def load_candidates(s: Session, cluster_id: str) -> tuple[str, list[Candidate]]:
-    """The cluster's flavor policy and its hosts with their load: two queries."""
+    """The cluster's flavor policy and its hosts with their load: three queries (hosts, load, storage rows)."""
     policy = s.scalar(select(Cluster.flavor_policy).where(Cluster.id == cluster_id)) or "any"
     # columns, not Host objects: the whole capability document (``info``) is not decoded for every host
     info = Host.info
@@ -300,6 +349,13 @@ def load_candidates(s: Session, cluster_id: str) -> tuple[str, list[Candidate]]:
         .where(Host.cluster_id == cluster_id, Vm.state.in_([st.value for st in RUNNING_STATES]))
         .group_by(Vm.host_id, guest_type)
     ).all()
+    # the storage domains of the cluster's hosts as each saw them (no rows: a cluster without storage domains)
+    storage: dict[str, dict[str, tuple[str, str, int | None]]] = {}
+    for hid, domain_id, st, reason, free in s.execute(
+            select(StorageDomainHost.host_id, StorageDomainHost.domain_id, StorageDomainHost.state,
+                   StorageDomainHost.reason, StorageDomainHost.free_bytes)
+            .join(Host, Host.id == StorageDomainHost.host_id).where(Host.cluster_id == cluster_id)):
+        storage.setdefault(hid, {})[domain_id] = (st, reason or "", free)
     per_host: dict[str, tuple[list[tuple[str | None, int, int]], int]] = {}
     for hid, gt, mem, maximum, n in load:
         sums, count = per_host.get(hid, ([], 0))
@@ -314,7 +370,7 @@ def load_candidates(s: Session, cluster_id: str) -> tuple[str, list[Candidate]]:
             emulated=bool(emulated), libvirt_version=libvirt_version, hypervisor_version=hypervisor_version,
             cpu_count=cpu_count, cpu_flags=list(cpu_flags or []), memory_mib=memory_mib,
             reserved_memory_mib=reserved, bridges=list(bridges or []), target=AgentTarget(url, token),
-            committed_mib=_committed(flavor, accel, sums), running_vms=n))
+            committed_mib=_committed(flavor, accel, sums), running_vms=n, storage=storage.get(host_id, {})))
     return policy, out
 
 
@@ -383,10 +439,11 @@ class Scheduler:
         return last
 
     async def place(self, spec: VmSpec, candidates: list[Candidate], *, flavor_policy: str = "any",
-                    only_host: str | None = None) -> Placement:
+                    only_host: str | None = None, storage: tuple[StorageNeed, ...] = ()) -> Placement:
+        """``storage``: the domains the VM's disks need (``corral.engine.vmvolumes.needs``)."""
         rejected: dict[str, dict[str, Any]] = {}
         survivors: list[Candidate] = []
-        needs = _Needs.of(spec)
+        needs = _Needs.of(spec, storage)
         for c in candidates:
             if only_host is not None and c.id != only_host:
                 continue

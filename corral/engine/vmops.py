@@ -6,7 +6,8 @@ starting the same VM cannot both win; the loser gets 409 before any task exists.
 agent answers, its VmInfo sets the state.
 
 Start = schedule (or check the requested host), record the placement, undefine the VM on a former host,
-define it with ``start=true`` on the chosen one (replacing a definition left there by an earlier run).
+make the VM's pending volumes on the chosen one (``corral.engine.vmvolumes``), define it there with
+``start=true`` with its disks' paths (replacing a definition left there by an earlier run).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import parse_spec
-from corral.engine import macs
+from corral.engine import macs, vmvolumes
 from corral.engine.agent_client import AgentError, AgentTarget
 from corral.engine.context import EngineContext
 from corral.engine.db.models import Host, Severity, Task, Vm, VmState, utcnow
@@ -114,8 +115,13 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         if any(not n.get("mac") for n in spec_json.get("nics") or []):  # stored before the engine chose MACs
             spec_json = await macs.run(ctx.db, lambda s: macs.fill_before_start(s, vm_id))
         spec = parse_spec(spec_json)
+        volumes: list[vmvolumes.DiskVolume] = []
+        if any(d.volume is not None for d in spec.disks):
+            volumes = await ctx.db.run_read(lambda s: vmvolumes.resolve(s, cluster_id, spec))
         policy, candidates = await ctx.scheduler.candidates(ctx.db, cluster_id)
-        placement = await ctx.scheduler.place(spec, candidates, flavor_policy=policy, only_host=only)
+        placement = await ctx.scheduler.place(vmvolumes.for_host(spec, volumes, pending_too=False), candidates,
+                                              flavor_policy=policy, only_host=only,
+                                              storage=vmvolumes.needs(volumes))
         if placement.host_id is not None:  # at once, before another start places against the same figures
             ctx.scheduler.claim(cluster_id, vm_id, placement.host_id, placement.memory_mib)
         decision = placement.as_dict()
@@ -139,6 +145,10 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         target, host_name = chosen
         if old is not None:
             await _undefine(ctx, old[0], vm_id)
+        if any(v.pending for v in volumes):
+            await task.progress(f"creating the VM's volumes on {host_name}")
+            volumes = await vmvolumes.make_pending(ctx.db, ctx.agents, target, host_id, host_name, volumes)
+        spec = vmvolumes.for_host(spec, volumes)
         try:
             info = await ctx.agents.create_vm(target, spec.model_dump(mode="json"), start=True)
         except AgentError as exc:

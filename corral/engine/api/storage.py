@@ -474,7 +474,8 @@ def _users(s: Session, v: Volume) -> list[str]:
         for vm_name, spec in s.execute(select(Vm.name, Vm.spec).where(
                 Vm.cluster_id == cluster_id, Vm.external.is_(False), Vm.spec.is_not(None))):
             disks = (spec or {}).get("disks") or []
-            if any(isinstance(x, dict) and x.get("source") == v.path for x in disks) and vm_name not in names:
+            if any(isinstance(x, dict) and (x.get("source") == v.path or x.get("volume") in (v.name, v.id))
+                   for x in disks) and vm_name not in names:
                 names.append(vm_name)
     return names
 

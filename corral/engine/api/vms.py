@@ -10,7 +10,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import SpecError, VmSpec, parse_spec
-from corral.engine import macs, vmops
+from corral.engine import macs, vmops, vmvolumes
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.api import redact
 from corral.engine.api.clusters import default_cluster
@@ -114,10 +114,12 @@ def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] 
         if _name_taken(s, parsed.name):
             raise Conflict(f"VM {parsed.name!r} exists", field="name")
         full = macs.choose(s, parsed.id, parsed)  # every NIC with its MAC, none used by another VM
+        full, volumes = vmvolumes.attach(s, parsed.id, parsed.name, c.id, full)  # size_bytes disks: new volumes
         vm = Vm(id=parsed.id, name=parsed.name, cluster_id=c.id, external=False,
                 spec=full.model_dump(mode="json"), memory_mib=parsed.memory_mib, vcpus=parsed.vcpus,
                 state=VmState.DOWN.value, state_reason="")
         s.add(vm)
+        s.add_all(volumes)
         s.flush()  # the row first: its MACs refer to it
         macs.take(s, vm.id, full)
         record(s, "vm_created", f"VM {vm.name} created", object_type="vm", object_id=vm.id)
@@ -149,6 +151,8 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
         # a NIC sent without its MAC keeps the one it has
         had = {n.get("id"): n.get("mac") for n in (row.spec or {}).get("nics") or [] if n.get("mac")}
         parsed = macs.hold(s, row.id, parsed, prefer=had)
+        parsed, volumes = vmvolumes.attach(s, row.id, parsed.name, row.cluster_id, parsed)
+        s.add_all(volumes)
         row.name, row.spec = parsed.name, parsed.model_dump(mode="json")
         row.memory_mib, row.vcpus = parsed.memory_mib, parsed.vcpus
         s.flush()
@@ -158,9 +162,10 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
 
 
 @router.delete("/{vm}", status_code=204, response_class=Response)
-async def delete_vm(ctx: Ctx, vm: str, force: bool = False) -> Response:
+async def delete_vm(ctx: Ctx, vm: str, force: bool = False, keep_volumes: bool = False) -> Response:
     """Delete a VM that is down, undefining it on the host that still has it (``force``: even if unreachable);
-    refused (409) while a task holds the VM, rather than leaving a domain behind on a host."""
+    refused (409) while a task holds the VM, rather than leaving a domain behind on a host. The volumes made for
+    it (``size_bytes`` disks) are deleted with it unless ``keep_volumes``."""
     def q(s: Session) -> tuple[str, str, AgentTarget | None]:
         row = find_vm(s, vm)
         if row.state not in EDITABLE:
@@ -182,12 +187,15 @@ async def delete_vm(ctx: Ctx, vm: str, force: bool = False) -> Response:
             if exc.status != 404:
                 raise Conflict(f"the host refused to undefine {name}: {exc.message}", code=exc.code) from None
 
+    own = await ctx.db.run_read(lambda s: vmvolumes.own(s, vm_id))  # its volumes go with it (unless kept)
+
     def drop(s: Session) -> None:
         row = s.get(Vm, vm_id)
         if row is not None:
             s.delete(row)
             record(s, "vm_deleted", f"VM {name} deleted", object_type="vm", object_id=vm_id)
     await ctx.db.run(drop)
+    await vmvolumes.delete_own(ctx.db, ctx.agents, name, own, keep=keep_volumes)
     return Response(status_code=204)
 
 

@@ -294,6 +294,7 @@ class DomainHostState(StrEnum):
 
 
 class VolumeState(StrEnum):
+    PENDING = "pending"  # recorded for a VM's disk (``size_bytes``), made on a host when the VM is first placed
     CREATING = "creating"
     READY = "ready"
     DELETING = "deleting"
