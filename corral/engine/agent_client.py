@@ -86,6 +86,7 @@ _BRIEF = msgspec.json.Decoder(_VmBriefList)
 
 HEADERS = {"User-Agent": "corral-engine"}
 EVENT_PAGE = 1000  # the most events the agent answers to one ``GET /v1/events?wait=0``
+UPLOAD_READ = 600.0  # an upload's longest silence: the agent finishing libvirt's stream after the last byte
 KEEPALIVE_SECONDS = 60.0  # shorter than the agents' own keep-alive, so a reused connection is rarely closed
 
 
@@ -274,6 +275,48 @@ class AgentClient:
         """409 when a domain defined on the host uses it (the agent names it)."""
         await self.request(t, "DELETE", f"/v1/storage/pools/{_seg(pool)}/volumes/{_seg(volume)}",
                            timeout=120.0)
+
+    async def get_volume(self, t: AgentTarget, pool: str, volume: str) -> dict[str, Any]:
+        return dict(await self.request(t, "GET", f"/v1/storage/pools/{_seg(pool)}/volumes/{_seg(volume)}"))
+
+    async def upload_volume(self, t: AgentTarget, pool: str, volume: str, body: AsyncIterator[bytes], length: int,
+                            *, fmt: str | None = None) -> dict[str, Any]:
+        """Stream ``length`` bytes from ``body`` into a volume (created raw when missing): the agent's ``Volume``
+        with ``sha256`` of what it received. Nothing is held whole: each chunk goes on as it comes. Whatever
+        ends it early (``body`` raising, a short body, the agent failing) leaves no volume on the host (the
+        agent deletes it); ``body``'s own exception is raised again as it was."""
+        url = target_url(t, f"/v1/storage/pools/{_seg(pool)}/volumes/{_seg(volume)}/content")
+        headers = {**t.headers(), "Content-Length": str(length), "Content-Type": "application/octet-stream"}
+        failed: list[BaseException] = []
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in body:
+                    yield chunk
+            except BaseException as exc:  # kept: aiohttp reports it as a broken request
+                failed.append(exc)
+                raise
+
+        # no total timeout (a large image takes as long as it takes); a silent agent is still noticed
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.connect, sock_read=UPLOAD_READ)
+        try:
+            async with self._aio().put(url, data=chunks(), headers=headers, params={"format": fmt} if fmt else None,
+                                       timeout=timeout) as aresp:
+                status, content = aresp.status, await aresp.read()
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+            if failed:
+                raise failed[0] from None
+            raise AgentUnreachable(f"{t.url}: upload: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        except BaseException:
+            if failed:
+                raise failed[0] from None
+            raise
+        if status >= 400:
+            raise _error_from(status, content)
+        try:
+            return dict(_JSON.decode(content))
+        except (msgspec.DecodeError, TypeError, ValueError) as exc:
+            raise AgentUnreachable(f"{t.url}: upload: answer is not JSON") from exc
 
     # Events
     async def events_poll(self, t: AgentTarget, after: int) -> dict[str, Any]:

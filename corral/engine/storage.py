@@ -290,3 +290,33 @@ def host_view(row_state: str | None, row_reason: str | None, host_state: str) ->
     if row_state is None:
         return DomainHostState.INACTIVE.value, "not realised on this host yet"
     return row_state, row_reason or ""
+
+
+# --- images ------------------------------------------------------------------------------------------------
+
+# An ISO 9660 image has its first volume descriptor at sector 16 (byte 32768): a type byte, then "CD001".
+ISO_MAGIC = b"CD001"
+ISO_MAGIC_OFFSET = 32769
+ISO_HEAD = ISO_MAGIC_OFFSET + len(ISO_MAGIC)
+
+
+def is_iso(head: bytes) -> bool:
+    """Are these first bytes of a file an ISO 9660 image? Probed from the bytes, never from the name."""
+    return head[ISO_MAGIC_OFFSET:ISO_HEAD] == ISO_MAGIC
+
+
+class HeadSniffer:
+    """Keeps the first ``ISO_HEAD`` bytes of a stream passing through (the rest is not held), and counts it."""
+
+    def __init__(self) -> None:
+        self._head = bytearray()
+        self.count = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if len(self._head) < ISO_HEAD:
+            self._head += chunk[:ISO_HEAD - len(self._head)]
+        self.count += len(chunk)
+
+    @property
+    def head(self) -> bytes:
+        return bytes(self._head)

@@ -359,3 +359,23 @@ class Volume(Base):
     vm_id: Mapped[str | None] = mapped_column(ForeignKey("vms.id", ondelete="SET NULL"), default=None)
     state: Mapped[str] = mapped_column(String(16), default=VolumeState.CREATING.value)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImageKind(StrEnum):
+    IMAGE = "image"
+    ISO = "iso"
+
+
+class Image(Base):
+    """A volume that was uploaded as an image (migration 0007): ``kind`` is ``iso`` when its bytes are an ISO
+    9660 image (offered as CD-ROM media), else ``image`` (a disk image to attach or clone). The volume row keeps
+    name, domain, host, probed format and path; deleting the volume deletes this row (``ON DELETE CASCADE``)."""
+
+    __tablename__ = "images"
+    __table_args__ = (Index(None, "kind"),)
+
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)
