@@ -11,6 +11,7 @@ import typer
 from corral.cli.client import ApiClient, save_login
 from corral.cli.common import fail, load_data
 from corral.cli.output import Output, Record, Rows, Text, current_output, outcome_style, output_option, show
+from corral.cli.storage import parse_size
 
 OutputOpt = output_option()
 
@@ -256,15 +257,34 @@ def host_remove(host: str, output: Output = OutputOpt) -> None:
     show({"id": h["id"], "name": h["name"], "removed": True}, output, Text(f"host {h['name']} removed"))
 
 
+_DISK_OPTS = ("format", "bus", "readonly", "source_type", "storage")
+
+
 def _disk(value: str, device: str = "disk") -> dict[str, Any]:
-    path, *opts = value.split(",")
-    disk: dict[str, Any] = {"source": path, "device": device}
+    """``PATH[,opts]`` or ``path=PATH[,opts]`` (a path on the host), ``size=10G[,opts]`` (a new volume the engine
+    makes for the VM, in ``storage=S`` or the cluster's only storage domain), ``volume=NAME[,opts]`` (a volume
+    of the engine)."""
+    first, *opts = value.split(",")
+    key, eq, val = first.partition("=")
+    disk: dict[str, Any] = {"device": device}
+    if not eq:
+        disk["source"] = first
+    elif key == "path":
+        disk["source"] = val
+    elif key == "size":
+        disk["size_bytes"] = parse_size(val, "--disk size=")
+    elif key == "volume":
+        disk["volume"] = val
+    else:
+        opts.insert(0, first)
     for opt in opts:
         key, _, val = opt.partition("=")
-        if key not in ("format", "bus", "readonly", "source_type"):
-            fail(f"--disk {value}: unknown option {key!r} (format, bus, readonly, source_type)")
+        if key not in _DISK_OPTS:
+            fail(f"--disk {value}: unknown option {key!r} ({', '.join(_DISK_OPTS)})")
         disk[key] = val if key != "readonly" else val in ("1", "yes", "true", "on")
-    if path.startswith("/dev/") and "source_type" not in disk:
+    if not {"source", "size_bytes", "volume"} & set(disk):
+        fail(f"--disk {value}: give a PATH, size=SIZE (a new volume) or volume=NAME")
+    if str(disk.get("source", "")).startswith("/dev/") and "source_type" not in disk:
         disk["source_type"] = "block"
     return disk
 
@@ -291,7 +311,8 @@ def vm_create(
     memory: int = typer.Option(512, "--memory", help="MiB"),
     vcpus: int = typer.Option(1, "--vcpus"),
     guest_type: str = typer.Option(None, "--guest-type", help="hvm, pv or pvh"),
-    disk: list[str] = typer.Option(None, "--disk", help="PATH[,format=qcow2][,bus=virtio]"),
+    disk: list[str] = typer.Option(None, "--disk", help="size=10G[,format=qcow2][,storage=S][,bus=virtio] (a new "
+                                   "volume), volume=NAME (an existing one) or PATH[,format=qcow2] (a host path)"),
     nic: list[str] = typer.Option(None, "--nic", help="bridge=BR[,model=virtio] or network=NET"),
     cdrom: str = typer.Option(None, "--cdrom", help="ISO path, or 'empty'"),
     kernel: str = typer.Option(None, "--kernel"),
