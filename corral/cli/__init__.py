@@ -1,13 +1,13 @@
 """The ``corral`` command: one typer app, one module per command group.
 
 ``launch`` holds every command that starts a process (engine, agent, simulator, all-in-one); the others talk to
-the engine's REST API only (``resources``, ``storage``) or work offline (``xml``)."""
+the engine's REST API only (``resources``, ``storage``, ``images``) or work offline (``xml``)."""
 
 from __future__ import annotations
 
 import typer
 
-from corral.cli import launch, resources, storage
+from corral.cli import images, launch, resources, storage
 from corral.cli import xml as xml_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Corral: Xen and KVM hosts through libvirt.")
@@ -15,6 +15,7 @@ app.add_typer(xml_cli.app, name="xml")
 app.add_typer(launch.agent_app, name="agent")
 resources.register(app)
 storage.register(app)
+images.register(app)
 app.add_typer(launch.engine_app, name="engine")
 app.command("all-in-one")(launch.all_in_one)
 app.command("simulate")(launch.simulate)

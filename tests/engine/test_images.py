@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,19 +216,16 @@ class LabAgent(AgentProc):
         raise RuntimeError("the lab agent did not answer")
 
 
-@pytest.fixture
-def lab_engine(engine: Engine, tmp_path: Path) -> Iterator[tuple[Engine, str, Path, LabAgent]]:
-    """The engine with one host on the lab's libvirtd and a dir domain ``ct-*`` in tmp_path; the pool is
-    undefined afterwards (libvirtd is shared by all tests)."""
+@contextmanager
+def lab_agent(tmp_path: Path, pool: str) -> Iterator[LabAgent]:
+    """An agent on the lab's libvirtd, with an empty bridge (no uplink) for the KVM host's hardware check; the
+    bridge and the pool ``pool`` (if made) are removed afterwards: libvirtd is shared by all tests."""
     lab = qemu_lab()
     if lab is None:
         unavailable(f"QEMU lab unavailable: {lab_unavailable_reason()}")
     import libvirt
 
     agent = LabAgent("lab-host", "", [], tmp_path / "agent", uri=lab.uri)
-    pool = f"ct-{uuid.uuid4().hex[:8]}"
-    where = tmp_path / "images"
-    # a KVM host's hardware check wants a bridge: an empty one, no uplink, removed afterwards
     bridge = "ctimg" + uuid.uuid4().hex[:4]
     ip = shutil.which("ip") or "/sbin/ip"
     made = subprocess.run([ip, "link", "add", "name", bridge, "type", "bridge"], capture_output=True, check=False)
@@ -235,16 +233,7 @@ def lab_engine(engine: Engine, tmp_path: Path) -> Iterator[tuple[Engine, str, Pa
         unavailable(f"cannot create a bridge: {made.stderr.decode().strip()}")
     try:
         agent.start()
-    except BaseException:
-        subprocess.run([ip, "link", "del", bridge], check=False)
-        raise
-    try:
-        engine.add_host("lab-host", agent)
-        host = engine.call("GET", "/hosts/lab-host", 200)
-        assert host["state"] == "up", (host["state"], host.get("reason"), host.get("check"))
-        d = engine.call("POST", "/storage-domains", 201, json={"name": pool, "type": "dir", "path": str(where)})
-        assert [h["state"] for h in d["hosts"]] == ["active"], d["hosts"]
-        yield engine, pool, where, agent
+        yield agent
     finally:
         agent.stop()
         subprocess.run([ip, "link", "del", bridge], check=False)
@@ -258,6 +247,23 @@ def lab_engine(engine: Engine, tmp_path: Path) -> Iterator[tuple[Engine, str, Pa
             pass
         finally:
             conn.close()
+
+
+def lab_host_and_domain(engine: Engine, agent: LabAgent, pool: str, where: Path) -> None:
+    engine.add_host("lab-host", agent)
+    host = engine.call("GET", "/hosts/lab-host", 200)
+    assert host["state"] == "up", (host["state"], host.get("reason"), host.get("check"))
+    d = engine.call("POST", "/storage-domains", 201, json={"name": pool, "type": "dir", "path": str(where)})
+    assert [h["state"] for h in d["hosts"]] == ["active"], d["hosts"]
+
+
+@pytest.fixture
+def lab_engine(engine: Engine, tmp_path: Path) -> Iterator[tuple[Engine, str, Path, LabAgent]]:
+    """The engine with one host on the lab's libvirtd and a dir domain ``ct-*`` in tmp_path."""
+    pool, where = f"ct-{uuid.uuid4().hex[:8]}", tmp_path / "images"
+    with lab_agent(tmp_path, pool) as agent:
+        lab_host_and_domain(engine, agent, pool, where)
+        yield engine, pool, where, agent
 
 
 @pytest.mark.qemulab
