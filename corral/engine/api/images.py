@@ -50,6 +50,7 @@ router = APIRouter(prefix="/images", tags=["storage"], responses=ERRORS)
 
 _NAME = re.compile(storage_api.NAME)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+PASS_ON = 1 << 20  # bytes of the body sent on to the agent at once (held in memory: at most about this much)
 
 
 class ImageOut(BaseModel):
@@ -233,10 +234,20 @@ async def upload_image(ctx: Ctx, request: Request, name: str, domain: str | None
     sniffer = storage.HeadSniffer()
 
     async def body() -> AsyncIterator[bytes]:
+        # the server hands the body over in pieces of a few KiB: sent on in slices of about PASS_ON bytes, so
+        # the cost per piece (a write to the agent's connection) is paid a few times per MiB, not hundreds
+        batch: list[bytes] = []
+        size = 0
         async for chunk in request.stream():
             if chunk:
                 sniffer.feed(chunk)
-                yield chunk
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= PASS_ON:
+                    yield b"".join(batch)
+                    batch, size = [], 0
+        if batch:
+            yield b"".join(batch)
 
     try:
         made = await ctx.agents.upload_volume(target, pool, name, body(), length)
