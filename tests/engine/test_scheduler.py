@@ -225,7 +225,7 @@ def test_load_candidates_sums_running_vms(db_url: str, n_hosts: int) -> None:
         event.listen(db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
         policy, cands = asyncio.run(sched.candidates(db, cluster_id))
         assert policy == "any" and len(cands) == n_hosts
-        assert len(statements) == 3  # policy, hosts, one GROUP BY: no query per host
+        assert len(statements) == 4  # policy, hosts, one GROUP BY, storage rows: no query per host
         by = {c.name: c for c in cands}
         # h000 (Xen): 10 running HVM VMs of 100 MiB, two of them (v002, v004) with max 300: they start at max
         assert by["h000"].running_vms == 11 and by["h000"].committed_mib == 8 * 100 + 2 * 300 + 50

@@ -137,7 +137,8 @@ def test_dir_domain_and_volumes_on_real_agents(agents: dict[str, AgentProc], api
         used = refused(api, "DELETE", "/volumes/raw1", None, 409)
         assert used["vms"] == ["db1"] and used["field"] == "volume"
         assert api.get("/volumes", vm=other["id"])["items"][0]["vm"] == "db1"
-        api.call("DELETE", f"/vms/{other['id']}", 204)  # the volume is released, not deleted
+        # kept: the volume is released, not deleted (without keep_volumes a VM's own volumes go with it)
+        api.call("DELETE", f"/vms/{other['id']}", 204, params={"keep_volumes": "true"})
         assert api.get("/volumes/raw1")["vm_id"] is None
     finally:
         db.dispose()
