@@ -430,11 +430,15 @@ def vm_resume(vm: str, wait: bool = WaitOpt, output: Output = OutputOpt) -> None
 
 
 @vm_app.command("delete")
-def vm_delete(vm: str, output: Output = OutputOpt) -> None:
+def vm_delete(vm: str, keep_volumes: bool = typer.Option(False, "--keep-volumes",
+                                                         help="keep the volumes made for the VM (size= disks)"),
+              output: Output = OutputOpt) -> None:
+    """Delete a stopped VM; the volumes made for it go with it unless --keep-volumes."""
     api = ApiClient()
     v = api.resolve("vms", vm)
-    api.request("DELETE", f"/vms/{v['id']}")
-    show({"id": v["id"], "name": v["name"], "deleted": True}, output, Text(f"VM {v['name']} deleted"))
+    api.request("DELETE", f"/vms/{v['id']}", params={"keep_volumes": "true"} if keep_volumes else None)
+    show({"id": v["id"], "name": v["name"], "deleted": True, "kept_volumes": keep_volumes}, output,
+         Text(f"VM {v['name']} deleted" + (" (its volumes kept)" if keep_volumes else "")))
 
 
 @vm_app.command("console")

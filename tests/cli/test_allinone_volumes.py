@@ -37,7 +37,15 @@ def test_vm_with_a_new_disk_works_out_of_the_box(aio: tuple[AllInOne, Cli]) -> N
     cli.json("vm", "stop", "web1")
     assert cli.json("vm", "start", "web1")["host_name"] == started["host_name"]  # where its volume is
     cli.json("vm", "stop", "web1")
-    cli.json("vm", "delete", "web1")
+    kept = cli.json("vm", "delete", "web1", "--keep-volumes")
+    assert kept["kept_volumes"] is True
+    left = cli.json("volume", "list", "--name", "web1-disk0")["items"]
+    assert [(v["state"], v["vm_id"]) for v in left] == [("ready", None)]  # kept, no longer owned
+    again = cli.json("vm", "create", "web2", "--disk", "volume=web1-disk0")
+    cli.json("vm", "delete", "web2")  # attached, not its own: it stays
+    assert [v["name"] for v in cli.json("volume", "list", "--name", "web1-disk0")["items"]] == ["web1-disk0"]
+    assert again["spec"]["disks"][0]["volume"] == "web1-disk0"
+    cli.json("volume", "delete", "web1-disk0")
     assert cli.json("volume", "list", "--name", "web1-disk0")["items"] == []
 
 
