@@ -437,7 +437,8 @@ def vm_delete(vm: str, keep_volumes: bool = typer.Option(False, "--keep-volumes"
     api = ApiClient()
     v = api.resolve("vms", vm)
     api.request("DELETE", f"/vms/{v['id']}", params={"keep_volumes": "true"} if keep_volumes else None)
-    show({"id": v["id"], "name": v["name"], "deleted": True, "kept_volumes": keep_volumes}, output,
+    show({"id": v["id"], "name": v["name"], "deleted": True, **({"kept_volumes": True} if keep_volumes else {})},
+         output,
          Text(f"VM {v['name']} deleted" + (" (its volumes kept)" if keep_volumes else "")))
 
 
