@@ -197,12 +197,12 @@ def test_xen_hvm_live_insert_into_a_drive_that_started_empty_is_refused(xen: Api
     # a domain the agent did not see start (the agent restarted meanwhile): a drive empty now counts as started
     # empty; one with media does not
     assert xen.agent.vms is not None
-    xen.agent.vms.registry.vms[vm_id].started_empty = None
+    xen.agent.vms.registry.started_empty.pop(vm_id)
     assert _reached_libvirt(xen.patch(f"/v1/vms/{vm_id}/devices/{empty_cd}", json={"media": "/isos/b.iso"}))
     xen.post(f"/v1/vms/{vm_id}/destroy", expect=200)
     xen.patch(f"/v1/vms/{vm_id}/devices/{empty_cd}", json={"media": None}, expect=200)
     xen.post(f"/v1/vms/{vm_id}/start", expect=200)
-    xen.agent.vms.registry.vms[vm_id].started_empty = None
+    xen.agent.vms.registry.started_empty.pop(vm_id)
     body = xen.patch(f"/v1/vms/{vm_id}/devices/{empty_cd}", json={"media": "/isos/a.iso"}, expect=409).json()
     assert body["field"] == "media"
 
@@ -213,3 +213,28 @@ def test_kvm_live_insert_into_an_empty_drive_is_not_refused(agent_factory: Calla
                        start=True)["id"]
     cd = api.get(f"/v1/vms/{vm_id}").json()["spec"]["disks"][1]["id"]
     assert _reached_libvirt(api.patch(f"/v1/vms/{vm_id}/devices/{cd}", json={"media": "/isos/a.iso"}))
+
+
+def test_a_vm_defined_during_a_list_cycle_is_not_forgotten(agent_factory: Callable[..., Agent]) -> None:
+    """Seen on the Xen lab: the engine's start re-defined a VM while a stats cycle ran; the cycle, which read the
+    registry after libvirt, took the new VM for one gone from libvirt and dropped it (and with it what the agent
+    knew of its start). The registry is now read first."""
+    api = Api(agent_factory("kvm"))
+    assert api.agent.vms is not None
+    reg = api.agent.vms.registry
+    real = reg.stats.all
+    made: dict[str, str] = {}
+
+    def read_then_define(conn: libvirt.virConnect) -> Any:
+        records = real(conn)
+        if not made:  # defined once libvirt was read, before the cycle looks at what it found
+            made["id"] = api.create(spec(), start=True)["id"]
+        return records
+
+    reg.stats.all = read_then_define  # type: ignore[method-assign]
+    try:
+        reg.list()
+    finally:
+        reg.stats.all = real  # type: ignore[method-assign]
+    assert made["id"] in reg.vms
+    assert made["id"] in reg.started_empty, "what the agent saw at start is gone"

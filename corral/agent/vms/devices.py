@@ -101,7 +101,7 @@ class DeviceChanges:
         rule = self.flavor.rule(Feature.CDROM_INSERT_LIVE, rendered.guest_type)
         if rule.outcome is not Outcome.REFUSED:
             return
-        known = vm.started_empty
+        known = self.registry.started_empty.get(vm.uuid)
         if known is not None and known[0] == dom.ID():
             empty_at_start = disk.id in known[1]
         else:

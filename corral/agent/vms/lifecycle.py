@@ -157,10 +157,10 @@ class Lifecycle:
         if spec is None:
             return warnings
         try:  # which CD-ROMs this domain started without media (X4: a live insert into one is refused)
-            vm.started_empty = (dom.ID(), frozenset(d.id for d in spec.disks
-                                                    if d.device is DiskDevice.CDROM and d.source is None))
+            self.registry.started_empty[vm.uuid] = (
+                dom.ID(), frozenset(d.id for d in spec.disks if d.device is DiskDevice.CDROM and d.source is None))
         except libvirt.libvirtError:
-            vm.started_empty = None
+            self.registry.started_empty.pop(vm.uuid, None)
         if self._balloon_after_start(vm):
             target = spec.memory_mib
             try:

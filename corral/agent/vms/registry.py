@@ -60,8 +60,6 @@ class Vm:
     # the running domain's id and the CPU time it had when read: asked of libvirt again after any lifecycle
     # event, a start by the agent, or CPU time going backwards (a restart whose event was missed)
     domid: tuple[int, int] | None = None
-    # (domain id, CD-ROM ids without media) of the running domain when the agent saw it start; None: not seen
-    started_empty: tuple[int, frozenset[str]] | None = None
     # Made from ``spec`` once per spec object (a spec is replaced, never changed), each tagged with the spec
     # and guest type it was made for.
     answer_cache: AnswerCache | None = field(default=None, repr=False, compare=False)
@@ -158,6 +156,9 @@ class Registry:
         self.bus = bus
         self.stats = stats
         self.vms: dict[str, Vm] = {}
+        # VM id -> (domain id, CD-ROM ids without media) of the domain the agent saw start. Kept here, not on the
+        # Vm: a Vm is made again from libvirt (reconnect, a define racing a list cycle) and must not lose it
+        self.started_empty: dict[str, tuple[int, frozenset[str]]] = {}
         self.lock = threading.RLock()
         self._vm_locks: dict[str, threading.Lock] = {}
 
@@ -235,12 +236,15 @@ class Registry:
     def list(self) -> list[dict[str, Any]]:
         """Every domain with state and stats from one bulk ``getAllDomainStats`` call (where the driver has it).
         The engine polls this for every host: per domain it costs two libvirt getters and one dict."""
+        # The registry is read before libvirt: a VM registered or defined after this snapshot cannot be taken for
+        # one gone from libvirt (a define racing the cycle made the agent forget it and read it back anew).
+        with self.lock:  # one lock for the cycle, not one per VM
+            by_key = {vm.key: vm for vm in self.vms.values()}
+            settled = {vm.uuid for vm in by_key.values() if not vm.defining}
         try:
             records = self.stats.all(self.conn)
         except libvirt.libvirtError as exc:
             raise from_libvirt(exc, "list VMs") from None
-        with self.lock:  # one lock for the cycle, not one per VM
-            by_key = {vm.key: vm for vm in self.vms.values()}
         out = []
         matched = 0
         for dom, stats in records:
@@ -255,6 +259,6 @@ class Registry:
         if matched != len(by_key):  # some the registry held at the start of the cycle are gone from libvirt
             listed = {vm["id"] for vm in out}
             with self.lock:
-                for gone in [vm.uuid for vm in by_key.values() if vm.uuid not in listed and not vm.defining]:
+                for gone in [u for u in settled if u not in listed]:
                     self.vms.pop(gone, None)
         return out
