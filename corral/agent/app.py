@@ -32,7 +32,8 @@ from corral.agent.connection import Unavailable
 from corral.agent.errors import AgentError, Invalid, Unsupported, from_libvirt
 from corral.agent.fastpath import FastPath
 from corral.agent.service import Agent
-from corral.agent.storage import ResizeBody, StorageManager, VolumeBody, check_name, parse, parse_pool
+from corral.agent.storage import StorageManager
+from corral.agent.storage_bodies import ResizeBody, VolumeBody, check_name, parse, parse_pool
 from corral.agent.vms import VmManager
 from corral.domain.spec import SpecError, VmSpec, parse_spec
 
