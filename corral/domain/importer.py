@@ -3,7 +3,7 @@
 Importing is how existing domains come under Corral. Whatever the XML holds that a VmSpec cannot say is
 reported as a warning with its XML path; nothing is dropped silently.
 
-How that is guaranteed rather than hoped for: the importer reads the XML only through ``_Node``, which records
+How that is guaranteed rather than hoped for: the importer reads the XML only through ``Node``, which records
 every element and attribute it reads (``used``: it went into the spec) or recognises as what the host's flavor
 re-creates anyway (``derived``: addresses, aliases, the emulator, default controllers...). After the import, a
 sweep walks the whole document and turns every element or attribute that was neither used, derived nor already
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ from corral.domain.flavors.base import BUS_PREFIX
 from corral.domain.read import read_metadata
 from corral.domain.resolve import AGENT_CHANNEL
 from corral.domain.spec import SpecError, VmSpec
+from corral.domain.xmlledger import ImportWarning, Ledger, Node, elements, join_path, xml_path
 
 _OS_GUEST = {"hvm": "hvm", "linux": "pv", "xen": "pv", "xenpvh": "pvh"}
 _PREFIX_BUS = (("xvd", "xen"), ("vd", "virtio"), ("hd", "ide"), ("sd", "scsi"), ("fd", "fdc"))
@@ -70,15 +70,6 @@ _COMMON_DERIVED = ("address", "alias")  # a device's place on its bus and its na
 
 
 @dataclass
-class ImportWarning:
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-@dataclass
 class ImportResult:
     """The spec, what could not go into it (``warnings``), and the accounting behind that promise.
 
@@ -93,114 +84,11 @@ class ImportResult:
     derived: frozenset[str] = frozenset()
 
 
-def xml_path(elem: etree._Element) -> str:
-    """The path the importer names an element by (``""`` for ``<domain>`` itself)."""
-    parts: list[str] = []
-    node = elem
-    parent = node.getparent()
-    while parent is not None:
-        name = _name(node)
-        same = [c for c in parent if c.tag == node.tag]
-        grand = parent.getparent()
-        if len(same) > 1 or (parent.tag == "devices" and grand is not None and grand.getparent() is None):
-            name += f"[{same.index(node) + 1}]"
-        parts.append(name)
-        node, parent = parent, parent.getparent()
-    return "/".join(reversed(parts))
-
-
-def _name(elem: etree._Element) -> str:
-    qname = etree.QName(elem)
-    return f"{elem.prefix}:{qname.localname}" if elem.prefix else qname.localname
-
-
-def _join(path: str, part: str) -> str:
-    return f"{path}/{part}" if path else part
-
-
-def _elements(elem: etree._Element) -> Iterator[etree._Element]:
-    return (c for c in elem if isinstance(c.tag, str))
-
-
-class _Ledger:
-    """What the import has read, recognised or warned about, by path."""
-
-    def __init__(self) -> None:
-        self.used: set[str] = set()
-        self.derived: set[str] = set()
-        self.warnings: list[ImportWarning] = []
-
-    def warn(self, path: str, message: str) -> None:
-        self.warnings.append(ImportWarning(path, message))
-
-    def covered(self, path: str) -> bool:
-        """True when the path, or an element it lies in, is derived or warned about."""
-        cut = {w.path for w in self.warnings} | self.derived
-        while True:
-            if path in cut:
-                return True
-            if not path:
-                return False
-            path = path.rpartition("/")[0]
-
-
-class _Node:
-    """One element of the imported XML; reading it through these methods records what was read."""
-
-    def __init__(self, ledger: _Ledger, elem: etree._Element, path: str) -> None:
-        self.ledger, self.elem, self.path = ledger, elem, path
-        ledger.used.add(path)
-
-    @property
-    def tag(self) -> str:
-        return str(self.elem.tag)
-
-    def attr(self, name: str, default: str | None = None) -> str | None:
-        value = self.elem.get(name)
-        if value is None:
-            return default
-        self.ledger.used.add(_join(self.path, f"@{name}"))
-        return value
-
-    def text(self) -> str | None:
-        return (self.elem.text or "").strip() or None
-
-    def child(self, tag: str) -> _Node | None:
-        elem = self.elem.find(tag)
-        return None if elem is None else _Node(self.ledger, elem, xml_path(elem))
-
-    def children(self, tag: str) -> list[_Node]:
-        return [_Node(self.ledger, e, xml_path(e)) for e in self.elem.findall(tag)]
-
-    def has(self, tag: str) -> bool:
-        """Whether a child exists, without reading it."""
-        return self.elem.find(tag) is not None
-
-    def peek(self, name: str) -> str | None:
-        """An attribute's value, without counting it as read (to decide how to read the rest)."""
-        return self.elem.get(name)
-
-    def derive(self, *parts: str) -> None:
-        """Children (``tag``) or attributes (``@name``) the host re-creates by itself; ``derive()``: all of it."""
-        if not parts:
-            self.ledger.derived.add(self.path)
-            return
-        for part in parts:
-            if part.startswith("@"):
-                if self.elem.get(part[1:]) is not None:
-                    self.ledger.derived.add(_join(self.path, part))
-            else:
-                self.ledger.derived.update(xml_path(e) for e in self.elem.findall(part))
-
-    def warn(self, message: str, part: str = "") -> None:
-        self.ledger.warn(_join(self.path, part) if part else self.path, message)
-
-
 class _Importer:
     def __init__(self, root: etree._Element) -> None:
-        self.ledger = _Ledger()
+        self.ledger = Ledger()
         self.root_elem = root
-        self.root = _Node(self.ledger, root, "")
+        self.root = Node(self.ledger, root, "")
 
     def run(self) -> ImportResult:
         if self.root_elem.find("metadata") is not None:
@@ -242,11 +130,11 @@ class _Importer:
             return
         for key, value in elem.attrib.items():
             name = str(key)
-            attr = _join(path, f"@{name}")
+            attr = join_path(path, f"@{name}")
             if attr not in ledger.used and not ledger.covered(attr):
                 ledger.warn(attr, f"{name}={value!r} is not represented in a VmSpec and is dropped; the host's "
                                   "default applies")
-        for child in _elements(elem):
+        for child in elements(elem):
             self._sweep(child, xml_path(child))
 
     def _in_document_order(self) -> list[ImportWarning]:
@@ -256,7 +144,7 @@ class _Importer:
                 path = xml_path(elem)
                 order.setdefault(path, len(order))
                 for name in elem.attrib:
-                    order.setdefault(_join(path, f"@{name!s}"), len(order))
+                    order.setdefault(join_path(path, f"@{name!s}"), len(order))
         return sorted(self.ledger.warnings, key=lambda w: order.get(w.path, len(order)))
 
     # -- the domain's own settings ------------------------------------------------------------------------
@@ -357,7 +245,7 @@ class _Importer:
         if args is not None:
             args.warn(f"{args.text() or ''!r} is not represented; Corral runs the bootloader without arguments")
 
-    def _machine(self, typ: _Node) -> None:
+    def _machine(self, typ: Node) -> None:
         arch = typ.peek("arch")
         if arch in (None, "x86_64"):
             typ.derive("@arch")
@@ -407,8 +295,8 @@ class _Importer:
     def _top_level(self) -> None:
         feats = self.root.child("features")
         if feats is not None:
-            for elem in _elements(feats.elem):
-                node = _Node(self.ledger, elem, xml_path(elem))
+            for elem in elements(feats.elem):
+                node = Node(self.ledger, elem, xml_path(elem))
                 if node.tag in _DEFAULT_FEATURES:
                     if not node.elem.attrib and not len(node.elem):
                         node.derive()  # anything inside (apic's eoi...) is swept up as a warning
@@ -435,13 +323,13 @@ class _Importer:
         disks: list[dict[str, Any]] = []
         nics: list[dict[str, Any]] = []
         consoles: list[dict[str, Any]] = []
-        videos: list[_Node] = []
+        videos: list[Node] = []
         devices = self.root.child("devices")
-        elems = list(_elements(devices.elem)) if devices is not None else []
+        elems = list(elements(devices.elem)) if devices is not None else []
         has_serial = any(e.tag == "serial" for e in elems)
         slots: dict[str, int] = {}
         for elem in elems:
-            dev = _Node(self.ledger, elem, xml_path(elem))
+            dev = Node(self.ledger, elem, xml_path(elem))
             dev.derive(*_COMMON_DERIVED)
             tag = dev.tag
             if tag == "disk":
@@ -484,7 +372,7 @@ class _Importer:
             data["balloon"] = None
         data["disks"], data["nics"], data["consoles"] = disks, nics, consoles
 
-    def _disk(self, dev: _Node, slots: dict[str, int]) -> dict[str, Any] | None:
+    def _disk(self, dev: Node, slots: dict[str, int]) -> dict[str, Any] | None:
         kind, device = dev.attr("type", "file") or "file", dev.attr("device", "disk") or "disk"
         if kind not in ("file", "block"):
             found = dev.elem.find("source")
@@ -529,7 +417,7 @@ class _Importer:
         return {"device": device, "source_type": kind, "source": path, "format": fmt, "bus": bus,
                 "readonly": dev.child("readonly") is not None}
 
-    def _disk_bus(self, target: _Node | None, target_dev: str, device: str) -> str:
+    def _disk_bus(self, target: Node | None, target_dev: str, device: str) -> str:
         bus = target.attr("bus") if target is not None else None
         if bus is None:
             bus = next((b for p, b in _PREFIX_BUS if target_dev.startswith(p)), "auto")
@@ -540,7 +428,7 @@ class _Importer:
             return "auto"
         return bus
 
-    def _slot(self, target: _Node, target_dev: str, bus: str, device: str, slots: dict[str, int]) -> None:
+    def _slot(self, target: Node, target_dev: str, bus: str, device: str, slots: dict[str, int]) -> None:
         """Corral names a bus's disks in order (vda, vdb...); a disk elsewhere on its bus changes slot."""
         prefix = BUS_PREFIX.get("fdc" if device == "floppy" else bus)
         if prefix is None:  # 'auto': the flavor picks the bus; count it under the name it had
@@ -552,7 +440,7 @@ class _Importer:
             target.warn(f"slot {target_dev!r} is not represented; Corral names the disks of a bus in order, so "
                         f"this {device} becomes {becomes!r}", "@dev")
 
-    def _nic(self, dev: _Node) -> dict[str, Any] | None:
+    def _nic(self, dev: Node) -> dict[str, Any] | None:
         kind = dev.attr("type", "bridge")
         source = dev.child("source") if dev.has("source") else None
         name = None
@@ -594,7 +482,7 @@ class _Importer:
                 "link": (link.attr("state") if link is not None else None) or "up",
                 "filter": filt.attr("filter") if filt is not None else None}
 
-    def _graphics(self, dev: _Node, data: dict[str, Any]) -> None:
+    def _graphics(self, dev: Node, data: dict[str, Any]) -> None:
         kind = dev.attr("type", "vnc")
         if kind not in ("vnc", "spice"):
             dev.warn(f"graphics type {kind!r} is not represented; the VM gets no display")
@@ -627,7 +515,7 @@ class _Importer:
         if dev.peek("tlsPort") is not None:
             dev.warn(_GRAPHICS_PARTS["@tlsPort"], "@tlsPort")
 
-    def _videos(self, videos: list[_Node], data: dict[str, Any]) -> None:
+    def _videos(self, videos: list[Node], data: dict[str, Any]) -> None:
         """The flavor renders the video device of the graphics type; a different model is reported."""
         gfx = data.get("graphics")
         for i, dev in enumerate(videos):
@@ -647,7 +535,7 @@ class _Importer:
                     dev.warn(f"video model {model!r} is not represented; the flavor renders "
                              f"{' or '.join(sorted(map(repr, rendered)))} for {gfx['type']} graphics")
 
-    def _controller(self, dev: _Node) -> None:
+    def _controller(self, dev: Node) -> None:
         kind, model = dev.peek("type") or "", dev.peek("model")
         if kind == "usb" and model is not None and model not in _DEFAULT_USB:
             dev.warn(f"USB controller model {model!r} is not represented; the hypervisor's default USB controller "
@@ -657,7 +545,7 @@ class _Importer:
         else:
             dev.warn(f"controller {kind!r} is not represented; the VM will not have it")
 
-    def _char(self, dev: _Node, data: dict[str, Any], consoles: list[dict[str, Any]], has_serial: bool) -> None:
+    def _char(self, dev: Node, data: dict[str, Any], consoles: list[dict[str, Any]], has_serial: bool) -> None:
         tag = dev.tag
         target = dev.child("target") if dev.has("target") else None
         if tag == "channel":
