@@ -171,7 +171,7 @@ def _sim_token(token: str | None, token_file: Path | None, seed: int) -> str:
         except OSError as exc:
             fail(f"token file {token_file}: {exc.strerror}")
     if token is None:
-        from corral.simulate.sim import derive_token
+        from corral.simulate.simvm import derive_token
 
         return derive_token(seed)
     if len(token) < 16 or any(c.isspace() for c in token):
@@ -203,8 +203,9 @@ def simulate(
     """
     import asyncio
 
+    from corral.simulate.fleet import Simulator
     from corral.simulate.runner import base_url, bind, loop_factory, raise_fd_limit, serve
-    from corral.simulate.sim import Simulator, SimulatorSettings
+    from corral.simulate.simvm import SimulatorSettings
 
     address, port = listen_address(listen, any_port=True)
     if seed is None:

@@ -35,6 +35,8 @@ What the simulation does not reproduce of a real agent:
 """
 
 from corral.simulate.app import create_simulator_app
-from corral.simulate.sim import SimHost, Simulator, SimulatorSettings, SimVm
+from corral.simulate.fleet import Simulator
+from corral.simulate.sim import SimHost
+from corral.simulate.simvm import SimulatorSettings, SimVm
 
 __all__ = ["SimHost", "SimVm", "Simulator", "SimulatorSettings", "create_simulator_app"]

@@ -27,7 +27,8 @@ from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.errors import Invalid
 from corral.agent.events import EventBus
 from corral.domain.spec import VmSpec, parse_spec
-from corral.simulate.sim import SimHost, Simulator
+from corral.simulate.fleet import Simulator
+from corral.simulate.sim import SimHost
 
 HOST_KEY = "corral.simulate.host"
 KEEPALIVE_SECONDS = 15.0

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable
 
 from corral.simulate.app import create_simulator_app
-from corral.simulate.sim import Simulator
+from corral.simulate.fleet import Simulator
 
 BACKLOG = 4096
 KEEP_ALIVE = 75

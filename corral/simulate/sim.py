@@ -19,13 +19,11 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import random
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.agent.bodies import device_change, hotplugged, unplugged, with_memory, with_vcpus
 from corral.agent.errors import Conflict, LibvirtFailed, NotFound, Refused, TimedOut
@@ -44,140 +42,42 @@ from corral.domain.spec import (
     LifecycleAction,
     VmSpec,
 )
+
+if TYPE_CHECKING:  # the fleet makes its hosts; a host only refers back to it
+    from corral.simulate.fleet import Simulator
+from corral.simulate.simvm import (
+    _STATS_FORMATS,
+    BLOCKED,
+    NOSTATE,
+    PAUSED,
+    PAUSED_IOERROR,
+    PAUSED_USER,
+    RUNNING,
+    RUNNING_BOOTED,
+    RUNNING_UNPAUSED,
+    SHUTDOWN,
+    SHUTDOWN_USER,
+    SHUTOFF,
+    SHUTOFF_CRASHED,
+    SHUTOFF_DESTROYED,
+    SHUTOFF_SHUTDOWN,
+    STOPPED_CRASHED,
+    STOPPED_DESTROYED,
+    STOPPED_SHUTDOWN,
+    SUSPENDED_IOERROR,
+    SUSPENDED_PAUSED,
+    VIR_ERR_INTERNAL_ERROR,
+    Raw,
+    SimVm,
+    _stats_format,
+)
 from corral.simulate.templates import (
     CONSOLE_DAEMON_DIR,
-    KINDS,
-    PROFILES,
-    TEMPLATE_WEIGHTS,
-    TEMPLATES,
     TOOLS,
     HostProfile,
     compact,
     render_options,
 )
-
-# libvirt's domain states and the reasons the simulation uses (values of libvirt's constants)
-NOSTATE, RUNNING, BLOCKED, PAUSED, SHUTDOWN, SHUTOFF, CRASHED = range(7)
-RUNNING_BOOTED, RUNNING_UNPAUSED = 1, 5
-PAUSED_USER, PAUSED_IOERROR = 1, 5
-SHUTOFF_UNKNOWN, SHUTOFF_SHUTDOWN, SHUTOFF_DESTROYED, SHUTOFF_CRASHED = 0, 1, 2, 3
-SHUTDOWN_USER = 1
-# lifecycle event details (libvirt's VIR_DOMAIN_EVENT_*_*)
-STOPPED_SHUTDOWN, STOPPED_DESTROYED, STOPPED_CRASHED = 0, 1, 2
-SUSPENDED_PAUSED, SUSPENDED_IOERROR = 0, 2
-VIR_ERR_INTERNAL_ERROR = 1
-
-# ``SimulatorSettings.xen_ratio`` is the share of hosts of the first flavor; the rest have the second
-RATIO_FLAVOR, OTHER_FLAVOR = "xen", "kvm"
-
-# whether generated VMs keep their spec JSON once rendered (~1 KB each: 50 MB for 50,000 VMs, for half the CPU
-# time of a ``GET /v1/vms``); one switch for the process, set by the Simulator from its settings
-CACHE_SPECS = [True]
-
-
-@dataclass
-class SimulatorSettings:
-    hosts: int = 10
-    vms_per_host: int = 20
-    seed: int = 0
-    xen_ratio: float = 0.5
-    token: str = ""
-    event_rate: float = 1.0  # random pauses and crashes per second, over the whole simulator
-    running_ratio: float = 0.85  # generated VMs that run at start
-    crash_share: float = 0.1  # of random disturbances, the share that crashes a VM (the rest pause it)
-    resume_after: tuple[float, float] = (2.0, 30.0)  # a randomly paused VM resumes after this many seconds
-    shutdown_seconds: tuple[float, float] = (0.05, 0.5)  # how long a guest takes to shut down
-    cache_specs: bool = True  # keep each generated VM's spec JSON once rendered (faster lists, ~1 KB per VM)
-
-
-def derive_token(seed: int) -> str:
-    return hashlib.sha256(f"corral-simulate-token:{seed}".encode()).hexdigest()[:32]
-
-
-class SimVm:
-    """One domain. ``tmpl`` >= 0: a generated VM whose spec is that template (``spec_json`` caches it once
-    rendered, unless ``SimulatorSettings.cache_specs`` is off); -1: its spec changed, ``spec_json`` holds it."""
-
-    __slots__ = ("cpu_ns", "devices_cache", "domain_id", "fault", "gt", "max_mem", "max_vcpus", "mem", "name",
-                 "reason", "resume_timer", "run_since", "shutdown_timer", "spec_json", "state", "tmpl", "util",
-                 "uuid", "vcpus")
-
-    def __init__(self, uuid: str, name: str, tmpl: int, spec_json: str | None, gt: str, mem: int, max_mem: int,
-                 vcpus: int, max_vcpus: int, util: int) -> None:
-        self.uuid = uuid
-        self.name = name
-        self.tmpl = tmpl
-        self.spec_json = spec_json
-        self.gt = gt  # the guest type the flavor resolved (the agent's ``Vm.guest_type``)
-        self.mem = mem
-        self.max_mem = max_mem
-        self.vcpus = vcpus
-        self.max_vcpus = max_vcpus
-        self.util = util  # percent of its vCPUs the guest keeps busy
-        self.state = SHUTOFF
-        self.reason = SHUTOFF_UNKNOWN
-        self.domain_id: int | None = None
-        self.cpu_ns = 0
-        self.run_since = 0.0  # monotonic time since which CPU time accrues; 0: none
-        self.fault: str | None = None
-        self.resume_timer: asyncio.TimerHandle | None = None
-        self.shutdown_timer: asyncio.TimerHandle | None = None
-        # the devices' JSON as last read back, and what it depends on (spec, guest type, domain id, running)
-        self.devices_cache: tuple[tuple[Any, ...], str] | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.state not in (SHUTOFF, NOSTATE)
-
-    @property
-    def spec_text(self) -> str:
-        """The spec as JSON; a generated VM's is rendered from its template the first time it is asked for."""
-        if self.spec_json is not None:
-            return self.spec_json
-        text = TEMPLATES[self.tmpl].render(self.uuid, self.name, self.mem, self.vcpus)
-        if CACHE_SPECS[0]:
-            self.spec_json = text
-        return text
-
-    def spec(self) -> VmSpec:
-        return VmSpec.model_validate_json(self.spec_text)
-
-    def cpu_time(self, now: float) -> int:
-        if not self.run_since:
-            return self.cpu_ns
-        return self.cpu_ns + int((now - self.run_since) * self.vcpus * self.util * 10_000_000)
-
-    def accrue(self, now: float) -> None:
-        self.cpu_ns = self.cpu_time(now)
-        self.run_since = 0.0
-
-
-_STATS_FORMATS: dict[tuple[bool, bool, int], str] = {}
-
-
-def _stats_format(detailed: bool, active: bool, vcpus: int) -> str:
-    """The stats object's inside with numbered holes, per (driver's detail, active, vCPUs): built once, then
-    formatted."""
-    key = (detailed, active, vcpus)
-    fmt = _STATS_FORMATS.get(key)
-    if fmt is None:
-        names = ["balloon_current", "balloon_maximum", "vcpu_current", "vcpu_maximum"]
-        if active:
-            names = ["cpu_time", *(["cpu_user", "cpu_system"] if detailed else []), "balloon_current",
-                     "balloon_maximum", *(["balloon_rss"] if detailed else []), "vcpu_current", "vcpu_maximum"]
-            for i in range(vcpus):
-                names += [f"vcpu_{i}_state", f"vcpu_{i}_time", *([f"vcpu_{i}_wait"] if detailed else [])]
-        fmt = _STATS_FORMATS[key] = ",".join(f'"{n}":{{{j}}}' for j, n in enumerate(names))
-    return fmt
-
-
-class Raw:
-    """JSON text to put in an answer as it is."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
 
 
 class SimHost:
@@ -722,106 +622,3 @@ class SimHost:
         text = (f"[    0.000000] Linux version 6.1.0-sim (corral simulate) #1 SMP\n"
                 f"[    1.204511] Run /sbin/init as init process\n\n{vm.name} login: ").encode()
         return {"path": path, "log": text[-tail:].decode(errors="replace")}
-
-
-class Simulator:
-    """N hosts, their VMs, and the random disturbances (pauses that resume later, rare crashes)."""
-
-    def __init__(self, settings: SimulatorSettings) -> None:
-        self.settings = settings
-        CACHE_SPECS[0] = settings.cache_specs
-        self.token = settings.token or derive_token(settings.seed)
-        self.rng = random.Random(f"corral-simulate:{settings.seed}:events")
-        self.hosts: list[SimHost] = [self._make_host(n) for n in range(1, settings.hosts + 1)]
-
-    def host(self, n: int) -> SimHost | None:
-        return self.hosts[n - 1] if 1 <= n <= len(self.hosts) else None
-
-    def flavor_of(self, n: int) -> str:
-        """The flavor of host ``n``: the ratio's flavor (``xen_ratio``) spread evenly, exactly round-down(n *
-        ratio) of the first n hosts, the other flavor for the rest."""
-        ratio = min(1.0, max(0.0, self.settings.xen_ratio))
-        return RATIO_FLAVOR if int(n * ratio + 1e-9) != int((n - 1) * ratio + 1e-9) else OTHER_FLAVOR
-
-    def flavor_counts(self) -> dict[str, int]:
-        """How many hosts of each flavor, by flavor name (every flavor the simulation has, even at zero)."""
-        counts = dict.fromkeys(KINDS, 0)
-        for host in self.hosts:
-            counts[host.flavor_name] += 1
-        return counts
-
-    def _make_host(self, n: int) -> SimHost:
-        rng = random.Random(f"corral-simulate:{self.settings.seed}:host:{n}")
-        profile = PROFILES[(self.flavor_of(n), rng.choice(("intel", "amd")))]
-        host = SimHost(self, n, profile, rng.choice((32, 48, 64, 96)),
-                       rng.choice((256, 384, 512, 768)) * 1024)
-        indexes, weights = TEMPLATE_WEIGHTS[profile.flavor.name]
-        now = time.monotonic()
-        width = len(str(self.settings.vms_per_host))
-        for m in range(1, self.settings.vms_per_host + 1):
-            vm_id = str(uuidlib.UUID(int=rng.getrandbits(128), version=4))
-            tmpl = TEMPLATES[rng.choices(indexes, weights)[0]]
-            mem = rng.choice((512, 1024, 2048, 2048, 4096, 8192))
-            vcpus = rng.choice((1, 2, 2, 4))
-            vm = SimVm(vm_id, f"sim{n}-vm{m:0{width}d}", tmpl.index, None, tmpl.guest_type, mem, mem, vcpus,
-                       vcpus, rng.randint(2, 60))
-            if rng.random() < self.settings.running_ratio and host.free_memory_mib() >= mem:
-                host.start_domain(vm, now - rng.uniform(600, 30 * 86400))
-            elif rng.random() < 0.5:
-                vm.reason = SHUTOFF_SHUTDOWN
-            host.add(vm)
-        # what the agent publishes once it has read its domains back (``VmManager.recover``)
-        running = sum(1 for vm in host.vms.values() if vm.active)
-        host.bus.publish("agent", None, None, "recovered", managed=len(host.vms), external=0, running=running)
-        return host
-
-    def vm_count(self) -> int:
-        return sum(len(h.vms) for h in self.hosts)
-
-    # ---- random disturbances ------------------------------------------------------------------------------
-
-    def disturb(self) -> bool:
-        """One random change on a random running VM: a pause (resumed a little later) or, rarely, a crash."""
-        if not self.hosts:
-            return False
-        for _ in range(8):
-            host = self.rng.choice(self.hosts)
-            if not host.vms or host.busy:
-                continue
-            vm = list(host.vms.values())[self.rng.randrange(len(host.vms))]
-            if vm.state != RUNNING or vm.shutdown_timer is not None:
-                continue
-            if self.rng.random() < self.settings.crash_share:
-                host.crash(vm)
-            else:
-                host.pause_domain(vm, PAUSED_IOERROR)
-                delay = self.rng.uniform(*self.settings.resume_after)
-                vm.resume_timer = asyncio.get_running_loop().call_later(delay, self._resume, host, vm)
-            return True
-        return False
-
-    @staticmethod
-    def _resume(host: SimHost, vm: SimVm) -> None:
-        vm.resume_timer = None
-        if host.vms.get(vm.uuid) is vm and vm.state == PAUSED:
-            host.resume_domain(vm)
-
-    async def run_disturbances(self, clock: Callable[[], float] = time.monotonic) -> None:
-        """Poisson arrivals at ``event_rate`` per second until cancelled."""
-        rate = self.settings.event_rate
-        if rate <= 0:
-            return
-        due = clock() + self.rng.expovariate(rate)
-        while True:
-            now = clock()
-            while due <= now:
-                self.disturb()
-                due += self.rng.expovariate(rate)
-            await asyncio.sleep(min(1.0, max(0.01, due - clock())))
-
-    def urls(self, base: str) -> Iterator[str]:
-        for host in self.hosts:
-            yield f"{base}/hosts/{host.n}"
-
-
-__all__ = ["SimHost", "SimVm", "Simulator", "SimulatorSettings", "derive_token"]

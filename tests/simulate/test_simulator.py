@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from corral.domain.resolve import resolve
 from corral.domain.spec import VmSpec
 from corral.simulate import Simulator, SimulatorSettings
-from corral.simulate.sim import PAUSED, RUNNING, SHUTOFF, derive_token
+from corral.simulate.simvm import PAUSED, RUNNING, SHUTOFF, derive_token
 from tests.simulate.conftest import KVM_HOST, XEN_HOST, fresh_name, vm_spec
 
 
