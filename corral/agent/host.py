@@ -25,7 +25,7 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from corral.domain.flavors import get_flavor, hostcheck
+from corral.domain.flavors import SOFTWARE_ACCEL, get_flavor, hostcheck
 from corral.domain.flavors.base import Flavor
 from corral.domain.flavors.hostcheck import HostCheckReport, HostFacts, KvmDevice, LibvirtAnswer, Setting
 from corral.domain.matrix import flavor_matrix
@@ -119,7 +119,7 @@ def detect(conn: libvirt.virConnect, probe: HostProbe, emulate: str | None = Non
         # /dev/kvm can exist and open while KVM still cannot run guests (nested setups): libvirt's own
         # capabilities say whether it offers kvm domains.
         offered = b"domain type='kvm'" in conn.getCapabilities().encode()
-        kvm = present and offered and accel != "tcg"
+        kvm = present and offered and accel != SOFTWARE_ACCEL
         if accel != "auto":
             evidence.append({"source": "agent setting accel", "value": accel})
         evidence.append({"source": "/dev/kvm", "value": "usable" if present else "absent or not accessible"})

@@ -21,6 +21,7 @@ from corral.agent.identity import host_uuid
 from corral.agent.netlink import LinkControl
 from corral.agent.vms import VmManager, state_name
 from corral.agent.watchdog import DeviceModelWatchdog
+from corral.domain.flavors import ACCELS, FLAVOR_NAMES, SOFTWARE_ACCEL
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,10 @@ class Agent:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.connection.open()
         conn = self.connection.conn
-        if self.settings.emulate and self.settings.emulate not in ("xen", "kvm"):
-            raise ValueError(f"--emulate: expected xen or kvm, got {self.settings.emulate!r}")
-        if self.settings.accel not in ("auto", "kvm", "tcg"):
-            raise ValueError(f"accel: expected auto, kvm or tcg, got {self.settings.accel!r}")
+        if self.settings.emulate and self.settings.emulate not in FLAVOR_NAMES:
+            raise ValueError(f"--emulate: expected one of {', '.join(FLAVOR_NAMES)}, got {self.settings.emulate!r}")
+        if self.settings.accel not in ("auto", *ACCELS):
+            raise ValueError(f"accel: expected auto or one of {', '.join(ACCELS)}, got {self.settings.accel!r}")
         self.detection = detect(conn, self.probe, self.settings.emulate, self.settings.accel)
         self.host_uuid = host_uuid(conn, self.settings.state_dir, self.detection.emulated)
         if self.settings.libvirt.startswith("test:"):
@@ -262,7 +263,7 @@ class Agent:
     def host(self) -> dict[str, Any]:
         assert self.detection is not None
         return capabilities(self.connection.conn, self.detection, self.probe, self.settings.bridges,
-                            self.settings.allow_tcg or self.settings.accel == "tcg", self.host_uuid)
+                            self.settings.allow_tcg or self.settings.accel == SOFTWARE_ACCEL, self.host_uuid)
 
     def host_stats(self) -> dict[str, Any]:
         conn = self.connection.conn

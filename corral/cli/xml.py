@@ -10,7 +10,7 @@ import typer
 from corral.cli.common import fail, load_data, read_text
 from corral.cli.output import Output, Rows, outcome_style, output_option, show
 from corral.domain.config import XmlError
-from corral.domain.flavors import UnknownFlavor, get_flavor
+from corral.domain.flavors import ACCELS, UnknownFlavor, get_flavor
 from corral.domain.flavors.base import Flavor
 from corral.domain.importer import import_domain
 from corral.domain.matrix import matrix_json, matrix_markdown
@@ -34,8 +34,8 @@ def _load_spec(path: Path) -> VmSpec:
 
 
 def _flavor(name: str, accel: str) -> Flavor:
-    if accel not in ("kvm", "tcg"):
-        fail(f"--accel: expected kvm or tcg, got {accel!r}")
+    if accel not in ACCELS:
+        fail(f"--accel: expected one of {', '.join(ACCELS)}, got {accel!r}")
     try:
         return get_flavor(name, accel=accel)
     except UnknownFlavor as exc:

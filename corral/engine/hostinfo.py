@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral.domain.flavors import FLAVOR_NAMES
 from corral.engine.db.models import HostState
 
 
@@ -37,7 +38,7 @@ def evaluate(info: dict[str, Any]) -> tuple[HostState, str]:
         failed = [f"{i.get('name')}: {i.get('detail')}" for i in check.get("items") or [] if not i.get("ok")]
         reason = "; ".join(failed) or "hardware check failed"
         return HostState.NON_OPERATIONAL, reason
-    if info.get("flavor") not in ("kvm", "xen"):
+    if info.get("flavor") not in FLAVOR_NAMES:
         return HostState.NON_OPERATIONAL, f"agent reports no known flavor ({info.get('flavor')!r})"
     return HostState.UP, ""
 

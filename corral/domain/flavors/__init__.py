@@ -26,10 +26,15 @@ def all_flavors() -> list[Flavor]:
     return [KVM, KVM_TCG, XEN]
 
 
+# the accelerations a QEMU host can be told to use, and the one without /dev/kvm: names come from the flavors
+ACCELS: tuple[str, ...] = tuple(dict.fromkeys(f.accel for f in (KVM, KVM_TCG, XEN) if f.accel))
+SOFTWARE_ACCEL: str = KVM_TCG.accel or ""
+
+
 def flavor_for_domain_type(domain_type: str | None) -> Flavor:
     """The flavor that renders a libvirt ``<domain type>`` (kvm, qemu, xen); anything else reads as KVM's."""
     return next((f for f in all_flavors() if f.domain_type == domain_type), KVM)
 
 
-__all__ = ["Decision", "Flavor", "Outcome", "Rule", "UnknownFlavor", "all_flavors", "flavor_for_domain_type",
-           "get_flavor"]
+__all__ = ["ACCELS", "FLAVOR_NAMES", "SOFTWARE_ACCEL", "Decision", "Flavor", "Outcome", "Rule", "UnknownFlavor",
+           "all_flavors", "flavor_for_domain_type", "get_flavor"]
