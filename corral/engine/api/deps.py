@@ -12,7 +12,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from corral.engine.context import EngineContext
 from corral.engine.db.models import Cluster, Host, Vm
-from corral.engine.errors import NotFound, Unauthorized
+from corral.engine.errors import Conflict, NotFound, Unauthorized
 
 MAX_LIMIT = 1000
 
@@ -80,6 +80,20 @@ def find_vm(s: Session, ref: str) -> Vm:
     if vm is None:
         raise NotFound(f"no VM {ref!r}")
     return vm
+
+
+def find_unique(s: Session, model: Any, ref: str, what: str, scope: str, field: str) -> Any:
+    """A row by id, else by a name that is unique only within its ``scope`` (a domain's cluster, a volume's
+    domain): a name shared across scopes is refused, asking for the id."""
+    row = s.get(model, ref)
+    if row is not None:
+        return row
+    found = list(s.scalars(select(model).where(model.name == ref).limit(2)))
+    if not found:
+        raise NotFound(f"no {what} {ref!r}", field=field)
+    if len(found) > 1:
+        raise Conflict(f"{what}s of several {scope} are named {ref!r}; use its id", field=field)
+    return found[0]
 
 
 def host_id_of(s: Session, ref: str | None) -> str | None:

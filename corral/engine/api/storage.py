@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from corral.engine import storage
 from corral.engine.agent_client import AgentError, AgentTarget
 from corral.engine.api.clusters import default_cluster
-from corral.engine.api.deps import After, Ctx, Limit, find_cluster, page
+from corral.engine.api.deps import After, Ctx, Limit, find_cluster, find_unique, page
 from corral.engine.api.schemas import ACCEPTED, ERRORS, Out, Page, TaskOut
 from corral.engine.db.models import (
     Cluster,
@@ -168,27 +168,11 @@ def _checked(body: StorageDomainIn) -> tuple[str | None, dict[str, Any] | None]:
 
 
 def find_domain(s: Session, ref: str, field: str = "domain") -> StorageDomain:
-    d = s.get(StorageDomain, ref)
-    if d is not None:
-        return d
-    found = list(s.scalars(select(StorageDomain).where(StorageDomain.name == ref).limit(2)))
-    if not found:
-        raise NotFound(f"no storage domain {ref!r}", field=field)
-    if len(found) > 1:
-        raise Conflict(f"storage domains of several clusters are named {ref!r}; use its id", field=field)
-    return found[0]
+    return cast(StorageDomain, find_unique(s, StorageDomain, ref, "storage domain", "clusters", field))
 
 
 def find_volume(s: Session, ref: str, field: str = "volume") -> Volume:
-    v = s.get(Volume, ref)
-    if v is not None:
-        return v
-    found = list(s.scalars(select(Volume).where(Volume.name == ref).limit(2)))
-    if not found:
-        raise NotFound(f"no volume {ref!r}", field=field)
-    if len(found) > 1:
-        raise Conflict(f"volumes of several storage domains are named {ref!r}; use its id", field=field)
-    return found[0]
+    return cast(Volume, find_unique(s, Volume, ref, "volume", "storage domains", field))
 
 
 def _names(s: Session, model: type[Cluster | Host | Vm | StorageDomain],
