@@ -151,7 +151,7 @@ class DeviceModelWatchdog:
         try:
             dom.destroy()
         except libvirt.libvirtError as exc:
-            if not self.vms.conn.lookupByUUIDString(uuid).isActive():
+            if self._domain(uuid) is None:  # gone or undefined meanwhile: its end was not a device-model loss
                 log.info("VM %s: its domain ended while its lost device model was confirmed: %s", vm.name, exc)
                 return False
             log.error("VM %s: destroy after device-model loss failed: %s", vm.name, exc)
