@@ -90,6 +90,8 @@ class Feature(StrEnum):
     LIFECYCLE_RESTART = "lifecycle.restart"
     LIFECYCLE_PRESERVE = "lifecycle.preserve"
     LIFECYCLE_RENAME_RESTART = "lifecycle.rename-restart"
+    SNAPSHOT = "snapshot"  # how a VM's snapshots are taken (SnapshotMechanism); not a spec field: an operation
+    SNAPSHOT_LIVE = "snapshot.live"  # a snapshot of a running VM (with its memory)
 
 
 class Check(StrEnum):
@@ -185,6 +187,13 @@ class AgentChannel(StrEnum):
     UNIX_SOCKET = "xen"  # a channel on a unix socket the agent opens (no virtio-serial)
 
 
+class SnapshotMechanism(StrEnum):
+    """Who takes a VM's snapshots (corral.agent.snapshots)."""
+
+    LIBVIRT = "libvirt"  # virDomainSnapshotCreateXML: internal qcow2 snapshots, with memory while running
+    OFFLINE_QCOW2 = "offline-qcow2"  # the driver has no snapshot API: the agent runs qemu-img on the stopped VM
+
+
 POLICY_TYPES: Mapping[Feature, type[StrEnum]] = {
     F.NIC_LINK_DOWN: LinkControl,
     F.GRAPHICS_PASSWORD: GraphicsPassword,
@@ -193,4 +202,5 @@ POLICY_TYPES: Mapping[Feature, type[StrEnum]] = {
     F.BOOT_ORDER: BootOrder,
     F.CDROM_DEVICE: CdromDevice,
     F.GUEST_AGENT: AgentChannel,
+    F.SNAPSHOT: SnapshotMechanism,
 }

@@ -15,6 +15,7 @@ from corral.domain.flavors.features import (
     GraphicsPassword,
     LinkControl,
     MemoryAtStart,
+    SnapshotMechanism,
 )
 from corral.domain.flavors.features import Feature as F
 from corral.domain.flavors.hostcheck import KVM_CHECKS
@@ -83,6 +84,10 @@ TABLE: Table = {
     F.LIFECYCLE_RESTART: native(),
     F.LIFECYCLE_PRESERVE: native(),
     F.LIFECYCLE_RENAME_RESTART: native(),
+    F.SNAPSHOT: native(SnapshotMechanism.LIBVIRT, "libvirt snapshots (virDomainSnapshotCreateXML): internal "
+                                                  "qcow2 snapshots of every disk; every writable disk must be "
+                                                  "qcow2"),
+    F.SNAPSHOT_LIVE: native(None, "a running VM's snapshot holds its memory too; a revert resumes it running"),
 }
 
 _TCG_CPU = "TCG (no /dev/kvm) cannot pass the host CPU through; 'maximum' offers every feature QEMU emulates"
