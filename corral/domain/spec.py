@@ -8,13 +8,15 @@ the engine can always say which live device is which spec device.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 import uuid as uuidlib
 from enum import StrEnum
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SPEC_FORMAT_VERSION = 1
 
@@ -66,6 +68,11 @@ class DiskSource(StrEnum):
 class DiskFormat(StrEnum):
     RAW = "raw"
     QCOW2 = "qcow2"
+
+
+class CloneMode(StrEnum):
+    THIN = "thin"
+    FULL = "full"
 
 
 class DiskBus(StrEnum):
@@ -204,7 +211,10 @@ class DiskSpec(_Device):
     """A disk is one of: ``source``, a path on the host (what the agent always receives); ``volume``, a volume
     of the engine by name (``storage`` says which domain when the name is not unique); ``size_bytes``, a new
     volume the engine makes for the VM (in ``storage``, or the cluster's only domain), which it stores as a
-    ``volume`` reference at once. The engine turns references into paths before a spec reaches a host."""
+    ``volume`` reference at once; ``image``, an uploaded image by name or id: for a disk, a new volume of the VM
+    cloned from it (``clone``: ``thin``, a qcow2 overlay reading the image, the default where its domain allows
+    it, or ``full``, a copy), grown to ``size_bytes`` when given; for a CD-ROM, the ISO itself. The engine turns
+    references into paths before a spec reaches a host."""
 
     device: DiskDevice = DiskDevice.DISK
     source_type: DiskSource = DiskSource.FILE
@@ -214,11 +224,15 @@ class DiskSpec(_Device):
     size_bytes: int | None = Field(default=None, ge=1, le=MAX_VOLUME_BYTES,
                                    description="a new volume of this size, made by the engine for this VM")
     storage: str | None = Field(default=None, description="the storage domain of the volume (name or id)")
+    image: str | None = Field(default=None, description="an uploaded image (name or id): a disk is made from it, "
+                                                       "a CD-ROM takes the ISO")
+    clone: CloneMode | None = Field(default=None, description="how a disk is made from its image or template "
+                                                             "volume: thin (qcow2 overlay) or full (a copy)")
     format: DiskFormat = DiskFormat.RAW
     bus: DiskBus = DiskBus.AUTO
     readonly: bool = False
 
-    @field_validator("volume", "storage")
+    @field_validator("volume", "storage", "image")
     @classmethod
     def _volume_name(cls, value: str | None) -> str | None:
         if value is not None and not VOLUME_NAME_RE.match(value):
@@ -238,16 +252,21 @@ class DiskSpec(_Device):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        given = [f for f in ("source", "volume", "size_bytes") if getattr(self, f) is not None]
+        given = [f for f in ("source", "volume", "image", "size_bytes") if getattr(self, f) is not None]
+        if given[:2] == ["image", "size_bytes"]:
+            given = ["image"]  # an image's disk grown to size_bytes
         if len(given) > 1:
-            raise FieldError(given[1], f"give one of source, volume or size_bytes, not {' and '.join(given)}")
-        if self.storage is not None and self.volume is None and self.size_bytes is None:
-            raise FieldError("storage", "storage goes with volume or size_bytes")
+            raise FieldError(given[1], f"give one of source, volume, image or size_bytes, not {' and '.join(given)}")
+        if self.storage is not None and not {"volume", "image", "size_bytes"} & set(given):
+            raise FieldError("storage", "storage goes with volume, image or size_bytes")
+        if self.clone is not None and (self.device is not DiskDevice.DISK or (self.image is None and
+                                                                              self.volume is None)):
+            raise FieldError("clone", "clone goes with a disk's image (or a template's volume)")
         if self.size_bytes is not None and self.device is not DiskDevice.DISK:
             raise FieldError("size_bytes", f"a new empty volume is for a disk, not a {self.device.value}")
         if not given and self.device is not DiskDevice.CDROM:
-            raise FieldError("source", f"a {self.device.value} needs a source, a volume or a size_bytes; "
-                                       "only a CD-ROM may be empty")
+            raise FieldError("source", f"a {self.device.value} needs a source, a volume, an image or a "
+                                       "size_bytes; only a CD-ROM may be empty")
         if self.device is DiskDevice.CDROM and not self.readonly:
             object.__setattr__(self, "readonly", True)
         return self
@@ -314,6 +333,128 @@ class BalloonSpec(_Device):
     """A memory balloon, so the host can take memory back from the guest."""
 
 
+class CloudInitMode(StrEnum):
+    DHCP = "dhcp"
+    STATIC = "static"
+
+
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")  # Debian's useradd NAME_REGEX, as cloud-init creates it
+_HOST_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+# the key types OpenSSH's sshd takes in authorized_keys (security keys too); the key blob repeats the type
+SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                 "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com", "ssh-dss")
+
+
+def check_ssh_key(line: str) -> str:
+    """One OpenSSH public key line ``TYPE BASE64 [comment]``, whose blob names the same type: a private key, a
+    file of several keys or a key with authorized_keys options is refused, not passed to the guest."""
+    line = line.strip()
+    parts = line.split(None, 2)
+    if any(c in line for c in "\n\r\x00") or len(parts) < 2:
+        raise ValueError("not an OpenSSH public key line ('TYPE BASE64 [comment]')")
+    kind, blob = parts[0], parts[1]
+    if kind not in SSH_KEY_TYPES:
+        raise ValueError(f"unknown key type {kind[:40]!r} (expected one of {', '.join(SSH_KEY_TYPES)}); "
+                         "authorized_keys options are not taken")
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"the {kind} key is not valid base64") from None
+    size = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else -1
+    if raw[4:4 + size] != kind.encode():
+        raise ValueError(f"the key data is not a {kind} key")
+    return _xml_text(line) or line
+
+
+SshPublicKey = Annotated[str, AfterValidator(check_ssh_key)]
+
+
+class CloudInitNetwork(_Model):
+    """The guest's network as cloud-init configures it: DHCP on every NIC, or one static address on the first."""
+
+    mode: CloudInitMode = CloudInitMode.DHCP
+    address: str | None = Field(default=None, description="ADDRESS/PREFIX, static mode only")
+    gateway: str | None = None
+    dns: list[str] = Field(default_factory=list, max_length=8)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if "/" not in value:
+            raise ValueError(f"give ADDRESS/PREFIX, e.g. 192.0.2.10/24: {value!r}")
+        try:
+            return str(ipaddress.ip_interface(value))
+        except ValueError:
+            raise ValueError(f"not an address with a prefix: {value!r}") from None
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"not an IP address: {value!r}") from None
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_address(item)))
+            except ValueError:
+                raise ValueError(f"not an IP address: {item!r}") from None
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.mode is CloudInitMode.STATIC and self.address is None:
+            raise FieldError("address", "static mode needs an address (ADDRESS/PREFIX)")
+        if self.mode is CloudInitMode.DHCP:
+            for name in ("address", "gateway"):
+                if getattr(self, name) is not None:
+                    raise FieldError(name, f"{name} goes with mode 'static', not 'dhcp'")
+        if self.gateway is not None and self.address is not None and \
+                ipaddress.ip_address(self.gateway).version != ipaddress.ip_interface(self.address).version:
+            raise FieldError("gateway", "the gateway is not of the address's IP version")
+        return self
+
+
+class CloudInit(_Model):
+    """First-boot data for a cloud image (cloud-init's NoCloud seed, built by the agent of the VM's host).
+    There is no password: a key logs in, as cloud images expect."""
+
+    user: str | None = Field(default=None, description="the login made on first boot (default: the image's own "
+                                                        "default user)")
+    ssh_authorized_keys: list[SshPublicKey] = Field(default_factory=list, max_length=64)
+    hostname: str | None = Field(default=None, description="RFC 1123 host name or FQDN (default: the VM name, "
+                                                           "where it is one)")
+    network: CloudInitNetwork = Field(default_factory=CloudInitNetwork)
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, value: str | None) -> str | None:
+        if value is not None and (not USER_NAME_RE.match(value) or value == "root"):
+            raise ValueError("must be 1-32 lower-case letters, digits, '_' or '-', starting with a letter or '_' "
+                             "(and not root)")
+        return value
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.lower().removesuffix(".")
+        if len(value) > 253 or not all(_HOST_LABEL_RE.match(label) for label in value.split(".")):
+            raise ValueError("not an RFC 1123 host name: labels of 1-63 letters, digits or '-' (not at either "
+                             "end), separated by '.'")
+        return value
+
+
 class VmSpec(_Model):
     format_version: int = SPEC_FORMAT_VERSION
     id: str = Field(default_factory=new_id)
@@ -341,6 +482,7 @@ class VmSpec(_Model):
     on_reboot: LifecycleAction = LifecycleAction.RESTART
     on_crash: LifecycleAction = LifecycleAction.DESTROY
     on_device_model_lost: DeviceModelPolicy = DeviceModelPolicy.DESTROY
+    cloud_init: CloudInit | None = None
 
     @field_validator("format_version")
     @classmethod

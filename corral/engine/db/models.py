@@ -346,6 +346,8 @@ class Volume(Base):
         Index(None, "host_id"),
         Index(None, "vm_id"),
         Index(None, "backing_id"),
+        Index(None, "clone_of_id"),
+        Index(None, "template_id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -358,6 +360,27 @@ class Volume(Base):
     backing_id: Mapped[str | None] = mapped_column(ForeignKey("volumes.id"), default=None)
     vm_id: Mapped[str | None] = mapped_column(ForeignKey("vms.id", ondelete="SET NULL"), default=None)
     state: Mapped[str] = mapped_column(String(16), default=VolumeState.CREATING.value)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # migration 0008: the volume a pending full copy is to be made from (NULL once made), and the template a
+    # sealed base volume belongs to (read-only: never attached writable, never deleted while clones read it)
+    clone_of_id: Mapped[str | None] = mapped_column(ForeignKey("volumes.id"), default=None)
+    template_id: Mapped[str | None] = mapped_column(ForeignKey("templates.id"), default=None)
+
+
+class Template(Base):
+    """A VM made into a template (migration 0008): the VM's spec without its identity (uuid, MACs, name) and
+    its disks' volumes as sealed base volumes (``volumes.template_id``) that new VMs clone."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("cluster_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
+    description: Mapped[str] = mapped_column(Text, default="")
+    spec: Mapped[dict[str, Any]] = mapped_column(JsonType)
+    source_vm: Mapped[str] = mapped_column(String(255), default="")  # the VM it was made from (its name then)
+    state: Mapped[str] = mapped_column(String(16), default="creating")  # creating | ready | deleting
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
