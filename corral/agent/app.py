@@ -385,6 +385,9 @@ def storage_router(manager: StorageManager | None) -> APIRouter:
             raise Invalid("an upload needs a Content-Length header (bytes)", field="Content-Length")
         job = await run_in_threadpool(storage().begin_upload, pool, check_name(volume, "volume"),
                                       int(content_length), format)
+        # one batch is hashed and written in a thread while the next one is received: on two CPUs the sha256
+        # and the write overlap the HTTP parsing instead of following it
+        writing: asyncio.Future[None] | None = None
         try:
             batch: list[bytes] = []
             size = 0
@@ -392,8 +395,13 @@ def storage_router(manager: StorageManager | None) -> APIRouter:
                 batch.append(chunk)
                 size += len(chunk)
                 if size >= UPLOAD_BATCH:
-                    await run_in_threadpool(job.send, b"".join(batch))
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(run_in_threadpool(job.send, b"".join(batch)))
                     batch, size = [], 0
+            if writing is not None:
+                await writing
+                writing = None
             if batch:
                 await run_in_threadpool(job.send, b"".join(batch))
             return answer(await run_in_threadpool(job.finish))
@@ -401,6 +409,8 @@ def storage_router(manager: StorageManager | None) -> APIRouter:
             job.abort()
             raise
         except BaseException as exc:  # the client went away, or libvirt failed: no partial volume is left
+            if writing is not None:  # let the slice being written end before the volume is deleted
+                await asyncio.gather(writing, return_exceptions=True)
             await run_in_threadpool(job.abort)
             if isinstance(exc, ClientDisconnect):
                 return Response(status_code=400)  # nobody reads it

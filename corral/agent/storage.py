@@ -14,7 +14,6 @@ is libvirt's own idea of the format reported, and ``format_probed`` says so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,11 +38,10 @@ from corral.agent.storage_bodies import (
     VolumeRef,
     check_name,
 )
+from corral.agent.volstreams import Download, FileSink, Sink, StreamSink, Upload, delete_quietly, writable_file
 
 log = logging.getLogger(__name__)
 
-SEND_SLICE = 256 * 1024  # one virStreamSend: libvirt's RPC carries at most 256 KiB of stream data per message
-RECV_SIZE = 256 * 1024
 
 POOL_STATES = {libvirt.VIR_STORAGE_POOL_INACTIVE: "inactive", libvirt.VIR_STORAGE_POOL_BUILDING: "building",
                libvirt.VIR_STORAGE_POOL_RUNNING: "running", libvirt.VIR_STORAGE_POOL_DEGRADED: "degraded",
@@ -164,6 +162,10 @@ def _users(root: etree._Element, path: str, pool: str, volume: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- manager
+
+
+def pool_type_of(pool: libvirt.virStoragePool) -> str | None:
+    return etree.fromstring(pool.XMLDesc(0).encode()).get("type")
 
 
 def _libvirt(exc: libvirt.libvirtError, doing: str, field: str | None = None) -> AgentError:
@@ -494,26 +496,35 @@ class StorageManager:
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                     raise _libvirt(exc, f"look up volume {name}") from None
-                pool_type = etree.fromstring(pool.XMLDesc(0).encode()).get("type")
                 try:
-                    vol = pool.createXML(volume_xml(name, "raw", length, pool_type != "logical"), 0)
+                    vol = pool.createXML(volume_xml(name, "raw", length, pool_type_of(pool) != "logical"), 0)
                 except libvirt.libvirtError as exc2:
                     raise _libvirt(exc2, f"create volume {pool_name}/{name} for the upload") from None
                 created = True
-            stream = self._conn().newStream(0)
+            path = vol.path()
             try:
-                vol.upload(stream, 0, length, 0)
-            except libvirt.libvirtError as exc:
+                sink: Sink = (FileSink(path) if writable_file(pool_type_of(pool), path)
+                              else StreamSink(self._conn(), vol, length))
+            except (libvirt.libvirtError, OSError) as exc:
                 if created:
-                    _delete_quietly(vol)
+                    delete_quietly(vol)
+                if isinstance(exc, OSError):
+                    raise LibvirtFailed(f"upload into volume {pool_name}/{name}: {exc.strerror or exc}") from None
                 raise _libvirt(exc, f"upload into volume {pool_name}/{name} (virStorageVolUpload)") from None
         except BaseException:
             with self._lock:
                 self._uploading.discard(key)
             raise
-        return Upload(self, pool_name, vol, stream, length, expect)
+        return Upload(self, pool_name, vol, sink, length, expect)
 
-    def _upload_done(self, pool_name: str, name: str) -> None:
+    def refresh(self, pool_name: str) -> None:
+        """libvirt re-reads the pool's files (a volume's format and sizes after its bytes changed)."""
+        try:
+            self._pool(pool_name).refresh(0)
+        except (libvirt.libvirtError, AgentError):
+            pass
+
+    def upload_done(self, pool_name: str, name: str) -> None:
         with self._lock:
             self._uploading.discard((pool_name, name))
 
@@ -525,106 +536,3 @@ class StorageManager:
         except libvirt.libvirtError as exc:
             raise _libvirt(exc, f"download volume {pool_name}/{name} (virStorageVolDownload)") from None
         return Download(stream)
-
-
-def _delete_quietly(vol: libvirt.virStorageVol) -> None:
-    try:
-        vol.delete(0)
-    except libvirt.libvirtError as exc:
-        log.warning("could not delete the partial volume %s: %s", vol.path(), exc)
-
-
-class Upload:
-    """One upload in progress: bytes go to libvirt's stream in slices, the sha256 is computed on the way.
-
-    Any end but ``finish`` with every byte sent (the client went away, the body was short, libvirt failed, the
-    bytes are not the format asked for) deletes the volume: a partial image must never be taken for one."""
-
-    def __init__(self, manager: StorageManager, pool: str, vol: libvirt.virStorageVol, stream: libvirt.virStream,
-                 length: int, expect: str | None) -> None:
-        self.manager, self.pool, self.vol, self.stream = manager, pool, vol, stream
-        self.length, self.expect = length, expect
-        self.sent = 0
-        self.sha256 = hashlib.sha256()
-        self.closed = False
-
-    def send(self, data: bytes) -> None:
-        if self.sent + len(data) > self.length:
-            self.abort()
-            raise Invalid(f"the body is longer than its Content-Length {self.length}", field="Content-Length")
-        self.sha256.update(data)
-        view = memoryview(data)
-        try:
-            while view:
-                done = self.stream.send(bytes(view[:SEND_SLICE]))
-                if done <= 0:
-                    raise libvirt.libvirtError(f"virStreamSend returned {done}")
-                view = view[done:]
-        except libvirt.libvirtError as exc:
-            self.abort()
-            raise _libvirt(exc, f"upload into volume {self.pool}/{self.vol.name()}") from None
-        self.sent += len(data)
-
-    def finish(self) -> dict[str, Any]:
-        name = self.vol.name()
-        if self.sent != self.length:
-            self.abort()
-            raise Invalid(f"the body had {self.sent} bytes, its Content-Length said {self.length}",
-                          field="Content-Length")
-        try:
-            self.stream.finish()
-        except libvirt.libvirtError as exc:
-            self.abort()
-            raise _libvirt(exc, f"upload into volume {self.pool}/{name}") from None
-        self.closed = True
-        try:
-            self.manager._pool(self.pool).refresh(0)  # libvirt re-reads the file's format and sizes
-        except (libvirt.libvirtError, AgentError):
-            pass
-        try:
-            info = self.manager.volume_info(self.vol, self.pool)
-        finally:
-            self.manager._upload_done(self.pool, name)
-        if self.expect is not None and info["format"] != self.expect:
-            _delete_quietly(self.vol)
-            raise Invalid(f"the uploaded bytes are {info['format']}, not {self.expect}; volume {name} was removed",
-                          field="format", probed=info["format"])
-        return {**info, "sha256": self.sha256.hexdigest()}
-
-    def abort(self) -> None:
-        """The upload failed or was interrupted: stop the stream, delete the partial volume."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.stream.abort()
-        except libvirt.libvirtError:
-            pass
-        _delete_quietly(self.vol)
-        self.manager._upload_done(self.pool, self.vol.name())
-
-
-class Download:
-    """A volume's bytes, read from libvirt's stream in slices."""
-
-    def __init__(self, stream: libvirt.virStream) -> None:
-        self.stream = stream
-        self.closed = False
-
-    def read(self) -> bytes:
-        """The next slice; b"" at the end (the stream is then finished)."""
-        data: bytes | int = self.stream.recv(RECV_SIZE)
-        if isinstance(data, int):  # -2: would block, never on a blocking stream
-            raise LibvirtFailed(f"virStreamRecv returned {data}")
-        if not data:
-            self.closed = True
-            self.stream.finish()
-        return data
-
-    def abort(self) -> None:
-        if not self.closed:
-            self.closed = True
-            try:
-                self.stream.abort()
-            except libvirt.libvirtError:
-                pass

@@ -20,6 +20,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from corral.agent import volstreams
 from corral.agent.errors import Conflict
 from corral.agent.service import Agent, Settings
 from corral.agent.storage import StorageManager, probe
@@ -305,7 +306,13 @@ def _sha256(data: bytes) -> str:
 
 
 @pytest.mark.qemulab
-def test_real_dir_pool_volumes_upload_download_clone_resize(lab_api: Api, tmp_path: Path) -> None:
+@pytest.mark.parametrize("written_by", ["file", "libvirt stream"])
+def test_real_dir_pool_volumes_upload_download_clone_resize(lab_api: Api, tmp_path: Path, written_by: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uploads into a dir pool write the volume's file (the agent is on the host); with no pool type counted as
+    files they go through libvirt's virStorageVolUpload stream, as for LVM: both paths, same answers."""
+    if written_by != "file":
+        monkeypatch.setattr(volstreams, "FILE_POOLS", frozenset())
     api, pool = lab_api, _name()
     where = tmp_path / "pool"
     info = api.put(f"{POOLS}/{pool}", json={"type": "dir", "path": str(where)}, expect=200).json()
@@ -329,6 +336,7 @@ def test_real_dir_pool_volumes_upload_download_clone_resize(lab_api: Api, tmp_pa
     data = os.urandom(3 * MiB + 12345)
     up = api.put(f"{vols}/disk.qcow2/content", content=data, expect=200).json()
     assert up["sha256"] == _sha256(data) and up["format"] == "raw" and up["capacity_bytes"] == len(data)
+    assert up["written_by"] == written_by
     assert (where / "disk.qcow2").read_bytes() == data
     down = api.get(f"{vols}/disk.qcow2/content", expect=200)
     assert down.headers["content-type"] == "application/octet-stream" and down.content == data
