@@ -32,6 +32,8 @@ from corral.agent.connection import Unavailable
 from corral.agent.errors import AgentError, Invalid, Unsupported, from_libvirt
 from corral.agent.fastpath import FastPath
 from corral.agent.service import Agent
+from corral.agent.snapshot_routes import snapshots_router
+from corral.agent.snapshots import Snapshots
 from corral.agent.storage import StorageManager
 from corral.agent.storage_bodies import ResizeBody, VolumeBody, check_name, parse, parse_pool
 from corral.agent.vms import VmManager
@@ -225,6 +227,8 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
 
     install_error_handlers(app)
     app.include_router(storage_router(StorageManager(lambda: agent.connection.conn, agent.settings.state_dir)))
+    snapshots = Snapshots(lambda: calls.vms, agent.settings.state_dir)
+    app.include_router(snapshots_router(lambda: snapshots, answer))  # before POST /v1/vms/{vm_id}/{action}
 
     def vms() -> VmManager:
         return calls.vms

@@ -26,6 +26,7 @@ from corral.agent.app import ACTIONS, agent_fastapi, install_error_handlers, sto
 from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.errors import Invalid
 from corral.agent.events import EventBus
+from corral.agent.snapshot_routes import snapshots_router
 from corral.domain.spec import VmSpec, parse_spec
 from corral.simulate.fleet import Simulator
 from corral.simulate.sim import SimHost
@@ -44,6 +45,10 @@ def _error(status: int, code: str, message: str, field: str | None = None, **ext
 def _json(text: str | bytes, status: int = 200) -> Response:
     return Response(text.encode() if isinstance(text, str) else text, status_code=status,
                     media_type="application/json")
+
+
+def _json_answer(data: Any, status: int = 200) -> Response:
+    return JSONResponse(data, status_code=status)
 
 
 def events_poll(bus: EventBus, last: int) -> dict[str, Any]:
@@ -119,6 +124,7 @@ def create_agent_app() -> FastAPI:
 
     install_error_handlers(app)
     app.include_router(storage_router(None))  # the agent's storage routes; simulated hosts have no storage yet
+    app.include_router(snapshots_router(None, _json_answer))  # the same: no disks, 409 unsupported
 
     @app.get("/v1/health", response_model=dict[str, Any])
     async def health() -> Response:
