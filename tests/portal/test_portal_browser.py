@@ -231,6 +231,7 @@ def test_portal_walk(engine: AllInOne, page: Page, shots: Shots, tmp_path: Path,
         page.click("text=New VM")
         page.fill("#v-name", "e2e-web")
         page.fill("#v-memory", "256")
+        page.select_option('[data-path="disks.0.kind"]', "source")  # a file on the host (not a new volume)
         disk = page.locator('[data-path="disks.0.source"]')
         disk.fill("images/e2e-web.qcow2")
         page.fill('[data-path="nics.0.source"]', "virbr0")

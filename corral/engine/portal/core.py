@@ -124,6 +124,20 @@ def _mib(value: Any) -> str:
     return f"{n} MiB"
 
 
+def _bytes(value: Any) -> str:
+    """A size in binary units (the CLI's ``10G`` is 10 GiB): '10 GiB', '1.5 MiB', '512 bytes'."""
+    if value is None:
+        return "?"
+    n = float(value)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            if unit == "bytes":
+                return f"{int(n)} bytes"
+            return f"{n:.1f} {unit}".replace(".0 ", " ")
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover - the loop returns at TiB
+
+
 def _label(value: Any) -> str:
     return str(value or "").replace("_", " ")
 
@@ -131,7 +145,7 @@ def _label(value: Any) -> str:
 def make_templates() -> Environment:
     env = Environment(loader=PackageLoader("corral.engine.portal", "templates"),
                       autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(time=_fmt_time, mib=_mib, label=_label,
+    env.filters.update(time=_fmt_time, mib=_mib, label=_label, size=_bytes,
                        hv=lambda host: data.hypervisor_label(host.get("hypervisor"), bool(host.get("emulated"))),
                        tojson_attr=lambda v: json.dumps(v, default=str))
     return env

@@ -5,9 +5,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from corral.engine.portal.pages import api, console, dashboard, events, hosts, session, stream, vm, vms
+from corral.engine.portal.pages import (
+    api,
+    console,
+    dashboard,
+    events,
+    hosts,
+    images,
+    session,
+    storage,
+    stream,
+    vm,
+    vms,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (session.router, dashboard.router, hosts.router, vms.router, vm.router,
-                                  console.router, events.router, stream.router, api.router)
+                                  console.router, events.router, storage.router, images.router, stream.router,
+                                  api.router)
 
 __all__ = ["ROUTERS"]

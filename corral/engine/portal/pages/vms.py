@@ -55,5 +55,12 @@ async def vm_new(page: PageDep) -> Response:
         for b in h.get("bridges") or []:
             if b not in bridges:
                 bridges.append(b)
+    domains = (await page.get("/storage-domains", limit=500)).items
+    isos = (await page.get("/images", kind="iso", limit=500)).items
+    iso_ids = {i["id"] for i in isos}
+    # volumes a new VM may take: ready, owned by no VM, not an ISO (those go in the CD-ROM)
+    volumes = [v for v in (await page.get("/volumes", state="ready", limit=500)).items
+               if not v.get("vm_id") and v["id"] not in iso_ids]
     return page.render("vm_new.html", title="New virtual machine", clusters=clusters.items, hosts=hosts_list,
-                       bridges=sorted(bridges))
+                       bridges=sorted(bridges), domains=domains, isos=[i for i in isos if i.get("path")],
+                       volumes=volumes)

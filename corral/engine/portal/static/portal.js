@@ -1,7 +1,7 @@
 // Corral admin portal: the little JavaScript the server-rendered pages need.
 // - api(): the engine's REST API through /portal/api (session cookie + CSRF header)
 // - live updates from /portal/stream (server-sent events): states, events, task progress
-// - forms that submit JSON and show each API error next to the field it names
+// - forms that submit JSON and show each API error next to the field it names (the New VM form: vmform.js)
 // - VM actions, the plan for a chosen host, host add/maintenance, the serial console
 'use strict';
 
@@ -416,108 +416,6 @@
     refresh();
   }
 
-  // ---------------------------------------------------------------- new VM form
-  function vmForm() {
-    const form = document.getElementById('vm-form');
-    if (!form) return;
-    let seq = 0;
-    const rowsOf = (kind) => form.querySelector('[data-rows="' + kind + '"]');
-    const group = { disk: 'disks', nic: 'nics' };
-    const title = { disk: 'Disk', nic: 'Interface' };
-
-    function renumber(kind) {
-      Array.from(rowsOf(kind).children).forEach((row, i) => {
-        row.dataset.path = group[kind] + '.' + i;
-        row.querySelector('[data-row-title]').textContent = title[kind] + ' ' + (i + 1);
-        row.querySelectorAll('[data-key]').forEach((el) => { el.dataset.path = group[kind] + '.' + i + '.' + el.dataset.key; });
-        row.querySelectorAll('[data-remove-row]').forEach((b) => b.setAttribute('aria-label', 'Remove ' + title[kind].toLowerCase() + ' ' + (i + 1)));
-      });
-    }
-
-    function addRow(kind) {
-      const tpl = document.getElementById('row-' + kind);
-      const row = tpl.content.firstElementChild.cloneNode(true);
-      seq += 1;
-      row.querySelectorAll('[data-key]').forEach((el) => {
-        el.id = kind + '-' + seq + '-' + el.dataset.key;
-        const lab = row.querySelector('label[data-for="' + el.dataset.key + '"]');
-        if (lab) lab.htmlFor = el.id;
-      });
-      row.querySelector('[data-remove-row]').addEventListener('click', () => { row.remove(); renumber(kind); });
-      rowsOf(kind).append(row);
-      renumber(kind);
-      return row;
-    }
-
-    form.querySelectorAll('[data-add-row]').forEach((b) => b.addEventListener('click', () => {
-      const row = addRow(b.dataset.addRow);
-      row.querySelector('input, select').focus();
-    }));
-    addRow('disk');
-    addRow('nic');
-
-    const cdToggle = form.querySelector('[data-cdrom-toggle]');
-    const cdPath = form.querySelector('[data-cdrom-path]');
-    cdToggle.addEventListener('change', () => { cdPath.disabled = !cdToggle.checked; });
-    const gfx = form.querySelector('[data-graphics]');
-    const gfxDeps = ['graphics.listen', 'graphics.password'].map((p) => form.querySelector('[data-path="' + p + '"]'));
-    gfx.addEventListener('change', () => gfxDeps.forEach((el) => { el.disabled = !gfx.value; }));
-
-    const val = (p) => {
-      const el = form.querySelector('[data-path="' + p + '"]');
-      return el ? el.value.trim() : '';
-    };
-    const num = (p) => {
-      const v = val(p);
-      return v === '' ? null : Number(v);
-    };
-    const checked = (p) => form.querySelector('[data-path="' + p + '"]').checked;
-
-    form.addEventListener('submit', async (ev) => {
-      ev.preventDefault();
-      clearErrors(form);
-      const spec = {
-        name: val('name'), memory_mib: num('memory_mib'), vcpus: num('vcpus'), guest_type: val('guest_type'),
-        boot: val('boot').split(','),
-      };
-      if (val('description')) spec.description = val('description');
-      spec.disks = Array.from(rowsOf('disk').children).map((row) => {
-        const get = (k) => row.querySelector('[data-key="' + k + '"]').value.trim();
-        return { source: get('source'), format: get('format'), bus: get('bus') };
-      });
-      cdPath.removeAttribute('data-path');
-      if (cdToggle.checked) {
-        spec.disks.push({ device: 'cdrom', source: cdPath.value.trim() || null });
-        cdPath.dataset.path = 'disks.' + (spec.disks.length - 1) + '.source';
-        cdToggle.dataset.path = 'disks.' + (spec.disks.length - 1);
-      }
-      spec.nics = Array.from(rowsOf('nic').children).map((row) => {
-        const get = (k) => row.querySelector('[data-key="' + k + '"]').value.trim();
-        return { source_type: get('source_type'), source: get('source'), model: get('model') };
-      });
-      if (gfx.value) {
-        spec.graphics = { type: gfx.value, listen: val('graphics.listen') };
-        if (val('graphics.password')) spec.graphics.password = form.querySelector('[data-path="graphics.password"]').value;
-      } else {
-        spec.graphics = null;
-      }
-      spec.consoles = val('consoles') ? [{ kind: val('consoles') }] : [];
-      spec.guest_agent = checked('guest_agent') ? {} : null;
-      spec.balloon = checked('balloon') ? {} : null;
-      for (const k of ['kernel', 'initrd', 'cmdline']) if (val(k)) spec[k] = val(k);
-      const cluster = val('cluster');
-      const submit = form.querySelector('button[type="submit"]');
-      submit.disabled = true;
-      try {
-        const r = await api('POST', '/vms' + (cluster ? '?cluster=' + encodeURIComponent(cluster) : ''), spec);
-        if (r.ok) window.location.href = prefix + '/vms/' + r.data.id;
-        else showErrors(form, r.data);
-      } finally {
-        submit.disabled = false;
-      }
-    });
-  }
-
   // ---------------------------------------------------------------- hosts
   function hostForm() {
     const form = document.getElementById('host-form');
@@ -689,7 +587,6 @@
     live();
     dashboard();
     vmPage();
-    vmForm();
     hostForm();
     hostPage();
     serialPage();

@@ -1,0 +1,176 @@
+// Corral admin portal: the New VM form (/portal/vms/new). Uses window.corral from portal.js (api, showErrors,
+// clearErrors). Disk rows are a new volume of a size (in a storage domain), an existing volume, or a file on
+// the host; the CD-ROM takes an ISO of the image library (its path) or a file on the host. The spec is posted
+// to the API as JSON; each refusal shows next to the field it names (disks.0.size_bytes, disks.1.volume...).
+'use strict';
+
+(() => {
+  const prefix = document.body.dataset.prefix || '/portal';
+
+  function vmForm() {
+    const form = document.getElementById('vm-form');
+    if (!form) return;
+    const C = window.corral;
+    let seq = 0;
+    const rowsOf = (kind) => form.querySelector('[data-rows="' + kind + '"]');
+    const group = { disk: 'disks', nic: 'nics' };
+    const title = { disk: 'Disk', nic: 'Interface' };
+    const clusterSel = form.querySelector('[data-path="cluster"]');
+
+    function renumber(kind) {
+      Array.from(rowsOf(kind).children).forEach((row, i) => {
+        row.dataset.path = group[kind] + '.' + i;
+        row.querySelector('[data-row-title]').textContent = title[kind] + ' ' + (i + 1);
+        row.querySelectorAll('[data-key]').forEach((el) => { el.dataset.path = group[kind] + '.' + i + '.' + el.dataset.key; });
+        row.querySelectorAll('[data-remove-row]').forEach((b) => b.setAttribute('aria-label', 'Remove ' + title[kind].toLowerCase() + ' ' + (i + 1)));
+        row.querySelectorAll('[data-unit]').forEach((u) => u.setAttribute('aria-label', title[kind] + ' ' + (i + 1) + ' size unit'));
+      });
+    }
+
+    // a disk row shows the inputs of its kind only; storage domains of the chosen cluster only
+    function syncDisk(row) {
+      const kindSel = row.querySelector('[data-key="kind"]');
+      if (!kindSel) return;
+      row.querySelectorAll('[data-kind]').forEach((el) => {
+        const on = el.dataset.kind.split(' ').includes(kindSel.value);
+        el.hidden = !on;
+        el.querySelectorAll('input, select').forEach((i) => { i.disabled = !on; });
+      });
+      const storage = row.querySelector('[data-key="storage"]');
+      if (storage && clusterSel) {
+        storage.querySelectorAll('option').forEach((o) => {
+          o.hidden = !!o.dataset.cluster && o.dataset.cluster !== clusterSel.value;
+          o.disabled = o.hidden;
+        });
+        if (storage.selectedOptions[0] && storage.selectedOptions[0].disabled) {
+          const first = Array.from(storage.options).find((o) => !o.disabled);
+          storage.value = first ? first.value : '';
+        }
+      }
+    }
+
+    function addRow(kind) {
+      const tpl = document.getElementById('row-' + kind);
+      const row = tpl.content.firstElementChild.cloneNode(true);
+      seq += 1;
+      row.querySelectorAll('[data-key]').forEach((el) => {
+        el.id = kind + '-' + seq + '-' + el.dataset.key;
+        const lab = row.querySelector('label[data-for="' + el.dataset.key + '"]');
+        if (lab) lab.htmlFor = el.id;
+      });
+      row.querySelector('[data-remove-row]').addEventListener('click', () => { row.remove(); renumber(kind); });
+      const kindSel = row.querySelector('[data-key="kind"]');
+      if (kindSel) {
+        if (kindSel.selectedOptions[0] && kindSel.selectedOptions[0].disabled) {
+          kindSel.value = Array.from(kindSel.options).find((o) => !o.disabled).value;
+        }
+        kindSel.addEventListener('change', () => syncDisk(row));
+      }
+      rowsOf(kind).append(row);
+      renumber(kind);
+      syncDisk(row);
+      return row;
+    }
+
+    form.querySelectorAll('[data-add-row]').forEach((b) => b.addEventListener('click', () => {
+      const row = addRow(b.dataset.addRow);
+      row.querySelector('input, select').focus();
+    }));
+    addRow('disk');
+    addRow('nic');
+    if (clusterSel) clusterSel.addEventListener('change', () => Array.from(rowsOf('disk').children).forEach(syncDisk));
+
+    const cdToggle = form.querySelector('[data-cdrom-toggle]');
+    const cdIso = form.querySelector('[data-cdrom-iso]');
+    const cdPath = form.querySelector('[data-cdrom-path]');
+    const cdPathField = form.querySelector('[data-cdrom-path-field]');
+    const syncCd = () => {
+      cdIso.disabled = !cdToggle.checked;
+      cdPathField.hidden = cdIso.value !== 'path';
+      cdPath.disabled = !cdToggle.checked || cdIso.value !== 'path';
+    };
+    cdToggle.addEventListener('change', syncCd);
+    cdIso.addEventListener('change', syncCd);
+    syncCd();
+    const gfx = form.querySelector('[data-graphics]');
+    const gfxDeps = ['graphics.listen', 'graphics.password'].map((p) => form.querySelector('[data-path="' + p + '"]'));
+    gfx.addEventListener('change', () => gfxDeps.forEach((el) => { el.disabled = !gfx.value; }));
+
+    const val = (p) => {
+      const el = form.querySelector('[data-path="' + p + '"]');
+      return el ? el.value.trim() : '';
+    };
+    const num = (p) => {
+      const v = val(p);
+      return v === '' ? null : Number(v);
+    };
+    const checked = (p) => form.querySelector('[data-path="' + p + '"]').checked;
+
+    function disk(row) {
+      const get = (k) => { const el = row.querySelector('[data-key="' + k + '"]'); return el ? el.value.trim() : ''; };
+      const kind = get('kind') || 'source';
+      const d = { bus: get('bus') };
+      if (kind === 'size') {
+        const n = Number(get('size_bytes'));
+        // a size the browser cannot read is sent as given, for the API to refuse by name
+        d.size_bytes = Number.isFinite(n) && get('size_bytes') !== '' ? Math.round(n * Number(get('size_unit'))) : get('size_bytes');
+        d.format = get('format');
+        if (get('storage')) d.storage = get('storage');
+      } else if (kind === 'volume') {
+        d.volume = get('volume');
+        const opt = row.querySelector('[data-key="volume"]').selectedOptions[0];
+        if (opt && opt.dataset.storage) d.storage = opt.dataset.storage;
+      } else {
+        d.source = get('source');
+        d.format = get('format');
+      }
+      return d;
+    }
+
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      C.clearErrors(form);
+      const spec = {
+        name: val('name'), memory_mib: num('memory_mib'), vcpus: num('vcpus'), guest_type: val('guest_type'),
+        boot: val('boot').split(','),
+      };
+      if (val('description')) spec.description = val('description');
+      spec.disks = Array.from(rowsOf('disk').children).map(disk);
+      cdIso.removeAttribute('data-path');
+      cdPath.removeAttribute('data-path');
+      if (cdToggle.checked) {
+        const source = cdIso.value === 'path' ? (cdPath.value.trim() || null) : (cdIso.value || null);
+        spec.disks.push({ device: 'cdrom', source, format: 'raw' });
+        const at = 'disks.' + (spec.disks.length - 1);
+        (cdIso.value === 'path' ? cdPath : cdIso).dataset.path = at + '.source';
+        cdToggle.dataset.path = at;
+      }
+      spec.nics = Array.from(rowsOf('nic').children).map((row) => {
+        const get = (k) => row.querySelector('[data-key="' + k + '"]').value.trim();
+        return { source_type: get('source_type'), source: get('source'), model: get('model') };
+      });
+      if (gfx.value) {
+        spec.graphics = { type: gfx.value, listen: val('graphics.listen') };
+        if (val('graphics.password')) spec.graphics.password = form.querySelector('[data-path="graphics.password"]').value;
+      } else {
+        spec.graphics = null;
+      }
+      spec.consoles = val('consoles') ? [{ kind: val('consoles') }] : [];
+      spec.guest_agent = checked('guest_agent') ? {} : null;
+      spec.balloon = checked('balloon') ? {} : null;
+      for (const k of ['kernel', 'initrd', 'cmdline']) if (val(k)) spec[k] = val(k);
+      const cluster = val('cluster');
+      const submit = form.querySelector('button[type="submit"]');
+      submit.disabled = true;
+      try {
+        const r = await C.api('POST', '/vms' + (cluster ? '?cluster=' + encodeURIComponent(cluster) : ''), spec);
+        if (r.ok) window.location.href = prefix + '/vms/' + r.data.id;
+        else C.showErrors(form, r.data);
+      } finally {
+        submit.disabled = false;
+      }
+    });
+  }
+
+  document.addEventListener('DOMContentLoaded', vmForm);
+})();
