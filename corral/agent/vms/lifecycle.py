@@ -107,6 +107,7 @@ class Lifecycle:
                 except libvirt.libvirtError as exc:
                     raise from_libvirt(exc, "undefine") from None
             self.registry.forget(uuid)
+            self.rendering.forget(uuid)
 
     # ---- start ------------------------------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class Lifecycle:
                 raise Conflict(f"VM {vm.name} is already running")
             if vm.spec is not None:
                 self.rendering.refuse_missing(vm.spec, f"start {vm.name}")
+                self.rendering.prepare(vm.spec)  # its cloud-init seed, if it has data
             return self._start(vm, dom)
 
     def _start(self, vm: Vm, dom: libvirt.virDomain) -> dict[str, Any]:

@@ -15,11 +15,13 @@ from typing import Any
 
 import libvirt
 
+from corral.agent.cloudinit import SeedStore
 from corral.agent.errors import NotFound, Refused
 from corral.agent.host import Detection
 from corral.agent.hostfacts import HostView, check_spec, merge
 from corral.agent.vms.registry import JSON, AnswerCache, DevicesCache, Vm
 from corral.domain import config as cfg
+from corral.domain.cloudinit import add_seed
 from corral.domain.flavors.base import Decision, Outcome
 from corral.domain.resolve import RefusedError, RenderOptions, Resolution, mac_for, resolve
 from corral.domain.spec import GuestType, VmSpec
@@ -83,6 +85,24 @@ class Rendering:
         self._options: tuple[float, RenderOptions | None] = (0.0, None)  # (when read, options)
         self._host_view = host_view
         self._view: tuple[float, HostView | None] = (0.0, None)  # (when read, view)
+        self.seeds = SeedStore(state_dir)  # cloud-init seeds (corral.agent.cloudinit)
+
+    def _resolve(self, spec: VmSpec, guest_type: GuestType | None,
+                 options: RenderOptions | None = None) -> Resolution:
+        """The flavor's resolution of ``spec``, with its cloud-init seed device (a device of this host's
+        making, not one of the spec's: ``corral.domain.cloudinit``)."""
+        res = resolve(spec, self.flavor, guest_type, options)
+        add_seed(res, spec, str(self.seeds.path(spec.id)))
+        return res
+
+    def prepare(self, spec: VmSpec) -> None:
+        """The host-side files ``spec`` needs before its domain is defined or started: its cloud-init seed,
+        written again only when its data changed."""
+        self.seeds.ensure(spec, self.flavor.mac_prefix)
+
+    def forget(self, uuid: str) -> None:
+        """A VM undefined: its host-side files go."""
+        self.seeds.drop(uuid)
 
     def options(self) -> RenderOptions:
         """Host facts for rendering, read once a minute (the CPU count is a libvirt call), not per render."""
@@ -125,7 +145,7 @@ class Rendering:
                           field=missing[0].path, decisions=[d.as_dict() for d in missing])
 
     def plan(self, spec: VmSpec) -> dict[str, Any]:
-        res = resolve(spec, self.flavor, None, self.options())
+        res = self._resolve(spec, None, self.options())
         decisions = merge(res.decisions, self.host_refusals(spec))
         ok = not any(d.outcome is Outcome.REFUSED for d in decisions)
         return {"flavor": self.flavor.name, "guest_type": res.guest_type.value, "ok": ok,
@@ -133,13 +153,14 @@ class Rendering:
 
     def render(self, spec: VmSpec, guest_type: GuestType | None = None) -> tuple[str, RenderedVm]:
         """The domain XML to define (unindented: libvirt needs no indenting) and the resolution behind it."""
-        rendered = RenderedVm.accepted(resolve(spec, self.flavor, guest_type, self.options()))
+        rendered = RenderedVm.accepted(self._resolve(spec, guest_type, self.options()))
+        self.prepare(spec)
         return rendered.domain.to_xml(False), rendered
 
     def check(self, vm: Vm, spec: VmSpec, path_prefix: str) -> RenderedVm:
         """A change of ``vm`` to ``spec``, checked against the host and the flavor; the refusals named are
         those under ``path_prefix`` (the part changed) where there are any, else all."""
-        res = resolve(spec, self.flavor, vm.guest_type, self.options())
+        res = self._resolve(spec, vm.guest_type, self.options())
         self.refuse_missing(spec, f"change {vm.name}", path_prefix)
         bad = [d for d in res.refused if d.path.startswith(path_prefix) or path_prefix == ""]
         if res.refused:
@@ -162,7 +183,7 @@ class Rendering:
         assert vm.spec is not None
         cached = vm.devices_cache
         if cached is None or cached.spec is not vm.spec or cached.guest_type != vm.guest_type:
-            res = resolve(vm.spec, self.flavor, vm.guest_type)
+            res = self._resolve(vm.spec, vm.guest_type)
             cached = vm.devices_cache = DevicesCache(vm.spec, vm.guest_type,
                                                      res.domain.devices if res.domain else [])
         return cached.devices

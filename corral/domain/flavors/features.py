@@ -49,6 +49,7 @@ class Feature(StrEnum):
     CDROM_EMPTY = "cdrom.empty"
     CDROM_INSERT_LIVE = "cdrom.insert_live"  # media into a drive that was empty when the domain started
     CDROM_DRIVER = "cdrom.driver"
+    CLOUD_INIT_SEED = "cloud_init.seed"  # the NoCloud seed the agent builds for VmSpec.cloud_init
     FLOPPY = "floppy"
     DISK_FORMAT_RAW_FILE = "disk.format.raw.file"
     DISK_FORMAT_RAW_BLOCK = "disk.format.raw.block"
@@ -180,6 +181,13 @@ class CdromDevice(StrEnum):
     READONLY_DISK = "disk"  # a read-only disk: a media change is an unplug and a plug
 
 
+class SeedDevice(StrEnum):
+    """How the guest gets its cloud-init seed (an ISO 9660 volume labelled ``cidata``)."""
+
+    CDROM = "cdrom"  # a CD-ROM drive with the seed as its media, on the flavor's CD-ROM bus
+    READONLY_DISK = "disk"  # a read-only disk on the flavor's disk bus (no CD-ROM: Xen PV)
+
+
 class AgentChannel(StrEnum):
     """How the guest agent's channel reaches the host; the value is libvirt's channel target type."""
 
@@ -201,6 +209,7 @@ POLICY_TYPES: Mapping[Feature, type[StrEnum]] = {
     F.MEMORY_BALLOON_HEADROOM: MemoryAtStart,
     F.BOOT_ORDER: BootOrder,
     F.CDROM_DEVICE: CdromDevice,
+    F.CLOUD_INIT_SEED: SeedDevice,
     F.GUEST_AGENT: AgentChannel,
     F.SNAPSHOT: SnapshotMechanism,
 }

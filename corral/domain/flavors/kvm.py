@@ -15,6 +15,7 @@ from corral.domain.flavors.features import (
     GraphicsPassword,
     LinkControl,
     MemoryAtStart,
+    SeedDevice,
     SnapshotMechanism,
 )
 from corral.domain.flavors.features import Feature as F
@@ -43,6 +44,8 @@ TABLE: Table = {
     F.CDROM_EMPTY: native(None, "an empty drive, no <source>"),
     F.CDROM_INSERT_LIVE: native(None, "media goes into the running drive"),
     F.CDROM_DRIVER: native(None, "the disk's own driver"),
+    F.CLOUD_INIT_SEED: native(SeedDevice.CDROM, "a CD-ROM whose media is the NoCloud seed (ISO 9660 "
+                                                "volume 'cidata')"),
     F.FLOPPY: native("fdc"),
     F.DISK_FORMAT_RAW_FILE: native("qemu"),
     F.DISK_FORMAT_RAW_BLOCK: native("qemu"),

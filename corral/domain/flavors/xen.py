@@ -16,6 +16,7 @@ from corral.domain.flavors.features import (
     GraphicsPassword,
     LinkControl,
     MemoryAtStart,
+    SeedDevice,
     SnapshotMechanism,
 )
 from corral.domain.flavors.features import Feature as F
@@ -78,6 +79,11 @@ TABLE: Table = {
         translated("qemu", "libxl takes HVM CD-ROMs on the qdisk backend only ('Backend for CD devices on HVM "
                            "guests must be Qdisk', measured), empty or not, file or block device")),
     F.FLOPPY: refused(_FLOPPY),
+    F.CLOUD_INIT_SEED: _pv_hvm(
+        translated(SeedDevice.READONLY_DISK, "PV guests have no CD-ROM: the NoCloud seed (ISO 9660 volume "
+                                             "'cidata') is a read-only PV disk xvdX, found by its label"),
+        native(SeedDevice.CDROM, "an emulated IDE CD-ROM whose media is the NoCloud seed (ISO 9660 volume "
+                                 "'cidata')")),
     F.DISK_FORMAT_RAW_FILE: native("qemu", "<driver name='qemu' type='raw'/> (qdisk backend)"),
     F.DISK_FORMAT_RAW_BLOCK: native("phy", "<driver name='phy' type='raw'/> (blkback)"),
     F.DISK_FORMAT_QCOW2: native("qemu", "<driver name='qemu' type='qcow2'/> (qdisk); without the driver "
