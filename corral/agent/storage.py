@@ -90,14 +90,28 @@ def probe(path: str) -> Probe | None:
 # ---------------------------------------------------------------------------------------------------- XML
 
 
+FS_NS = "http://libvirt.org/schemas/storagepool/fs/1.0"  # libvirt's <fs:mount_opts> (since 5.1)
+
+
+def _mount_options(body: NetfsPool) -> list[str]:
+    """What goes to mount(8) beyond libvirt's own options: the port first (libvirt does not pass <host port>)."""
+    port = [f"port={body.source.port}"] if body.source.port is not None else []
+    return port + [o for o in body.source.mount_options if o not in port]
+
+
 def pool_xml(name: str, body: PoolBody) -> str:
-    pool = etree.Element("pool", type=body.type)
+    options = _mount_options(body) if isinstance(body, NetfsPool) else []
+    pool = etree.Element("pool", type=body.type, nsmap={"fs": FS_NS} if options else None)
     etree.SubElement(pool, "name").text = name
     if isinstance(body, NetfsPool):
         source = etree.SubElement(pool, "source")
-        etree.SubElement(source, "host", name=body.source.host)
+        host = etree.SubElement(source, "host", name=body.source.host)
+        if body.source.port is not None:
+            host.set("port", str(body.source.port))
         etree.SubElement(source, "dir", path=body.source.dir)
         etree.SubElement(source, "format", type=body.source.format)
+        if body.source.protocol_version is not None:
+            etree.SubElement(source, "protocol", ver=str(body.source.protocol_version))
     elif isinstance(body, LogicalPool):
         source = etree.SubElement(pool, "source")
         etree.SubElement(source, "name").text = body.source.vg
@@ -105,7 +119,26 @@ def pool_xml(name: str, body: PoolBody) -> str:
     target = etree.SubElement(pool, "target")
     etree.SubElement(target, "path").text = (f"/dev/{body.source.vg}" if isinstance(body, LogicalPool)
                                              else body.path)
+    if options:
+        opts = etree.SubElement(pool, f"{{{FS_NS}}}mount_opts")
+        for option in options:
+            etree.SubElement(opts, f"{{{FS_NS}}}option", name=option)
     return etree.tostring(pool, encoding="unicode")
+
+
+def _netfs_extras(root: etree._Element) -> dict[str, Any]:
+    """A netfs pool's port, NFS version and further mount options, only those it has (read back from libvirt)."""
+    out: dict[str, Any] = {}
+    host, proto = root.find("source/host"), root.find("source/protocol")
+    if host is not None and (host.get("port") or "").isdigit():
+        out["port"] = int(host.get("port") or 0)
+    if proto is not None and (proto.get("ver") or "").isdigit():
+        out["protocol_version"] = int(proto.get("ver") or 0)
+    port_opt = f"port={out['port']}" if "port" in out else None
+    options = [o.get("name") for o in root.iterfind(f"{{{FS_NS}}}mount_opts/{{{FS_NS}}}option")]
+    if any(o != port_opt for o in options):
+        out["mount_options"] = [o for o in options if o != port_opt]
+    return out
 
 
 def volume_xml(name: str, fmt: str, capacity: int, sparse: bool, backing: tuple[str, str] | None = None) -> str:
@@ -138,6 +171,8 @@ def _definition(root: etree._Element) -> dict[str, Any]:
         out["source.host"] = host.get("name") if host is not None else None
         out["source.dir"] = src_dir.get("path") if src_dir is not None else None
         out["source.format"] = fmt.get("type") if fmt is not None else "auto"
+        # mount options are not compared: libvirt's test driver drops <fs:mount_opts> (the port is <host port>)
+        out.update({f"source.{k}": v for k, v in _netfs_extras(root).items() if k != "mount_options"})
     return out
 
 
@@ -147,7 +182,7 @@ def _source(root: etree._Element) -> dict[str, Any] | None:
         host, src_dir, fmt = root.find("source/host"), root.find("source/dir"), root.find("source/format")
         return {"host": host.get("name") if host is not None else None,
                 "dir": src_dir.get("path") if src_dir is not None else None,
-                "format": fmt.get("type") if fmt is not None else "auto"}
+                "format": fmt.get("type") if fmt is not None else "auto", **_netfs_extras(root)}
     if kind == "logical":
         return {"vg": root.findtext("source/name")}
     return None
@@ -446,20 +481,32 @@ class StorageManager:
                            field="volume", domains=users)
 
     def resize(self, pool_name: str, name: str, body: ResizeBody) -> dict[str, Any]:
-        """Grow only: shrinking a disk destroys whatever the guest kept at its end."""
+        """Grow only: shrinking a disk destroys whatever the guest kept at its end. A volume a running domain
+        uses is grown by that domain (``virDomainBlockResize``: the hypervisor grows the image and tells the
+        guest); a driver without it (libxl) answers 409 unsupported naming the call, and nothing changed."""
         vol = self._volume(self._running(pool_name), name)
         info = self.volume_info(vol, pool_name)
         if body.capacity_bytes < info["capacity_bytes"]:
             raise Invalid(f"capacity_bytes {body.capacity_bytes} is smaller than the volume's "
                           f"{info['capacity_bytes']}: volumes only grow", field="capacity_bytes")
         if body.capacity_bytes == info["capacity_bytes"]:
-            return info
-        self._refuse_in_use(vol, pool_name, "resize (offline)", active_only=True)
+            return {**info, "online": False}
+        running = self.domains_using(vol.path(), pool_name, name, active_only=True)
+        if len(running) > 1:
+            raise Conflict(f"cannot resize volume {pool_name}/{name} online: domains {', '.join(running)} use it",
+                           field="volume", domains=running)
         try:
-            vol.resize(body.capacity_bytes, 0)
+            if running:
+                self._conn().lookupByName(running[0]).blockResize(
+                    vol.path(), body.capacity_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            else:
+                vol.resize(body.capacity_bytes, 0)
         except libvirt.libvirtError as exc:
-            raise _libvirt(exc, f"resize volume {pool_name}/{name}", field="capacity_bytes") from None
-        return self.volume_info(vol, pool_name)
+            doing = (f"resize volume {pool_name}/{name} online in domain {running[0]} (virDomainBlockResize)"
+                     if running else f"resize volume {pool_name}/{name}")
+            raise _libvirt(exc, doing, field="capacity_bytes") from None
+        self.refresh(pool_name)
+        return {**self.volume_info(vol, pool_name), "online": bool(running), "domain": running[0] if running else None}
 
     def delete_volume(self, pool_name: str, name: str) -> None:
         vol = self._volume(self._running(pool_name), name)

@@ -158,19 +158,34 @@ def volume_create(
     _task_result(api, task, wait, output, f"creating volume {name}")
 
 
+@volume_app.command("resize")
+def volume_resize(volume: str, size: str = typer.Argument(..., help="the new size, e.g. 20G (volumes only grow)"),
+                  storage: str = typer.Option(None, "--storage", help="its storage domain, where several domains "
+                  "have a volume of that name"),
+                  wait: bool = WaitOpt, output: Output = OutputOpt) -> None:
+    """Grow a volume (a task): online when a running VM uses it and its hypervisor can, else offline."""
+    api = ApiClient()
+    task = api.request("POST", f"/volumes/{_seg(_volume_ref(api, volume, storage))}/resize",
+                       json={"size_bytes": parse_size(size)})
+    _task_result(api, task, wait, output, f"growing volume {volume}")
+
+
+def _volume_ref(api: ApiClient, volume: str, storage: str | None) -> str:
+    if not storage:
+        return volume
+    found = api.get("/volumes", domain=storage, name=volume, limit=2)["items"]
+    if not found:
+        fail(f"storage domain {storage} has no volume {volume!r}")
+    return str(found[0]["id"])
+
+
 @volume_app.command("delete")
 def volume_delete(volume: str, storage: str = typer.Option(None, "--storage", help="its storage domain, "
                   "where several domains have a volume of that name"),
                   wait: bool = WaitOpt, output: Output = OutputOpt) -> None:
     """Delete a volume (a task); refused while a VM uses it."""
     api = ApiClient()
-    ref = volume
-    if storage:
-        found = api.get("/volumes", domain=storage, name=volume, limit=2)["items"]
-        if not found:
-            fail(f"storage domain {storage} has no volume {volume!r}")
-        ref = found[0]["id"]
-    task = api.request("DELETE", f"/volumes/{_seg(ref)}")
+    task = api.request("DELETE", f"/volumes/{_seg(_volume_ref(api, volume, storage))}")
     _task_result(api, task, wait, output, f"deleting volume {volume}")
 
 

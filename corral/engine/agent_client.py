@@ -276,6 +276,11 @@ class AgentClient:
         await self.request(t, "DELETE", f"/v1/storage/pools/{_seg(pool)}/volumes/{_seg(volume)}",
                            timeout=120.0)
 
+    async def resize_volume(self, t: AgentTarget, pool: str, volume: str, capacity_bytes: int) -> dict[str, Any]:
+        """Grow a volume; a running domain of the host that uses it grows it online (``online`` in the answer)."""
+        return dict(await self.request(t, "POST", f"/v1/storage/pools/{_seg(pool)}/volumes/{_seg(volume)}/resize",
+                                       json_body={"capacity_bytes": capacity_bytes}, timeout=300.0))
+
     async def get_volume(self, t: AgentTarget, pool: str, volume: str) -> dict[str, Any]:
         return dict(await self.request(t, "GET", f"/v1/storage/pools/{_seg(pool)}/volumes/{_seg(volume)}"))
 

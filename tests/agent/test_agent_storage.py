@@ -397,6 +397,35 @@ def test_real_dir_pool_volumes_upload_download_clone_resize(lab_api: Api, tmp_pa
 
 
 @pytest.mark.qemulab
+def test_real_online_resize_grows_the_disk_of_a_running_domain(lab_api: Api, tmp_path: Path) -> None:
+    """A volume a running domain uses is grown by that domain (virDomainBlockResize): qemu grows the qcow2 and
+    the domain's block device; the answer says online and names the domain."""
+    lab = qemu_lab()
+    assert lab is not None
+    api, pool = lab_api, _name()
+    where = tmp_path / "pool"
+    api.put(f"{POOLS}/{pool}", json={"type": "dir", "path": str(where)}, expect=200)
+    vols = f"{POOLS}/{pool}/volumes"
+    vol = api.post(vols, json={"name": "live", "format": "qcow2", "capacity_bytes": 16 * MiB}, expect=201).json()
+    dom = api.conn().createXML(f"""<domain type='qemu'><name>{_name()}</name><memory unit='MiB'>128</memory>
+      <os><type arch='x86_64'>hvm</type><kernel>{lab.kernel}</kernel><initrd>{lab.initrd}</initrd>
+      <cmdline>console=ttyS0 panic=-1</cmdline></os><devices><disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/><source file='{vol["path"]}'/><target dev='vda' bus='virtio'/>
+      </disk></devices></domain>""")
+    try:
+        grown = api.post(f"{vols}/live/resize", json={"capacity_bytes": 48 * MiB}, expect=200).json()
+        assert grown["online"] is True and grown["domain"] == dom.name() and grown["capacity_bytes"] == 48 * MiB
+        assert dom.blockInfo(vol["path"])[0] == 48 * MiB  # the running domain's block device
+        assert probe(vol["path"]).virtual_size == 48 * MiB  # type: ignore[union-attr]
+        body = api.post(f"{vols}/live/resize", json={"capacity_bytes": 32 * MiB}, expect=422).json()
+        assert body["field"] == "capacity_bytes" and dom.blockInfo(vol["path"])[0] == 48 * MiB
+    finally:
+        dom.destroy()
+    offline = api.post(f"{vols}/live/resize", json={"capacity_bytes": 64 * MiB}, expect=200).json()
+    assert offline["online"] is False and offline["capacity_bytes"] == 64 * MiB
+
+
+@pytest.mark.qemulab
 def test_real_interrupted_upload_leaves_no_volume(lab_api: Api, tmp_path: Path) -> None:
     api, pool = lab_api, _name()
     where = tmp_path / "pool"

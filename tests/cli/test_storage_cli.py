@@ -121,6 +121,11 @@ def test_storage_and_volume_commands(engine: tuple[str, str, dict[str, AgentProc
     assert "[host]" in not_there.stderr and "/srv/other" in not_there.stderr
     assert "[path]" in corral(env, "storage", "add", "bad", "--type", "dir", "--path", "rel", code=2).stderr
     assert "--size" in corral(env, "volume", "create", "x", "--storage", "images", "--size", "lots", code=2).stderr
+    # resize: refusals by field; the test driver cannot grow a volume, and the CLI says so with the host's words
+    assert "[size_bytes]" in corral(env, "volume", "resize", "disk1", "512M", code=2).stderr
+    assert "cannot grow" not in (no := corral(env, "volume", "resize", "disk1", "2G", code=2).stderr)
+    assert "unsupported" in no or "virStorageVolResize" in no, no
+    assert "no volume 'nope'" in corral(env, "volume", "resize", "nope", "2G", "--storage", "images", code=2).stderr
 
     deleted = json.loads(corral(env, "volume", "delete", "disk1", "-o", "json").stdout)
     assert deleted == {"id": made["id"], "name": "disk1", "deleted": True}

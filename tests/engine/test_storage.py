@@ -219,3 +219,29 @@ def test_host_not_up_shows_inactive(agents: dict[str, AgentProc], api: Api) -> N
     assert api.get("/storage-domains/images")["hosts_active"] == 1
     assert refused(api, "POST", "/volumes", {"name": "v", "domain": "images", "size_bytes": GIB,
                                              "host": "kvm-host"}, 409)["field"] == "host"
+
+
+def test_volume_resize_grows_only_and_passes_the_host_refusal_on(agents: dict[str, AgentProc], api: Api) -> None:
+    """POST /volumes/{v}/resize: a task; shrinking refused by field; a volume not made yet (pending) only
+    changes its size; libvirt's test driver has no virStorageVolResize, so the task fails naming it and the
+    recorded size stays (the QEMU lab grows volumes for real, online too: tests/agent/test_agent_storage.py)."""
+    add_hosts(api, agents)
+    api.post("/storage-domains", {"name": "images", "type": "dir", "path": "/var/lib/corral/images"}, status=201)
+    task = api.wait_task(api.post("/volumes", {"name": "v1", "domain": "images", "size_bytes": GIB}, status=202))
+    assert task["state"] == "succeeded", task
+    assert refused(api, "POST", "/volumes/v1/resize", {"size_bytes": GIB // 2}, 422)["field"] == "size_bytes"
+    assert refused(api, "POST", "/volumes/v1/resize", {"size_bytes": 0}, 422)["field"] == "size_bytes"
+    assert refused(api, "POST", "/volumes/v1/resize", {"size_bytes": 2 * GIB, "size": 1}, 422)["field"] == "size"
+    assert refused(api, "POST", "/volumes/nope/resize", {"size_bytes": GIB}, 404)["field"] == "volume"
+    failed = api.wait_task(api.post("/volumes/v1/resize", {"size_bytes": 2 * GIB}, status=202))
+    assert failed["state"] == "failed" and "unsupported" in str(failed["error"]), failed
+    assert api.get("/volumes/v1")["capacity_bytes"] == GIB
+
+    vm = api.post("/vms", {"name": "web1", "memory_mib": 128, "vcpus": 1,
+                           "disks": [{"size_bytes": GIB, "storage": "images"}]}, status=201)
+    pending = api.get("/volumes", vm=vm["id"])["items"][0]
+    assert pending["state"] == "pending"
+    grown = api.wait_task(api.post(f"/volumes/{pending['id']}/resize", {"size_bytes": 3 * GIB}, status=202))
+    assert grown["state"] == "succeeded" and grown["result"]["capacity_bytes"] == 3 * GIB, grown
+    assert grown["result"]["online"] is False
+    assert api.get(f"/volumes/{pending['id']}")["capacity_bytes"] == 3 * GIB

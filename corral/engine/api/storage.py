@@ -24,6 +24,7 @@ from corral.engine.api.clusters import default_cluster
 from corral.engine.api.deps import After, Ctx, Limit, find_cluster, find_unique, page
 from corral.engine.api.schemas import ACCEPTED, ERRORS, Out, Page, TaskOut
 from corral.engine.db.models import (
+    RUNNING_STATES,
     Cluster,
     DomainHostState,
     Host,
@@ -50,6 +51,7 @@ router = APIRouter()
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NFS_HOST = re.compile(r"^[A-Za-z0-9.:\[\]_-]{1,255}$")
 _VG = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,127}$")
+_MOUNT_OPTION = re.compile(r"^[A-Za-z0-9_]{1,64}(=[A-Za-z0-9._:@/+-]{1,255})?$")  # the agent's rule
 MAX_VOLUME_BYTES = 1 << 50  # 1 PiB
 
 
@@ -60,6 +62,11 @@ class StorageSourceIn(BaseModel):
     host: str | None = Field(None, description="nfs: the NFS server")
     dir: str | None = Field(None, description="nfs: the exported directory")
     vg: str | None = Field(None, description="logical: the LVM volume group")
+    port: int | None = Field(None, ge=1, le=65535, description="nfs: the server's NFS port (default 2049)")
+    nfs_version: Literal[3, 4] | None = Field(None, description="nfs: mount with this NFS version (nfsvers=N); "
+                                              "4 for a server that speaks NFSv4 only")
+    mount_options: list[str] | None = Field(None, max_length=16, description="nfs: further mount options, each "
+                                            "'name' or 'name=value' (e.g. 'soft', 'timeo=50')")
 
 
 class StorageDomainIn(BaseModel):
@@ -113,6 +120,11 @@ class VolumeIn(BaseModel):
                              "with the most free space)")
 
 
+class VolumeResizeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size_bytes: int = Field(ge=1, le=MAX_VOLUME_BYTES, description="the new size; volumes only grow")
+
+
 class VolumeOut(Out):
     id: str
     name: str
@@ -156,7 +168,13 @@ def _checked(body: StorageDomainIn) -> tuple[str | None, dict[str, Any] | None]:
             raise Invalid("an nfs domain's source is {host, dir}", field="source.vg")
         if not host or not _NFS_HOST.match(host):
             raise Invalid("an nfs domain needs the NFS server's name or address", field="source.host")
-        return path, {"host": host, "dir": _abs_path(export, "source.dir")}
+        out: dict[str, Any] = {"host": host, "dir": _abs_path(export, "source.dir")}
+        for i, option in enumerate(given.get("mount_options") or []):
+            if not _MOUNT_OPTION.match(option):
+                raise Invalid(f"a mount option is 'name' or 'name=value' without commas or spaces (not {option!r})",
+                              field=f"source.mount_options.{i}")
+        out.update({k: given[k] for k in ("port", "nfs_version", "mount_options") if given.get(k)})
+        return path, out
     if body.path:
         raise Invalid("a logical domain's path is /dev/<vg>, set by libvirt", field="path")
     vg = given.get("vg")
@@ -524,6 +542,86 @@ async def delete_volume(ctx: Ctx, volume: str, response: Response) -> Any:
 
     task = await ctx.tasks.submit("volume_delete", work, object_type="volume", object_id=volume_id,
                                   message=f"deleting volume {name}")
+    response.headers["Location"] = f"/api/v1/tasks/{task['id']}"
+    return task
+
+
+def _running_user(s: Session, v: Volume) -> tuple[str, str, AgentTarget] | None:
+    """(VM name, host name, agent) of a VM using the volume that runs now: only its host can grow it online."""
+    users = _users(s, v)
+    if not users:
+        return None
+    row = s.execute(select(Vm.name, Host.name, Host.agent_url, Host.agent_token).join(Host, Host.id == Vm.host_id)
+                    .where(Vm.name.in_(users), Vm.state.in_([st.value for st in RUNNING_STATES]),
+                           Vm.cluster_id == s.scalar(select(StorageDomain.cluster_id)
+                                                     .where(StorageDomain.id == v.domain_id)))
+                    .limit(1)).first()
+    return None if row is None else (row[0], row[1], AgentTarget(row[2], row[3]))
+
+
+@volumes_router.post("/{volume}/resize", status_code=202, response_model=TaskOut, responses=ACCEPTED)
+async def resize_volume(ctx: Ctx, volume: str, body: VolumeResizeIn, response: Response) -> Any:
+    """Grow a volume (a task). A VM that runs on it grows it online on its host where the hypervisor can (QEMU's
+    block_resize through libvirt; libxl has no virDomainBlockResize: refused by the host, nothing changes); a
+    volume not made yet only changes its size; a template's base volume is sealed."""
+    def check(s: Session) -> tuple[str, str, str, list[tuple[str, AgentTarget]], str | None]:
+        v = find_volume(s, volume)
+        if v.template_id is not None:
+            raise Conflict(f"volume {v.name} is a sealed base volume of a template", field="volume")
+        if body.size_bytes < v.capacity_bytes:
+            raise Invalid(f"size_bytes {body.size_bytes} is smaller than volume {v.name}'s {v.capacity_bytes}: "
+                          "volumes only grow", field="size_bytes")
+        if v.state == VolumeState.PENDING.value:  # made at the VM's first start: only the record changes
+            return v.id, v.name, "", [], None
+        if v.state != VolumeState.READY.value:
+            raise Conflict(f"volume {v.name} is {v.state}", field="volume")
+        d = s.get(StorageDomain, v.domain_id)
+        assert d is not None
+        user = _running_user(s, v)
+        online: str | None = None
+        if user is not None:
+            online = user[0]
+            hosts = [(user[1], user[2])]
+        elif v.host_id is not None:
+            h = s.get(Host, v.host_id)
+            assert h is not None
+            if h.state != HostState.UP.value:
+                raise Conflict(f"volume {v.name} is on host {h.name}, which is {h.state}", field="volume")
+            hosts = [(h.name, AgentTarget(h.agent_url, h.agent_token))]
+        else:
+            hosts = [(n, t) for _h, n, t, _ in _active_hosts(s, d)][:1]
+            if not hosts:
+                raise Conflict(f"storage domain {d.name} is active on no host: {_not_active_reason(s, d)}",
+                               field="volume")
+        return v.id, v.name, d.name, hosts, online
+
+    volume_id, name, pool, hosts, online = await ctx.db.run(check)
+
+    async def work(task: TaskContext) -> dict[str, Any]:
+        grown: dict[str, Any] = {"capacity_bytes": body.size_bytes, "online": False}
+        for host_name, target in hosts:
+            how = f"online in VM {online} " if online else ""
+            await task.progress(f"growing volume {name} to {body.size_bytes} bytes {how}on host {host_name}")
+            try:
+                grown = await ctx.agents.resize_volume(target, pool, name, body.size_bytes)
+            except AgentError as exc:
+                raise ApiError(f"host {host_name}: {exc.message}", field=exc.field or "size_bytes", code=exc.code,
+                               status=exc.status or 502) from None
+
+        def done(s: Session) -> dict[str, Any]:
+            v = s.get(Volume, volume_id)
+            if v is None:
+                raise NotFound("the volume was removed meanwhile", field="volume")
+            v.capacity_bytes = int(grown.get("capacity_bytes") or body.size_bytes)
+            record(s, "volume_resized", f"volume {name} grown to {v.capacity_bytes} bytes"
+                   + (f" online in VM {grown.get('domain') or online}" if grown.get("online") else ""),
+                   object_type="volume", object_id=v.id)
+            s.flush()
+            return {**_volume_outs(s, [v])[0].model_dump(mode="json"), "online": bool(grown.get("online"))}
+        return await ctx.db.run(done)
+
+    task = await ctx.tasks.submit("volume_resize", work, object_type="volume", object_id=volume_id,
+                                  message=f"growing volume {name}")
     response.headers["Location"] = f"/api/v1/tasks/{task['id']}"
     return task
 
