@@ -140,9 +140,12 @@ def upload_with_libvirt(uri: str, src: Path, name: str, pool: str) -> float:
         conn.close()
 
 
-def copy(src: Path, dst: Path) -> float:
+def copy(src: Path, dst: Path, sync: bool = False) -> float:
+    """``cp``; with ``sync`` followed by ``sync FILE`` (fdatasync), what an upload does before it answers."""
     t0 = time.perf_counter()
     subprocess.run(["cp", str(src), str(dst)], check=True)
+    if sync:
+        subprocess.run(["sync", "--data", str(dst)], check=True)
     elapsed = time.perf_counter() - t0
     dst.unlink()
     return elapsed
@@ -196,24 +199,27 @@ def main() -> None:
 
         agent = httpx.Client(base_url=f"http://127.0.0.1:{agent_port}",
                              headers={"Authorization": f"Bearer {(scratch / 'agent-token').read_text()}"})
-        ups, direct, raw, cps = [], [], [], []
+        ups, direct, raw, cps, synced = [], [], [], [], []
         for i in range(args.rounds):
             ups.append(upload(api, src, f"up{i}", pool))
             direct.append(upload_to_agent(agent, src, f"direct{i}", pool))
             raw.append(upload_with_libvirt(lab.uri, src, f"raw{i}", pool))
             cps.append(copy(src, scratch / "pool" / f"cp{i}"))
+            synced.append(copy(src, scratch / "pool" / f"cps{i}", sync=True))
         mib = size / (1 << 20)
         print(f"upload throughput, {human(size)} of random bytes, {args.rounds} rounds, {platform.node()}, "
               f"{os.cpu_count()} CPUs, {scratch}")
         print(f"{'':28}{'best s':>9}{'median s':>10}{'MiB/s (best)':>14}")
         for label, times in (("image upload (engine+agent)", ups), ("agent alone (no engine)", direct),
                              ("libvirt upload stream alone", raw),
-                             ("cp (same file, same disk)", cps)):
+                             ("cp (same file, same disk)", cps), ("cp + sync --data", synced)):
             print(f"{label:28}{min(times):9.3f}{statistics.median(times):10.3f}{mib / min(times):14.1f}")
         ratio_best = min(cps) / min(ups)
         ratio_median = statistics.median(cps) / statistics.median(ups)
         print(f"ratio upload/cp throughput: best {ratio_best:.2f}x, median {ratio_median:.2f}x (goal >= 0.8x: "
               f"{'met' if ratio_best >= 0.8 else 'not met'})")
+        print(f"ratio upload/(cp + sync) throughput: best {min(synced) / min(ups):.2f}x, median "
+              f"{statistics.median(synced) / statistics.median(ups):.2f}x (the upload syncs before it answers)")
     finally:
         for p in procs:
             p.terminate()
