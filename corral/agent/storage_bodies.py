@@ -36,10 +36,21 @@ class DirPool(_Body):
     path: AbsPath
 
 
+# One mount option as mount(8) takes it (``name`` or ``name=value``): no comma, space or quote can smuggle in another
+MountOption = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,64}(=[A-Za-z0-9._:@/+-]{1,255})?$")]
+
+
 class NetfsSource(_Body):
+    """``port``, ``protocol_version`` and ``mount_options`` are what an NFS server not on 2049, or one that speaks
+    NFSv4 only (nfs-ganesha, the labs' server), needs: libvirt 9.0 passes ``<protocol ver>`` to mount as
+    ``nfsvers=N`` but not ``<host port>``, so the port also goes to mount as ``port=N`` (``<fs:mount_opts>``)."""
+
     host: HostName
     dir: AbsPath
     format: Literal["nfs", "auto", "glusterfs", "cifs"] = "nfs"
+    port: Annotated[int, Field(ge=1, le=65535, strict=True)] | None = None
+    protocol_version: Literal[3, 4] | None = None
+    mount_options: Annotated[list[MountOption], Field(max_length=16)] = []
 
 
 class NetfsPool(_Body):
