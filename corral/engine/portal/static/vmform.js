@@ -136,6 +136,11 @@
       };
       if (val('description')) spec.description = val('description');
       spec.disks = Array.from(rowsOf('disk').children).map(disk);
+      const bad = spec.disks.findIndex((d) => 'size_bytes' in d && !(typeof d.size_bytes === 'number' && d.size_bytes >= 1));
+      if (bad >= 0) {  // said here in words, before the API's own refusal
+        C.showErrors(form, { field: 'disks.' + bad + '.size_bytes', message: 'Give a size greater than zero.' });
+        return;
+      }
       cdIso.removeAttribute('data-path');
       cdPath.removeAttribute('data-path');
       if (cdToggle.checked) {
