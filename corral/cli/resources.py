@@ -9,6 +9,8 @@ from typing import Any
 import typer
 
 from corral.cli.client import ApiClient, save_login
+from corral.cli.cloudinit import HELP as CLOUD_INIT_HELP
+from corral.cli.cloudinit import parse_cloud_init
 from corral.cli.common import fail, load_data
 from corral.cli.output import Output, Record, Rows, Text, current_output, outcome_style, output_option, show
 from corral.cli.storage import parse_size
@@ -319,6 +321,7 @@ def vm_create(
     initrd: str = typer.Option(None, "--initrd"),
     cmdline: str = typer.Option(None, "--cmdline"),
     graphics: str = typer.Option(None, "--graphics", help="vnc or spice"),
+    cloud_init: str = typer.Option(None, "--cloud-init", help=CLOUD_INIT_HELP),
     cluster: str = typer.Option(None, "--cluster"),
     output: Output = OutputOpt,
 ) -> None:
@@ -344,6 +347,8 @@ def vm_create(
                 body[key] = value
         if graphics:
             body["graphics"] = {"type": graphics}
+    if cloud_init:
+        body["cloud_init"] = parse_cloud_init(cloud_init)
     api = ApiClient()
     path = "/vms" + (f"?cluster={cluster}" if cluster else "")
     show(api.request("POST", path, json=body), output)
