@@ -77,6 +77,24 @@ def test_a_running_vm_is_snapshotted_and_reverted_through_libvirt(agent_factory:
     assert api.post(f"/v1/vms/{vm_id}/snapshots/before-upgrade/revert", expect=404).json()["field"] == "name"
 
 
+def test_libvirt_snapshots_survive_the_undefine_and_define_of_an_engine_start(
+        agent_factory: Callable[..., Agent]) -> None:
+    """The engine redefines a VM at each start: libvirt refuses to undefine a domain with snapshots, so the
+    agent keeps their metadata and gives it back to the new definition (the current one stays current)."""
+    api = Api(agent_factory())
+    data = spec(disks=[{"source": "/a.qcow2", "format": "qcow2"}])
+    vm_id = api.create(data)["id"]
+    for name in ("one", "two"):
+        api.post(f"/v1/vms/{vm_id}/snapshots", json={"name": name, "description": name.upper()}, expect=201)
+    before = snaps(api, vm_id)["items"]
+    api.delete(f"/v1/vms/{vm_id}", expect=204)
+    assert api.conn().listAllDomains(0) == []
+    api.create(data)
+    after = snaps(api, vm_id)["items"]
+    assert after == before and [s["current"] for s in after] == [False, True]
+    api.post(f"/v1/vms/{vm_id}/snapshots/one/revert", expect=200)
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"name": "-starts-with-dash"}, "name"),
     ({"name": "a" * 65}, "name"),

@@ -17,7 +17,7 @@ from typing import Any
 
 import libvirt
 
-from corral.agent import startlog
+from corral.agent import snapshot_meta, startlog
 from corral.agent.errors import Conflict, NotFound, TimedOut, from_libvirt
 from corral.agent.hooks import Hooks
 from corral.agent.host import Detection
@@ -89,6 +89,7 @@ class Lifecycle:
                                    field="name") from None
                 raise from_libvirt(exc, "define") from None
             vm.defining = False
+            snapshot_meta.restore(dom, self.state_dir)  # those kept when it was last undefined (KVM)
             if start:  # the domain just defined: no lookup, and inactive by definition
                 return self._start(vm, dom)
             return self.answers.info(vm, dom, devices=False)
@@ -99,11 +100,13 @@ class Lifecycle:
             if dom.isActive():
                 raise Conflict(f"VM {vm.name} is running; stop it before deleting it")
             self.hooks.run("before_vm_undefine", lambda: dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), vm.uuid, vm.name)
+            # libvirt refuses to undefine a domain with snapshots: they are kept for its next definition
+            kept = libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA if snapshot_meta.keep(dom, self.state_dir) else 0
             try:
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | kept)
             except libvirt.libvirtError:
                 try:
-                    dom.undefine()
+                    dom.undefineFlags(kept)
                 except libvirt.libvirtError as exc:
                     raise from_libvirt(exc, "undefine") from None
             self.registry.forget(uuid)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from corral.engine.api import clusters, devices, events, hosts, images, metrics, storage, tasks, vms
+from corral.engine.api import clusters, devices, events, hosts, images, metrics, snapshots, storage, tasks, vms
 from corral.engine.api.deps import require_token
 
 
 def api_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
-    for module in (clusters, hosts, vms, devices, events, tasks, metrics, storage, images):
+    for module in (clusters, hosts, vms, devices, events, tasks, metrics, storage, images, snapshots):
         router.include_router(module.router)
     return router
