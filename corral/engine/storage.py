@@ -25,8 +25,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from corral.engine.agent_client import AgentClient, AgentError, AgentTarget, AgentUnreachable
-from corral.engine.db.models import DomainHostState, Host, HostState, StorageDomain, StorageDomainHost, utcnow
+from corral.engine.db.models import (
+    DomainHostState,
+    Host,
+    HostState,
+    Severity,
+    StorageDomain,
+    StorageDomainHost,
+    utcnow,
+)
 from corral.engine.db.session import Database
+from corral.engine.events import record
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,9 @@ def pool_body(d: StorageDomain | DomainDef) -> dict[str, Any]:
     if d.type == "nfs":
         src = d.source or {}
         body["source"] = {"host": src.get("host"), "dir": src.get("dir"), "format": "nfs"}
+        extras = {"port": src.get("port"), "protocol_version": src.get("nfs_version"),
+                  "mount_options": src.get("mount_options")}
+        body["source"].update({k: v for k, v in extras.items() if v})
     elif d.type == "logical":
         body["source"] = {"vg": (d.source or {}).get("vg")}
     return body
@@ -89,7 +101,8 @@ def matches(pool: dict[str, Any], d: DomainDef) -> bool:
     if pool.get("type") != want["type"] or ("path" in want and pool.get("path") != want["path"]):
         return False
     have = pool.get("source") or {}
-    return all(have.get(k) == v for k, v in (want.get("source") or {}).items())
+    # mount options are not compared: libvirt's test driver does not keep them (the agent does not either)
+    return all(have.get(k) == v for k, v in (want.get("source") or {}).items() if k != "mount_options")
 
 
 def from_pool(pool: dict[str, Any]) -> Seen:
@@ -154,8 +167,10 @@ def write_seen(s: Session, host_id: str, seen: dict[str, Seen]) -> int:
         return 0
     rows = {r.domain_id: r for r in s.scalars(select(StorageDomainHost).where(
         StorageDomainHost.host_id == host_id, StorageDomainHost.domain_id.in_(list(seen))))}
-    existing = set(s.scalars(select(StorageDomain.id).where(StorageDomain.id.in_(list(seen)))))
-    if s.get(Host, host_id) is None:
+    existing = {r[0]: r[1] for r in s.execute(select(StorageDomain.id, StorageDomain.name).where(
+        StorageDomain.id.in_(list(seen))))}
+    host = s.get(Host, host_id)
+    if host is None:
         return 0
     n = 0
     now = utcnow()
@@ -166,10 +181,26 @@ def write_seen(s: Session, host_id: str, seen: dict[str, Seen]) -> int:
         if row is None:
             row = StorageDomainHost(domain_id=domain_id, host_id=host_id)
             s.add(row)
+        else:
+            _transition_event(s, host, existing[domain_id], domain_id, row.state, v)
         row.state, row.capacity_bytes, row.free_bytes, row.reason = v.state, v.capacity_bytes, v.free_bytes, v.reason
         row.updated_at = now
         n += 1
     return n
+
+
+def _transition_event(s: Session, host: Host, domain: str, domain_id: str, was: str, seen: Seen) -> None:
+    """A domain that stops being active on a host is recorded once, with the reason (VMs that need it are not
+    placed there meanwhile: ``corral.engine.scheduler``); one that becomes active again after an error too."""
+    active = DomainHostState.ACTIVE.value
+    detail = {"domain_id": domain_id, "domain": domain, "host": host.name, "state": seen.state, "reason": seen.reason}
+    if was == active and seen.state != active:
+        record(s, "storage_unreachable", f"storage domain {domain} is {seen.state} on host {host.name}: "
+               f"{seen.reason or 'no reason given'}; VMs that need it are not placed there",
+               severity=Severity.WARNING, object_type="host", object_id=host.id, detail=detail)
+    elif was == DomainHostState.ERROR.value and seen.state == active:
+        record(s, "storage_reachable", f"storage domain {domain} is active again on host {host.name}",
+               object_type="host", object_id=host.id, detail=detail)
 
 
 async def save(db: Database, host_id: str, seen: dict[str, Seen]) -> None:
@@ -290,6 +321,21 @@ def host_view(row_state: str | None, row_reason: str | None, host_state: str) ->
     if row_state is None:
         return DomainHostState.INACTIVE.value, "not realised on this host yet"
     return row_state, row_reason or ""
+
+
+def host_storage(s: Session, host: Host) -> list[dict[str, Any]]:
+    """The storage domains of a host's cluster as this host has them (``GET /hosts/{id}``'s ``storage``): a
+    domain that is not ``active`` here, with its reason, is one the host cannot serve VMs that need it from."""
+    rows = {r.domain_id: r for r in s.scalars(select(StorageDomainHost).where(StorageDomainHost.host_id == host.id))}
+    out = []
+    for d in s.scalars(select(StorageDomain).where(StorageDomain.cluster_id == host.cluster_id)
+                       .order_by(StorageDomain.name)):
+        row = rows.get(d.id)
+        state, reason = host_view(row.state if row else None, row.reason if row else None, host.state)
+        out.append({"domain_id": d.id, "domain": d.name, "type": d.type, "shared": not is_local(d.type),
+                    "state": state, "reason": reason, "capacity_bytes": row.capacity_bytes if row else None,
+                    "free_bytes": row.free_bytes if row else None, "updated_at": row.updated_at if row else None})
+    return out
 
 
 # --- images ------------------------------------------------------------------------------------------------

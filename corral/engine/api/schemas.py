@@ -114,6 +114,8 @@ class HostDetail(HostOut):
     # the agent's host identity; the host's own domain (Xen's Domain-0), which is not a VM (corral.engine.reconcile)
     host_uuid: str | None = None
     control_domain: dict[str, Any] | None = None
+    # the storage domains of its cluster as this host has them: state and reason (corral.engine.storage)
+    storage: list[dict[str, Any]] = []
 
 
 class VmOut(Out):
