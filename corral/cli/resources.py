@@ -13,6 +13,7 @@ from corral.cli.cloudinit import HELP as CLOUD_INIT_HELP
 from corral.cli.cloudinit import parse_cloud_init
 from corral.cli.common import fail, load_data
 from corral.cli.output import Output, Record, Rows, Text, current_output, outcome_style, output_option, show
+from corral.cli.snapshots import snapshot_app
 from corral.cli.storage import parse_size
 
 OutputOpt = output_option()
@@ -483,6 +484,7 @@ def register(app: typer.Typer) -> None:
     app.command("login")(login)
     app.add_typer(cluster_app, name="cluster")
     app.add_typer(host_app, name="host")
+    vm_app.add_typer(snapshot_app, name="snapshot")
     app.add_typer(vm_app, name="vm")
     app.add_typer(event_app, name="event")
     app.add_typer(task_app, name="task")
