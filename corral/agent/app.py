@@ -31,6 +31,7 @@ from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.connection import Unavailable
 from corral.agent.errors import AgentError, Invalid, Unsupported, from_libvirt
 from corral.agent.fastpath import FastPath
+from corral.agent.relay import console_router
 from corral.agent.service import Agent
 from corral.agent.snapshot_routes import snapshots_router
 from corral.agent.snapshots import Snapshots
@@ -67,6 +68,18 @@ def _error(status: int, code: str, message: str, field: str | None = None, **ext
     return JSONResponse({"code": code, "message": message, "field": field, **extra}, status_code=status)
 
 
+# WebSockets (the console relay, corral.agent.relay) are authenticated exactly like plain requests
+_GUARDED = ("http", "websocket")
+
+
+async def _deny(scope: Scope, receive: Receive, send: Send, message: str) -> None:
+    """401 with the JSON body; a WebSocket is closed before its handshake completes (the client sees 403)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+        return
+    await _error(401, "unauthorized", message)(scope, receive, send)
+
+
 class _BearerAuth:
     """Every path but ``/v1/health`` needs ``Authorization: Bearer <token>``. A plain ASGI middleware:
     Starlette's ``BaseHTTPMiddleware`` (``@app.middleware``) cost about a millisecond per request and wraps
@@ -77,11 +90,11 @@ class _BearerAuth:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/v1/health":
+        if scope["type"] in _GUARDED and scope["path"] != "/v1/health":
             header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             given = header[7:] if header[:7].lower() == b"bearer " else b""
             if not hmac.compare_digest(given, self.token):
-                await _error(401, "unauthorized", "a valid bearer token is required")(scope, receive, send)
+                await _deny(scope, receive, send, "a valid bearer token is required")
                 return
         await self.app(scope, receive, send)
 
@@ -113,7 +126,7 @@ class _ClientCertAuth:
         self.token = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/v1/health":
+        if scope["type"] in _GUARDED and scope["path"] != "/v1/health":
             cert = (scope.get("state") or {}).get(PEER_CERT)
             if not cert or _peer_cn(cert) != ENGINE_CN:
                 header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
@@ -121,7 +134,7 @@ class _ClientCertAuth:
                 if self.token is None or not hmac.compare_digest(given, self.token):
                     message = ("a client certificate issued by the engine's CA is required" if not cert
                                else f"client certificate {_peer_cn(cert)!r} is not the engine's")
-                    await _error(401, "unauthorized", message)(scope, receive, send)
+                    await _deny(scope, receive, send, message)
                     return
         await self.app(scope, receive, send)
 
@@ -229,6 +242,7 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
     app.include_router(storage_router(StorageManager(lambda: agent.connection.conn, agent.settings.state_dir)))
     snapshots = Snapshots(lambda: calls.vms, agent.settings.state_dir)
     app.include_router(snapshots_router(lambda: snapshots, answer))  # before POST /v1/vms/{vm_id}/{action}
+    app.include_router(console_router(lambda: calls.vms))  # WebSockets: VNC and serial relayed (relay.py)
 
     def vms() -> VmManager:
         return calls.vms
