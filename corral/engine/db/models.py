@@ -229,6 +229,9 @@ class Event(Base):
     object_id: Mapped[str | None] = mapped_column(String(36), default=None)
     message: Mapped[str] = mapped_column(Text, default="")
     detail: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    # who made the change (``corral.engine.auth.Principal.actor``): a user name, or ``token:<name>`` for a token
+    # without an owner; None for what the engine did by itself (monitoring)
+    actor: Mapped[str | None] = mapped_column(String(100), default=None, index=True)
 
 
 class Task(Base):
@@ -251,7 +254,9 @@ class Task(Base):
 
 
 class ApiToken(Base):
-    """A bearer token for the REST API; only its SHA-256 is stored. Users and roles come later."""
+    """A bearer token for the REST API; only its SHA-256 is stored. A token acts as its owner (a user) with at most
+    its own ``role``; one without an owner (``corral engine create-token``) acts with its ``role`` alone
+    (``corral.engine.auth``)."""
 
     __tablename__ = "api_tokens"
 
@@ -260,6 +265,11 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(16), default="admin")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), default=None,
+                                                 index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class User(Base):
