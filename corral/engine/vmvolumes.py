@@ -16,11 +16,11 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import DiskFormat, DiskSource, VmSpec
-from corral.engine import storage
+from corral.engine import storage, vmclones, volrefs
 from corral.engine.agent_client import AgentClient, AgentError, AgentTarget
 from corral.engine.db.models import (
     DomainHostState,
@@ -41,103 +41,45 @@ from corral.engine.scheduler import StorageNeed
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 64  # volumes.name
-
-
-# --- create and PUT ---------------------------------------------------------------------------------------
-
-def _domain(s: Session, cluster_id: str, ref: str | None, field: str) -> StorageDomain:
-    """The storage domain ``ref`` of the cluster, or its only one."""
-    if ref is not None:
-        d = s.scalar(select(StorageDomain).where(StorageDomain.cluster_id == cluster_id,
-                                                 or_(StorageDomain.id == ref, StorageDomain.name == ref)))
-        if d is None:
-            raise NotFound(f"the VM's cluster has no storage domain {ref!r}", field=field)
-        return d
-    found = list(s.scalars(select(StorageDomain).where(StorageDomain.cluster_id == cluster_id)
-                           .order_by(StorageDomain.name).limit(10)))
-    if not found:
-        raise Conflict("the VM's cluster has no storage domain to make the volume in; add one "
-                       "(corral storage add) or give the disk a source", field=field)
-    if len(found) > 1:
-        raise Invalid(f"the VM's cluster has several storage domains ({', '.join(d.name for d in found)}): "
-                      "name one", field=field)
-    return found[0]
-
-
-def _free_name(s: Session, domain_id: str, base: str, taken: set[str]) -> str:
-    """``base``, or ``base-N``: a volume name the domain does not have yet (a volume kept from a deleted VM of
-    the same name keeps its own)."""
-    for n in range(1000):
-        suffix = f"-{n}" if n else ""
-        name = base[:NAME_MAX - len(suffix)] + suffix
-        if name not in taken and s.scalar(select(Volume.id).where(Volume.domain_id == domain_id,
-                                                                  Volume.name == name)) is None:
-            return name
-    raise Conflict(f"storage domain has no free volume name like {base}", field="name")
-
-
-def _find(s: Session, cluster_id: str, ref: str, domain_ref: str | None, field: str) -> tuple[Volume, StorageDomain]:
-    query = (select(Volume, StorageDomain).join(StorageDomain, StorageDomain.id == Volume.domain_id)
-             .where(StorageDomain.cluster_id == cluster_id, or_(Volume.id == ref, Volume.name == ref)))
-    if domain_ref is not None:
-        query = query.where(or_(StorageDomain.id == domain_ref, StorageDomain.name == domain_ref))
-    rows = s.execute(query.limit(2)).all()
-    if not rows:
-        where = f" in storage domain {domain_ref}" if domain_ref else ""
-        raise NotFound(f"the VM's cluster has no volume {ref!r}{where}", field=field)
-    if len(rows) > 1:
-        raise Conflict(f"volumes of several storage domains are named {ref!r}; give the disk's storage",
-                       field=field)
-    return rows[0][0], rows[0][1]
-
-
-def _other_users(s: Session, vm_id: str, cluster_id: str, v: Volume, domain: str) -> list[str]:
-    """Other VMs that use the volume: its owner, or a VM whose disk names it or its path."""
-    names = []
-    if v.vm_id and v.vm_id != vm_id:
-        names.append(s.scalar(select(Vm.name).where(Vm.id == v.vm_id)) or v.vm_id)
-    for vm_name, spec in s.execute(select(Vm.name, Vm.spec).where(
-            Vm.cluster_id == cluster_id, Vm.id != vm_id, Vm.external.is_(False), Vm.spec.is_not(None))):
-        for d in (spec or {}).get("disks") or []:
-            if not isinstance(d, dict) or vm_name in names:
-                continue
-            if (d.get("volume") in (v.name, v.id) and d.get("storage") in (None, domain, v.domain_id)) or \
-                    (v.path and d.get("source") == v.path):
-                names.append(vm_name)
-    return names
-
-
 def attach(s: Session, vm_id: str, vm_name: str, cluster_id: str, spec: VmSpec) -> tuple[VmSpec, list[Volume]]:
-    """The spec to store, with every ``size_bytes`` disk a reference to a new volume of the VM (returned, to be
-    added once the VM's row is: they refer to it) and every ``volume`` disk checked and named by volume and
-    domain name. Refusals name the disk's field (``disks.0.storage``, ``disks.1.volume``, ``disks.1.format``)."""
-    if not any(d.volume is not None or d.size_bytes is not None for d in spec.disks):
+    """The spec to store, with every ``size_bytes`` or ``image`` disk a reference to a new volume of the VM
+    (returned, to be added once the VM's row is: they refer to it; ``vmclones`` for images, ISOs and template
+    clones) and every ``volume`` disk checked and named by volume and domain name. Refusals name the disk's
+    field (``disks.0.storage``, ``disks.1.volume``, ``disks.1.format``, ``disks.2.image``)."""
+    if not any(d.volume is not None or d.size_bytes is not None or d.image is not None for d in spec.disks):
         return spec, []
     disks = list(spec.disks)
     new: list[Volume] = []
     seen: set[str] = set()
     for i, disk in enumerate(disks):
         declared = "format" in disk.model_fields_set
-        if disk.size_bytes is not None:
-            d = _domain(s, cluster_id, disk.storage, f"disks.{i}.storage")
+        if disk.image is not None:
+            disks[i], made = vmclones.image_disk(s, vm_id, vm_name, cluster_id, i, disk, new)
+            new += [made] if made is not None else []
+        elif disk.size_bytes is not None:
+            d = volrefs.domain(s, cluster_id, disk.storage, f"disks.{i}.storage")
             fmt = disk.format.value if declared else ("raw" if d.type == "logical" else "qcow2")
             if d.type == "logical" and fmt != "raw":
                 raise Invalid(f"volumes of storage domain {d.name} (LVM) are raw", field=f"disks.{i}.format")
-            name = _free_name(s, d.id, f"{vm_name}-disk{i}", {v.name for v in new if v.domain_id == d.id})
+            name = volrefs.free_name(s, d.id, f"{vm_name}-disk{i}", {v.name for v in new if v.domain_id == d.id})
             new.append(Volume(id=new_id(), name=name, domain_id=d.id, host_id=None, format=fmt,
                               capacity_bytes=disk.size_bytes, vm_id=vm_id, state=VolumeState.PENDING.value))
             disks[i] = disk.model_copy(update={"size_bytes": None, "volume": name, "storage": d.name,
                                                "format": DiskFormat(fmt)})
         elif disk.volume is not None:
             field = f"disks.{i}.volume"
-            v, d = _find(s, cluster_id, disk.volume, disk.storage, field)
+            v, d = volrefs.find(s, cluster_id, disk.volume, disk.storage, field)
             if v.id in seen:
                 raise Invalid(f"volume {v.name} is named by two disks", field=field)
             seen.add(v.id)
             if v.state == VolumeState.DELETING.value:
                 raise Conflict(f"volume {v.name} is being deleted", field=field)
-            users = _other_users(s, vm_id, cluster_id, v, d.name)
+            use = vmclones.volume_use(s, i, disk, v)
+            if use == "clone":
+                disks[i], made = vmclones.clone(s, vm_id, vm_name, cluster_id, i, disk, v, d, new)
+                new.append(made)
+                continue
+            users = volrefs.other_users(s, vm_id, cluster_id, v, d.name) if use == "own" else []
             if users:
                 raise Conflict(f"volume {v.name} is used by VM {', '.join(users)}", field=field, vms=users)
             if declared and disk.format.value != v.format:
@@ -165,10 +107,24 @@ class DiskVolume:
     path: str | None
     format: str
     capacity_bytes: int
+    source: Source | None = None  # a pending clone's: the volume it is made from
 
     @property
     def pending(self) -> bool:
         return self.state == VolumeState.PENDING.value
+
+
+@dataclass(frozen=True)
+class Source:
+    """The volume a pending clone is made from: ``thin`` (its backing file) or a full copy's original."""
+
+    name: str
+    domain_id: str
+    domain: str
+    domain_type: str
+    host_id: str | None
+    host: str | None
+    thin: bool
 
 
 def resolve(s: Session, cluster_id: str, spec: VmSpec) -> list[DiskVolume]:
@@ -177,12 +133,23 @@ def resolve(s: Session, cluster_id: str, spec: VmSpec) -> list[DiskVolume]:
     for i, disk in enumerate(spec.disks):
         if disk.volume is None:
             continue
-        v, d = _find(s, cluster_id, disk.volume, disk.storage, f"disks.{i}.volume")
+        v, d = volrefs.find(s, cluster_id, disk.volume, disk.storage, f"disks.{i}.volume")
         if v.state not in (VolumeState.READY.value, VolumeState.PENDING.value):
             raise Conflict(f"volume {v.name} is {v.state}", field=f"disks.{i}.volume")
         host = s.scalar(select(Host.name).where(Host.id == v.host_id)) if v.host_id else None
+        source = None
+        from_id = v.backing_id or v.clone_of_id
+        if v.state == VolumeState.PENDING.value and from_id is not None:
+            row = s.execute(select(Volume, StorageDomain).join(StorageDomain, StorageDomain.id == Volume.domain_id)
+                            .where(Volume.id == from_id)).first()
+            if row is None or row[0].state != VolumeState.READY.value:
+                raise Conflict(f"volume {v.name} is to be made from a volume that is "
+                               f"{row[0].state if row else 'gone'}", field=f"disks.{i}.volume")
+            src, sd = row[0], row[1]
+            src_host = s.scalar(select(Host.name).where(Host.id == src.host_id)) if src.host_id else None
+            source = Source(src.name, sd.id, sd.name, sd.type, src.host_id, src_host, v.backing_id is not None)
         out.append(DiskVolume(i, v.id, v.name, d.id, d.name, d.type, v.host_id, host, v.state, v.path, v.format,
-                              v.capacity_bytes))
+                              v.capacity_bytes, source))
     return out
 
 
@@ -191,6 +158,13 @@ def needs(disks: list[DiskVolume]) -> tuple[StorageNeed, ...]:
     volume on its own host; room for the new volumes where they are allocated whole (LVM)."""
     out: dict[tuple[str, str | None], StorageNeed] = {}
     for dv in disks:
+        src = dv.source if dv.pending else None
+        if src is not None:  # a clone is made where its original is: that domain active, a local one's host
+            on = (src.host_id or "") if storage.is_local(src.domain_type) else None
+            key = (src.domain_id, on)
+            out.setdefault(key, StorageNeed(src.domain_id, src.domain, on, src.host if on else None,
+                                            src.name if on is not None else None,
+                                            preallocated=src.domain_type == "logical"))
         local = storage.is_local(dv.domain_type)
         on = (dv.host_id or "") if local and not dv.pending else None
         key = (dv.domain_id, on)
@@ -229,8 +203,11 @@ async def make_pending(db: Database, agents: AgentClient, target: AgentTarget, h
         if not dv.pending:
             out.append(dv)
             continue
-        body = {"name": dv.name, "format": dv.format, "capacity_bytes": dv.capacity_bytes, "backing": None,
-                "clone_of": None}
+        src = dv.source
+        ref = {"pool": src.domain, "volume": src.name} if src is not None else None
+        body = {"name": dv.name, "format": dv.format, "capacity_bytes": dv.capacity_bytes,
+                "backing": ref if src is not None and src.thin else None,
+                "clone_of": ref if src is not None and not src.thin else None}
         try:
             made = await agents.create_volume(target, dv.domain, body)
         except AgentError as exc:
@@ -254,6 +231,7 @@ async def make_pending(db: Database, agents: AgentClient, target: AgentTarget, h
             if v is None:
                 raise NotFound(f"volume {dv.name} was removed meanwhile", field=f"disks.{dv.index}.volume")
             v.state, v.path, v.format, v.capacity_bytes = VolumeState.READY.value, path, fmt, capacity
+            v.clone_of_id = None  # a full copy is made: it no longer needs its original
             v.host_id = host_id if local else None
             record(s, "volume_created", f"volume {dv.name} created in storage domain {dv.domain} on host "
                    f"{host_name} for VM {s.scalar(select(Vm.name).where(Vm.id == v.vm_id)) or '?'}",
@@ -277,11 +255,13 @@ class OwnVolume:
     why_not: str = ""
 
 
-def own(s: Session, vm_id: str) -> list[OwnVolume]:
-    """The VM's own volumes and where each can be deleted, read before its row goes."""
+def own(s: Session, vm_id: str | None = None, *, template_id: str | None = None) -> list[OwnVolume]:
+    """The VM's own volumes (or a template's base volumes) and where each can be deleted, read before its row
+    goes."""
+    owner = Volume.vm_id == vm_id if template_id is None else Volume.template_id == template_id
     out = []
     for v, d in s.execute(select(Volume, StorageDomain).join(StorageDomain, StorageDomain.id == Volume.domain_id)
-                          .where(Volume.vm_id == vm_id).order_by(Volume.name)).all():
+                          .where(owner).order_by(Volume.name)).all():
         where, why = None, ""
         if v.state != VolumeState.PENDING.value:
             q = select(Host.name, Host.agent_url, Host.agent_token, Host.state)
@@ -303,7 +283,7 @@ def own(s: Session, vm_id: str) -> list[OwnVolume]:
 
 
 async def delete_own(db: Database, agents: AgentClient, vm_name: str, volumes: list[OwnVolume], *,
-                     keep: bool = False) -> None:
+                     keep: bool = False, kind: str = "VM") -> None:
     """Delete a deleted VM's own volumes on their hosts and their rows. One that cannot be deleted now stays,
     released (no VM), with a warning event that says why: ``corral volume delete`` takes it later. ``keep``:
     the volumes stay, released; only pending ones (never made on a host) go."""
@@ -328,12 +308,12 @@ async def delete_own(db: Database, agents: AgentClient, vm_name: str, volumes: l
             if v is None:
                 continue
             if failed:
-                record(s, "volume_leftover", f"volume {ov.name} of deleted VM {vm_name} was kept: {failed}",
+                record(s, "volume_leftover", f"volume {ov.name} of deleted {kind} {vm_name} was kept: {failed}",
                        severity=Severity.WARNING, object_type="volume", object_id=ov.id)
                 if v.state != VolumeState.READY.value:
                     v.state = VolumeState.READY.value
                 continue
-            record(s, "volume_deleted", f"volume {ov.name} of VM {vm_name} deleted from storage domain {ov.domain}",
+            record(s, "volume_deleted", f"volume {ov.name} of {kind} {vm_name} deleted from storage domain {ov.domain}",
                    object_type="volume", object_id=ov.id)
             s.delete(v)
     if volumes:

@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect
 from corral.engine import storage
 from corral.engine.agent_client import AgentError, AgentTarget
 from corral.engine.api import storage as storage_api
+from corral.engine.api import templates as templates_api
 from corral.engine.api.deps import After, Ctx, Limit
 from corral.engine.api.schemas import ACCEPTED, ERRORS, Page, TaskOut
 from corral.engine.db.models import (
@@ -46,7 +47,8 @@ from corral.engine.ids import new_id
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/images", tags=["storage"], responses=ERRORS)
+images_router = APIRouter(prefix="/images", tags=["storage"], responses=ERRORS)
+router = APIRouter()  # the images, and the templates made of volumes (included below)
 
 _NAME = re.compile(storage_api.NAME)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -105,7 +107,7 @@ def find_image(s: Session, ref: str) -> tuple[Image, Volume]:
     return row[0], row[1]
 
 
-@router.get("", response_model=Page[ImageOut])
+@images_router.get("", response_model=Page[ImageOut])
 def list_images(ctx: Ctx, limit: Limit = 100, after: After = None, kind: str | None = None,
                 domain: str | None = Query(None, alias="storage"), host: str | None = None,
                 name: str | None = None) -> Page[ImageOut]:
@@ -133,12 +135,12 @@ def list_images(ctx: Ctx, limit: Limit = 100, after: After = None, kind: str | N
     return ctx.db.read(q)
 
 
-@router.get("/{image}", response_model=ImageOut)
+@images_router.get("/{image}", response_model=ImageOut)
 def show_image(ctx: Ctx, image: str) -> ImageOut:
     return ctx.db.read(lambda s: _outs(s, [find_image(s, image)])[0])
 
 
-@router.delete("/{image}", status_code=202, response_model=TaskOut, responses=ACCEPTED)
+@images_router.delete("/{image}", status_code=202, response_model=TaskOut, responses=ACCEPTED)
 async def delete_image(ctx: Ctx, image: str, response: Response) -> Any:
     """Delete an image and its volume (a task, as ``DELETE /volumes/{id}``). Refused while a VM uses it (a disk
     or CD-ROM naming its path, the VM it belongs to) or a thin clone reads from it."""
@@ -196,7 +198,7 @@ def _drop(s: Session, volume_id: str) -> None:
         s.delete(v)
 
 
-@router.put("/{name}", status_code=201, response_model=ImageOut)
+@images_router.put("/{name}", status_code=201, response_model=ImageOut)
 async def upload_image(ctx: Ctx, request: Request, name: str, domain: str | None = Query(None, alias="storage"),
                        host: str | None = None, sha256: str | None = None) -> ImageOut:
     """Upload an image or ISO (the raw bytes as the body, ``Content-Length`` required) into a new volume.
@@ -308,3 +310,7 @@ async def _remove_on_host(ctx: Ctx, target: AgentTarget, pool: str, name: str) -
         if not storage.gone(exc):
             log.warning("could not delete volume %s/%s after a failed upload: %s", pool, name, exc)
 
+
+
+router.include_router(images_router)
+router.include_router(templates_api.router)

@@ -10,7 +10,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import SpecError, VmSpec, parse_spec
-from corral.engine import macs, vmops, vmvolumes
+from corral.engine import macs, templates, vmops, vmvolumes
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.api import redact
 from corral.engine.api.clusters import default_cluster
@@ -104,8 +104,9 @@ def list_vms(ctx: Ctx, limit: Limit = 100, after: After = None, state: str | Non
 
 @router.post("", status_code=201, response_model=VmDetail)
 def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] = None) -> VmDetail:
-    """Store a VM. Nothing happens on a host until it is started."""
-    parsed = _parse(spec)
+    """Store a VM. Nothing happens on a host until it is started. ``template`` (and ``clone``) in the body: the
+    VM is made from that template, the body's other fields overriding its spec."""
+    parsed = _parse(ctx.db.read(lambda s: templates.expand(s, spec, cluster)))
 
     def q(s: Session) -> VmDetail:
         c = find_cluster(s, cluster) if cluster else default_cluster(s)
