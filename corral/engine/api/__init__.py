@@ -1,15 +1,31 @@
-"""The REST API under ``/api/v1``: one router per resource, bearer-token auth on all of them."""
+"""The REST API under ``/api/v1``: one router per resource, bearer-token auth and the
+route's role (``corral.engine.access``) on all of them."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from corral.engine.api import clusters, devices, events, hosts, images, metrics, snapshots, storage, tasks, vms
+from corral.engine.api import (
+    clusters,
+    devices,
+    events,
+    hosts,
+    images,
+    metrics,
+    snapshots,
+    storage,
+    tasks,
+    tokens,
+    users,
+    vms,
+)
 from corral.engine.api.deps import require_token
 
 
 def api_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
     for module in (clusters, hosts, vms, devices, events, tasks, metrics, storage, images, snapshots):
+        router.include_router(module.router)
+    for module in (users, tokens):
         router.include_router(module.router)
     return router

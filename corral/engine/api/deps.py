@@ -1,4 +1,5 @@
-"""Shared pieces of the routers: the engine context, auth, pagination, lookups by id or name."""
+"""Shared pieces of the routers: the engine context, auth (who calls, and may they: ``corral.engine.access``),
+pagination, lookups by id or name."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from corral.engine import access
+from corral.engine.auth import ENGINE, Principal, TokenRefused, set_current
 from corral.engine.context import EngineContext
 from corral.engine.db.models import Cluster, Host, Vm
-from corral.engine.errors import Conflict, NotFound, Unauthorized
+from corral.engine.errors import ApiError, Conflict, NotFound, Unauthorized
 
 MAX_LIMIT = 1000
 
@@ -30,15 +33,33 @@ async def get_ctx(request: Request) -> EngineContext:
 Ctx = Annotated[EngineContext, Depends(get_ctx)]
 
 
-async def require_token(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+async def require_token(request: Request, ctx: Ctx,
+                        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    """Authentication and authorization of every API call (the router's dependency): the bearer token's
+    principal (401 when the token is missing, unknown, expired or revoked), then the route's rule
+    (``corral.engine.access``, 403 naming the role it needs). The principal is what ``events.record`` names."""
     if not ctx.auth:
-        return
-    if creds is None or creds.scheme.lower() != "bearer":
-        raise Unauthorized("a bearer token is required")
-    if ctx.tokens.cached(creds.credentials):
-        return
-    if not await run_in_threadpool(ctx.tokens.check, creds.credentials):  # a database lookup
-        raise Unauthorized("unknown token")
+        principal = ENGINE
+    else:
+        if creds is None or creds.scheme.lower() != "bearer":
+            raise Unauthorized("a bearer token is required")
+        cached = ctx.tokens.cached(creds.credentials)
+        if cached is not None:
+            principal = cached
+        else:
+            try:
+                principal = await run_in_threadpool(ctx.tokens.principal, creds.credentials)  # a database lookup
+            except TokenRefused as exc:
+                raise Unauthorized(str(exc)) from None
+        if not access.permits(request.scope, principal.role):
+            need = access.needed(request.scope)
+            raise ApiError(f"this needs the {need} role; {principal.actor or 'this token'} is {principal.role}",
+                           code="forbidden", status=403, role=str(need))
+    set_current(principal)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(require_token)]
 
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")]

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import NicSpec, SpecError
-from corral.engine import macs
+from corral.engine import hostpaths, macs
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.api import redact
 from corral.engine.api.deps import Ctx, find_vm
@@ -67,6 +67,7 @@ async def _call(ctx: Ctx, vm: str, method: str, path: str, body: dict[str, Any] 
 @router.patch("/{vm}/devices/{device_id}")
 async def change_device(ctx: Ctx, vm: str, device_id: str, body: Obj) -> Any:
     """One of ``{"media": path|null}`` (CD-ROM), ``{"link": "up"|"down"}`` (NIC), ``{"password": str}``."""
+    hostpaths.check_device(body)
     return await _call(ctx, vm, "PATCH", f"/devices/{device_id}", body, f"device {device_id} changed: "
                        + ", ".join(sorted(body)))
 
@@ -75,6 +76,7 @@ async def change_device(ctx: Ctx, vm: str, device_id: str, body: Obj) -> Any:
 async def plug_device(ctx: Ctx, vm: str, body: Obj) -> Any:
     """Hot-plug ``{"disk": DiskSpec}`` or ``{"nic": NicSpec}``. A NIC's MAC is taken from the engine's pool
     before the host sees it (or, given, refused with 409 when another VM uses it)."""
+    hostpaths.check_device(body)
     what = f"{'/'.join(sorted(body))} plugged"
     if not isinstance(body.get("nic"), dict):
         return await _call(ctx, vm, "POST", "/devices", body, what)

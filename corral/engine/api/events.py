@@ -1,4 +1,5 @@
-"""``/api/v1/events``: what happened, filterable by object and severity; oldest first unless ``order=desc``."""
+"""``/api/v1/events``: what happened, filterable by object, severity and actor (``user``); oldest first unless
+``order=desc``."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def list_events(ctx: Ctx, limit: Limit = 100,
                 severity: Annotated[SeverityQ | None, Query(description="exactly this severity")] = None,
                 min_severity: Annotated[SeverityQ | None, Query(description="this severity or worse")] = None,
                 type: str | None = None,
+                user: Annotated[str | None, Query(max_length=100, description="changes made by this user (or "
+                                                  "token:NAME, a token without an owner)")] = None,
                 order: Annotated[Literal["asc", "desc"], Query(description="desc: newest first")] = "asc",
                 ) -> Page[EventOut]:
     def q(s: Session) -> Page[EventOut]:
@@ -40,6 +43,8 @@ def list_events(ctx: Ctx, limit: Limit = 100,
             query = query.where(Event.severity.in_(LEVELS[min_severity]))
         if type is not None:
             query = query.where(Event.type == type)
+        if user is not None:
+            query = query.where(Event.actor == user)
         rows, nxt = page(s, query, Event.id, limit, after, desc=order == "desc")
         names: dict[str, str] = {}
         for kind, model in (("vm", Vm), ("host", Host), ("cluster", Cluster)):

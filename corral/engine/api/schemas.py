@@ -160,6 +160,7 @@ class EventOut(Out):
     message: str
     detail: dict[str, Any] | None
     object_name: str | None = None
+    actor: str | None = None
 
 
 class TaskOut(Out):

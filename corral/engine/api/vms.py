@@ -10,7 +10,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import SpecError, VmSpec, parse_spec
-from corral.engine import macs, templates, vmops, vmvolumes
+from corral.engine import hostpaths, macs, templates, vmops, vmvolumes
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.api import redact
 from corral.engine.api.clusters import default_cluster
@@ -106,6 +106,7 @@ def list_vms(ctx: Ctx, limit: Limit = 100, after: After = None, state: str | Non
 def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] = None) -> VmDetail:
     """Store a VM. Nothing happens on a host until it is started. ``template`` (and ``clone``) in the body: the
     VM is made from that template, the body's other fields overriding its spec."""
+    hostpaths.check_spec(spec)  # the caller's own host paths (a template's were an admin's)
     parsed = _parse(ctx.db.read(lambda s: templates.expand(s, spec, cluster)))
 
     def q(s: Session) -> VmDetail:
@@ -139,6 +140,7 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
     """Replace the spec of a VM that is down; it applies at the next start."""
     def q(s: Session) -> VmDetail:
         row = find_vm(s, vm)
+        hostpaths.check_spec(spec, before=row.spec)
         data = dict(spec)
         if data.setdefault("id", row.id) != row.id:
             raise Invalid("the spec id cannot change", field="id")
