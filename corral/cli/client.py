@@ -1,7 +1,9 @@
 """The CLI's way to the engine: a small synchronous REST client and the saved login.
 
-The CLI talks only to the REST API. ``corral login`` stores the URL and token in the user's config
-directory (``$XDG_CONFIG_HOME/corral/cli.json``, mode 0600).
+The CLI talks only to the REST API. ``corral login`` stores the URL, the token and how the engine's certificate
+is trusted (a CA, or a pinned certificate: corral.cli.trust) in the user's config directory
+(``$XDG_CONFIG_HOME/corral/cli.json``, mode 0600). ``CORRAL_URL`` and ``CORRAL_TOKEN`` (with ``CORRAL_CA``, a
+CA file) stand in for it; the saved trust still applies when ``CORRAL_URL`` is the saved URL.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import httpx
 
 from corral.cli.common import fail
+from corral.cli.trust import Trust, is_verify_error, refusal
 
 TERMINAL = ("succeeded", "failed")
 
@@ -24,38 +27,73 @@ def config_path() -> Path:
     return base / "corral" / "cli.json"
 
 
-def save_login(url: str, token: str) -> Path:
+def save_login(url: str, token: str, trust: Trust | None = None) -> Path:
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
     with os.fdopen(fd, "w") as fh:
-        json.dump({"url": url.rstrip("/"), "token": token}, fh)
+        json.dump({"url": url.rstrip("/"), "token": token, **(trust or Trust()).config()}, fh)
     return path
 
 
-def load_login() -> tuple[str, str]:
-    url, token = os.environ.get("CORRAL_URL"), os.environ.get("CORRAL_TOKEN")
-    if url and token:
-        return url.rstrip("/"), token
+def saved_login() -> dict[str, Any] | None:
     try:
         data = json.loads(config_path().read_text())
-        return str(data["url"]), str(data["token"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def saved_trust(url: str) -> Trust | None:
+    """The trust saved with the login to ``url`` (None: no login to that URL)."""
+    data = saved_login()
+    if data is None or str(data.get("url", "")).rstrip("/") != url.rstrip("/"):
+        return None
+    try:
+        return Trust.from_config(data)
+    except ValueError as exc:
+        fail(f"{config_path()}: {exc}; run 'corral login' again")
+
+
+def _env_ca() -> Trust | None:
+    path = os.environ.get("CORRAL_CA")
+    if not path:
+        return None
+    try:
+        return Trust(ca_pem=Path(path).read_text())
+    except OSError as exc:
+        fail(f"CORRAL_CA {path}: {exc.strerror}")
+
+
+def load_login() -> tuple[str, str, Trust]:
+    url, token = os.environ.get("CORRAL_URL"), os.environ.get("CORRAL_TOKEN")
+    if url and token:
+        return url.rstrip("/"), token, _env_ca() or saved_trust(url) or Trust()
+    data = saved_login()
+    if data is None or "url" not in data or "token" not in data:
         fail("not logged in: run 'corral login URL --token TOKEN' (or set CORRAL_URL and CORRAL_TOKEN)")
+    return str(data["url"]), str(data["token"]), saved_trust(str(data["url"])) or Trust()
 
 
 class ApiClient:
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0,
+                 trust: Trust | None = None) -> None:
         if url is None or token is None:
-            url, token = load_login()
+            url, token, trust = load_login()
         self.url = url
+        self.trust = trust or Trust()
+        # what any other connection to the engine (a console's WebSocket) must verify with
+        self.ssl_context = self.trust.context()
         self.http = httpx.Client(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
-                                 timeout=timeout)
+                                 timeout=timeout, verify=self.ssl_context, follow_redirects=False)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             resp = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
+            if is_verify_error(exc):
+                fail(refusal(self.url, self.trust, exc), code=1)
             fail(f"cannot reach the engine at {self.url}: {exc}", code=1)
         if resp.status_code >= 400:
             try:

@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,12 +51,68 @@ def default_db(data_dir: Path) -> str:
 
 # --- corral engine ---------------------------------------------------------------------------------------------
 
+def engine_tls(data: Path, host: str, tls_cert: Path | None, tls_key: Path | None, names: list[str] | None,
+               no_tls: bool, insecure: bool) -> tuple[Path, Path] | None:
+    """The certificate and key ``engine serve`` serves HTTPS with (None: plain HTTP), after the checks: the
+    operator's files, else the engine's own certificate from its CA (made or renewed now, for the listen
+    address and ``--tls-name``). Plain HTTP off the loopback only with ``--insecure``."""
+    from corral.loopback import is_loopback
+
+    if no_tls:
+        if tls_cert or tls_key or names:
+            fail("--no-tls serves plain HTTP: no --tls-cert, --tls-key or --tls-name with it")
+        if not is_loopback(host) and not insecure:
+            fail(f"--listen {host}: plain HTTP off the loopback sends tokens, passwords and session cookies in "
+                 "clear; serve HTTPS (the default, or --tls-cert/--tls-key), or add --insecure")
+        return None
+    if tls_cert or tls_key:
+        if not (tls_cert and tls_key):
+            fail("--tls-cert and --tls-key go together")
+        if names:
+            fail("--tls-name names the engine's own certificate; with --tls-cert the names are in that file")
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(tls_cert), str(tls_key))
+        except (OSError, ssl.SSLError) as exc:
+            fail(f"--tls-cert {tls_cert} / --tls-key {tls_key}: {getattr(exc, 'strerror', None) or exc}")
+        return tls_cert, tls_key
+    from corral.engine.pki import CertNameError, EnginePki
+
+    wanted = list(names or [])
+    if host not in ("0.0.0.0", "::"):
+        wanted.insert(0, host)
+        if is_loopback(host):
+            wanted.append("localhost")
+    elif not wanted:
+        fail(f"--listen {host}: give --tls-name with the name(s) or address(es) clients reach the engine at "
+             "(its certificate names only what the operator says), or --tls-cert/--tls-key")
+    pki = EnginePki(data / "pki")
+    pki.ensure()
+    try:
+        pki.ensure_server(wanted)
+    except CertNameError as exc:
+        fail(f"--tls-name: {exc}")
+    return pki.server_cert_path, pki.server_key_path
+
+
 @engine_app.command("serve")
 def engine_serve(db: str = typer.Option(None, "--db", help="sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"),
                  listen: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT"),
                  data_dir: Path = typer.Option(None, "--data-dir",
-                                               help="state directory (default: user data dir)")) -> None:
-    """Serve the engine until interrupted; migrations are applied on start."""
+                                               help="state directory (default: user data dir)"),
+                 tls_cert: Path = typer.Option(None, "--tls-cert", help="serve HTTPS with this certificate "
+                                               "(PEM, chain included; default: one from the engine's CA)"),
+                 tls_key: Path = typer.Option(None, "--tls-key", help="the key of --tls-cert (PEM)"),
+                 tls_name: list[str] = typer.Option(None, "--tls-name", help="a DNS name or address for the "
+                                                    "engine's own certificate, besides the listen address "
+                                                    "(repeatable)"),
+                 no_tls: bool = typer.Option(False, "--no-tls", help="serve plain HTTP (loopback only, unless "
+                                             "--insecure)"),
+                 insecure: bool = typer.Option(False, "--insecure", help="allow plain HTTP off the loopback: "
+                                               "--no-tls on any address, and http:// agent URLs")) -> None:
+    """Serve the engine until interrupted; migrations are applied on start.
+
+    HTTPS by default, with a certificate issued by the engine's own CA (<data dir>/pki/ca.crt; give it to
+    'corral login URL --ca FILE'), or the operator's --tls-cert/--tls-key."""
     from corral.engine.app import run_engine
 
     data = data_dir or data_home()
@@ -64,7 +121,18 @@ def engine_serve(db: str = typer.Option(None, "--db", help="sqlite:///FILE or po
     url = db or default_db(data)
     if not (url.startswith("sqlite:") or url.startswith("postgresql")):
         fail(f"--db: expected sqlite:///FILE or postgresql+psycopg://..., got {url!r}")
-    run_engine(url, host, port, data)
+    tls = engine_tls(data, host, tls_cert, tls_key, tls_name, no_tls, insecure)
+    if tls is not None:
+        from corral.cli.trust import fingerprint, pem_to_der
+
+        own = tls[0] == data / "pki" / "server.crt"
+        data = data.resolve()
+        print_url = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
+        typer.echo(f"engine: HTTPS at {print_url}, certificate SHA-256 "
+                   f"{fingerprint(pem_to_der(tls[0].read_text()))}"
+                   + (f"; its CA: {data / 'pki' / 'ca.crt'} (corral login {print_url} --ca FILE)" if own else ""),
+                   err=True)
+    run_engine(url, host, port, data, tls=tls, insecure=insecure)
 
 
 @engine_app.command("create-token")
@@ -260,13 +328,14 @@ def _secret_file(path: Path, make: Any) -> str:
     return value
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60.0,
+               verify: ssl.SSLContext | bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             fail(f"{what} exited with status {proc.returncode}; see its log", code=1)
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if httpx.get(url, timeout=2, verify=verify).status_code < 500:
                 return
         except httpx.HTTPError:
             pass
@@ -307,7 +376,13 @@ def all_in_one(
                                     "hosts, Xen and KVM) or a real URI such as qemu:///system"),
     output: Output = output_option(),
 ) -> None:
-    """Run the engine and local agents; print the URL and an admin token; Ctrl-C stops everything."""
+    """Run the engine and local agents; print the URL and an admin token; Ctrl-C stops everything.
+
+    The engine serves HTTPS with a certificate from its own CA (<data dir>/pki/ca.crt, printed for
+    'corral login URL --ca FILE'); the agents listen on the loopback (plain HTTP with a token there)."""
+    from corral.cli.trust import Trust
+    from corral.engine.pki import EnginePki
+
     host, port = listen_address(listen)
     data = (data_dir or data_home()).resolve()
     data.mkdir(parents=True, exist_ok=True)
@@ -333,6 +408,10 @@ def all_in_one(
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+    pki = EnginePki(data / "pki")
+    pki.ensure()  # the engine would make it too; made here so that the engine's certificate can be checked
+    ca = pki.ca_cert_path
+    verify = Trust(ca_pem=ca.read_text()).context()
     token = _secret_file(data / "admin-token", lambda: _create_token(db))
     password = _admin_password(db, data / "admin-password")
     agents: list[dict[str, Any]] = []
@@ -354,11 +433,12 @@ def all_in_one(
             agents.append({"name": name, "url": f"http://127.0.0.1:{aport}", "token": agent_token, "proc": proc})
         engine = spawn("engine", ["engine", "serve", "--db", db, "--listen", f"{host}:{port}",
                                   "--data-dir", str(data)])
-        url = f"http://{host}:{port}"
+        url = f"https://{host}:{port}"
         for a in agents:
             _wait_http(f"{a['url']}/v1/health", a["proc"], f"agent {a['name']}")
-        _wait_http(f"{url}/api/v1/openapi.json", engine, "engine")
-        api = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        _wait_http(f"{url}/api/v1/openapi.json", engine, "engine", verify=verify)
+        api = httpx.Client(base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                           verify=verify)
         known = {h["name"] for h in api.get("/hosts", params={"limit": 1000}).json().get("items", [])}
         adding = []
         for a in agents:
@@ -372,13 +452,14 @@ def all_in_one(
         storage = _default_storage(api, data / "images")
         info = {"url": url, "token": token, "data_dir": str(data), "portal": f"{url}/portal/",
                 "username": ADMIN_USER, "password": password, "hosts": [a["name"] for a in agents],
-                "storage": storage}
+                "storage": storage, "ca": str(ca)}
         login = password if password is not None else "(set with corral engine create-admin)"
         text = Text(f"Corral is running.\n  API and portal: {url}\n  admin token:    {token}\n"
                     f"  portal login:   {ADMIN_USER} / {login}  ({url}/portal/)\n"
                     f"  hosts:          {', '.join(a['name'] for a in agents)} ({libvirt_uri})\n"
                     f"  storage:        {storage} (corral storage show {storage})\n"
-                    f"  data:           {data}\n  CLI:            corral login {url} --token {token}\n"
+                    f"  data:           {data}\n  CA:             {ca}\n"
+                    f"  CLI:            corral login {url} --token {token} --ca {ca}\n"
                     "Press Ctrl-C to stop.")
         show(info, output, text if output is Output.TABLE else Record(info, "Corral is running"), line=True)
         sys.stdout.flush()

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from corral.cli.client import ApiClient, save_login
+from corral.cli.client import ApiClient
 from corral.cli.cloudinit import HELP as CLOUD_INIT_HELP
 from corral.cli.cloudinit import parse_cloud_init
 from corral.cli.common import fail, load_data
@@ -56,14 +56,6 @@ def _finish(api: ApiClient, result: Any, output: Output, wait: bool) -> Any:
         extra = f"\n{json.dumps(err.get('rejections'), indent=2)}" if err.get("rejections") else ""
         fail(f"task {task['kind']} failed: {err.get('message', err)}{extra}")
     return task
-
-
-def login(url: str = typer.Argument(..., help="engine URL, e.g. http://127.0.0.1:8080"),
-          token: str = typer.Option(..., "--token", help="API token"), output: Output = OutputOpt) -> None:
-    """Check the token against the engine and save it for later commands."""
-    ApiClient(url.rstrip("/"), token).get("/clusters", limit=1)
-    path = save_login(url, token)
-    show({"url": url.rstrip("/"), "config": str(path)}, output, Text(f"logged in to {url}; token saved in {path}"))
 
 
 @cluster_app.command("create")
@@ -481,6 +473,8 @@ def task_show(task_id: str, output: Output = OutputOpt) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    from corral.cli.login import login
+
     app.command("login")(login)
     app.add_typer(cluster_app, name="cluster")
     app.add_typer(host_app, name="host")

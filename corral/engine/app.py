@@ -36,12 +36,13 @@ API_TITLE = "Corral engine API"
 def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: bool = True,
                start_monitor: bool = True,
                agent_verify: bool | str | ssl.SSLContext | None = None, data_dir: Path | None = None,
-               cert_renew_interval: float = 6 * 3600.0) -> FastAPI:
+               cert_renew_interval: float = 6 * 3600.0, insecure: bool = False) -> FastAPI:
     """Build the engine app on the database at ``db_url`` (``sqlite:///PATH`` or ``postgresql+psycopg://``).
 
     With a ``data_dir`` the engine has its CA (``<data_dir>/pki``, created on first start): agents deployed over
     SSH are reached with mutual TLS, and their certificates are renewed every ``cert_renew_interval`` seconds
-    when they have less than 30 days left."""
+    when they have less than 30 days left. ``insecure`` lets hosts be added by a plain-HTTP agent URL off the
+    loopback (corral.engine.transport)."""
     db = Database(db_url)
     db.migrate()
     tasks = TaskRunner(db)
@@ -63,7 +64,7 @@ def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: boo
         agents = AgentClient(verify=verify)
         mon = Monitor(db, agents, tasks.busy_vms, monitor, released=tasks.released)
         ctx = EngineContext(db=db, agents=agents, tasks=tasks, monitor=mon, scheduler=Scheduler(agents.plan),
-                            tokens=TokenChecker(db), auth=auth, pki=pki)
+                            tokens=TokenChecker(db), auth=auth, pki=pki, insecure=insecure)
         app.state.corral = ctx
         holder["ctx"] = ctx
         renewer = CertRenewer(ctx, interval=cert_renew_interval)
@@ -105,14 +106,18 @@ def serve(db_url: str, listen: str, **kwargs: Any) -> None:
     run_engine(db_url, host.strip("[]"), int(port), **kwargs)
 
 
-def run_engine(db_url: str, host: str, port: int, data_dir: Path | None = None, **kwargs: Any) -> None:
-    """Run the engine in the foreground until interrupted. ``data_dir`` holds engine files (created)."""
+def run_engine(db_url: str, host: str, port: int, data_dir: Path | None = None, *,
+               tls: tuple[Path, Path] | None = None, **kwargs: Any) -> None:
+    """Run the engine in the foreground until interrupted. ``data_dir`` holds engine files (created).
+    ``tls`` (certificate, key): serve HTTPS with them; the portal's cookies are then ``Secure``."""
     import uvicorn
 
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(db_url, data_dir=data_dir, **kwargs)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on",
-                                           timeout_graceful_shutdown=3))
+                                           timeout_graceful_shutdown=3,
+                                           ssl_certfile=str(tls[0]) if tls else None,
+                                           ssl_keyfile=str(tls[1]) if tls else None))
     app.state.uvicorn = server  # the portal's live streams end when it is stopping (should_exit)
     server.run()

@@ -25,3 +25,5 @@ class EngineContext:
     # the engine's CA and keys (None without a data directory: no deploy over SSH) and the hosts being deployed
     pki: EnginePki | None = None
     deploying: set[str] = field(default_factory=set)
+    # ``corral engine serve --insecure``: plain-HTTP agent URLs off the loopback are accepted (transport.py)
+    insecure: bool = False

@@ -8,6 +8,10 @@ atomically under a lock so two engines starting on one data dir cannot make two 
 * ``engine.key`` / ``engine.crt`` -- the engine's client certificate (CN ``corral-engine``, extended key
   usage *clientAuth* only), presented by the one pooled HTTP client to every agent. Renewed when it has
   less than ``RENEW_BEFORE`` left.
+* ``server.key`` / ``server.crt`` -- the engine's HTTPS certificate (serverAuth), made by ``ensure_server`` when
+  ``corral engine serve`` runs without ``--tls-cert``: its names are the operator's (the listen address,
+  ``--tls-name``), never wildcards and never guessed from the machine's host name. Issued again at a start when
+  the names changed or less than ``RENEW_BEFORE`` is left.
 * ``ssh_engine`` / ``ssh_engine.pub`` -- the engine's own SSH key (ed25519). Deploy adds the public key to
   the host's ``authorized_keys`` so that reinstall and certificate renewal need no operator password.
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +98,49 @@ def cert_not_after(pem: bytes) -> datetime:
     return x509.load_pem_x509_certificate(pem).not_valid_after_utc
 
 
+class CertNameError(ValueError):
+    """A certificate name the engine will not put in its own certificate."""
+
+
+_DNS = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                  r"[A-Za-z0-9])?)*\.?$")
+
+
+def server_names(names: list[str]) -> list[str]:
+    """The names for the engine's HTTPS certificate, checked: IP addresses or DNS names, no wildcard, no
+    unspecified address (0.0.0.0 or :: is no name a client can check)."""
+    out: list[str] = []
+    for raw in names:
+        name = raw.strip().strip("[]")
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            if "*" in name:
+                raise CertNameError(f"{raw!r}: wildcard names are not put in the engine's certificate") from None
+            if not _DNS.match(name):
+                raise CertNameError(f"{raw!r} is neither an IP address nor a DNS name") from None
+            name = name.rstrip(".").lower()
+        else:
+            if ip.is_unspecified:
+                raise CertNameError(f"{raw!r} is the unspecified address, not a name clients connect to")
+            name = str(ip)
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise CertNameError("no name for the engine's certificate")
+    return out
+
+
+def cert_names(pem: bytes) -> set[str]:
+    """The DNS names and IP addresses of a certificate's subjectAltName."""
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))}
+
+
 class EnginePki:
     """The files under ``directory``; ``ensure()`` creates what is missing and renews the client cert."""
 
@@ -102,6 +150,8 @@ class EnginePki:
         self.ca_cert_path = directory / "ca.crt"
         self.client_key_path = directory / "engine.key"
         self.client_cert_path = directory / "engine.crt"
+        self.server_key_path = directory / "server.key"
+        self.server_cert_path = directory / "server.crt"
         self.ssh_key_path = directory / "ssh_engine"
         self.ssh_pub_path = directory / "ssh_engine.pub"
         self._contexts: list[ssl.SSLContext] = []
@@ -220,6 +270,23 @@ class EnginePki:
                 return False
             self._issue_client()
         self._reload_contexts()
+        return True
+
+    # the engine's HTTPS certificate
+    def ensure_server(self, names: list[str]) -> bool:
+        """The engine's server certificate for ``names`` (checked by :func:`server_names`), issued by the CA when
+        missing, for other names, or with less than ``RENEW_BEFORE`` left; True when it was (re)issued.
+        Call ``ensure()`` first (the CA)."""
+        wanted = server_names(names)
+        with self._locked():
+            if self.server_cert_path.exists() and self.server_key_path.exists():
+                pem = self.server_cert_path.read_bytes()
+                if (cert_names(pem) == set(wanted)
+                        and cert_not_after(pem) - datetime.now(UTC) >= RENEW_BEFORE):
+                    return False
+            issued = self.issue(wanted[0], server=True, sans=wanted)
+            _write_private(self.server_key_path, issued.key_pem)
+            _write_private(self.server_cert_path, issued.cert_pem, 0o644)
         return True
 
     # SSH

@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -198,10 +199,15 @@ class AllInOne:
             proc.stdout.close()
 
 
+def verify(info: dict[str, Any]) -> ssl.SSLContext:
+    """Checks the all-in-one engine's certificate against its CA (it serves HTTPS)."""
+    return ssl.create_default_context(cafile=info["ca"])
+
+
 def api(info: dict[str, Any]) -> httpx.Client:
     """The engine's REST API with the all-in-one's admin token, for checks the CLI is not under test for."""
     return httpx.Client(base_url=info["url"] + "/api/v1", headers={"Authorization": f"Bearer {info['token']}"},
-                        timeout=30)
+                        timeout=30, verify=verify(info))
 
 
 @contextmanager
@@ -211,11 +217,11 @@ def all_in_one(root: Path) -> Iterator[tuple[AllInOne, Cli]]:
     server = AllInOne(root / "data", free_port(), root / "all-in-one.stderr")
     try:
         info = server.start()
-        assert info["url"] == f"http://127.0.0.1:{server.port}", info
+        assert info["url"] == f"https://127.0.0.1:{server.port}", info
         assert info["token"] and set(info["hosts"]) == {"xen-host", "kvm-host"}, info
         assert Path(info["data_dir"]) == server.data_dir.resolve()
         cli = Cli(root / "config", root)
-        assert "logged in" in cli.run("login", info["url"], "--token", info["token"]).stdout
+        assert "logged in" in cli.run("login", info["url"], "--token", info["token"], "--ca", info["ca"]).stdout
         yield server, cli
     except BaseException:
         print(server.logs())

@@ -60,11 +60,13 @@ def decisions(plan: dict[str, Any]) -> dict[str, tuple[str, str]]:
 def test_login_hosts_and_clusters(aio: tuple[AllInOne, Cli]) -> None:
     server, cli = aio
     saved = cli.config_home / "corral" / "cli.json"
-    assert json.loads(saved.read_text()) == {"url": server.info["url"], "token": server.info["token"]}
+    assert json.loads(saved.read_text()) == {"url": server.info["url"], "token": server.info["token"],
+                                             "ca": Path(server.info["ca"]).read_text()}
     assert saved.stat().st_mode & 0o777 == 0o600
     # a wrong token is refused at login and nothing is saved; without a login every command says so
     other = Cli(cli.cwd / "other-config", cli.cwd)
-    assert "unknown token" in other.error("login", server.info["url"], "--token", "not-the-token", code=1)
+    assert "unknown token" in other.error("login", server.info["url"], "--token", "not-the-token", "--ca",
+                                          server.info["ca"], code=1)
     assert not (other.config_home / "corral" / "cli.json").exists()
     assert "not logged in" in other.error("host", "list")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.cli.support import alive, all_in_one, api, children, eventually
+from tests.cli.support import alive, all_in_one, api, children, eventually, verify
 
 SPEC_XML = """<domain type='kvm'><name>on-xen</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>
   <os><type arch='x86_64'>hvm</type></os>
@@ -57,7 +57,7 @@ def test_ctrl_c_stops_everything_and_a_restart_finds_the_same_state(tmp_path: Pa
         assert [pid for pid in kids if alive(pid)] == [], kids
         assert "stopping" in server.log.read_text()
         try:
-            httpx.get(server.info["url"] + "/api/health", timeout=2)
+            httpx.get(server.info["url"] + "/api/health", timeout=2, verify=verify(server.info))
             raise AssertionError("the engine still answers after Ctrl-C")
         except httpx.TransportError:
             pass

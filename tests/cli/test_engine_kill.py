@@ -39,7 +39,8 @@ class Engine:
     def start(self) -> None:
         with (self.root / "engine.log").open("ab") as log:
             self.proc = subprocess.Popen([*CORRAL, "engine", "serve", "--db", self.db, "--listen",
-                                          f"127.0.0.1:{self.port}", "--data-dir", str(self.root / "data")],
+                                          f"127.0.0.1:{self.port}", "--data-dir", str(self.root / "data"),
+                                          "--no-tls"],
                                          stdout=log, stderr=subprocess.STDOUT, env=clean_env(), cwd=self.root)
         deadline = time.monotonic() + 60
         while True:

@@ -74,7 +74,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     port = free_port()
     log = open(tmp_path / "engine.log", "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen([*CORRAL, "engine", "serve", "--db", db, "--listen", f"127.0.0.1:{port}",
-                             "--data-dir", str(tmp_path)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                             "--data-dir", str(tmp_path), "--no-tls"], stdout=log, stderr=subprocess.STDOUT, env=env,
                             cwd=REPO, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

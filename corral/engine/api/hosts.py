@@ -22,6 +22,7 @@ from corral.engine.events import record
 from corral.engine.hostinfo import host_identity
 from corral.engine.ids import new_id
 from corral.engine.tasks import TaskContext
+from corral.engine.transport import check_agent_url
 
 router = APIRouter(prefix="/hosts", tags=["hosts"], responses=ERRORS)
 
@@ -70,6 +71,7 @@ async def add_host(ctx: Ctx, body: HostIn, response: Response) -> Any:
         return await _deploy_host(ctx, body, response)
     assert body.url is not None
     url = body.url.rstrip("/")
+    check_agent_url(url, ctx.insecure)  # plain HTTP only on the loopback, unless --insecure
     host_id = new_id()
     name = body.name or _placeholder_name(url)
     # The agent says which host it is before anything is written: the same host under another URL
