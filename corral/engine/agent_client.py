@@ -56,6 +56,12 @@ class AgentUnreachable(AgentError):
     def __init__(self, message: str) -> None:
         super().__init__(0, "unreachable", message)
 
+    @property
+    def maybe_delivered(self) -> bool:
+        """False only when no connection was made (refused, no route, TLS handshake failed): the agent cannot
+        have acted on the request. A drop or timeout after sending leaves it unknown whether it did."""
+        return not isinstance(self.__cause__, aiohttp.ClientConnectorError)
+
 
 class VmBrief(msgspec.Struct):
     """What monitoring reads of one ``VmInfo`` in ``GET /v1/vms``: stats and devices are skipped while decoding,
@@ -225,6 +231,16 @@ class AgentClient:
             return _BRIEF.decode(content).items
         except msgspec.DecodeError as exc:  # ValidationError too: an answer that is not a VM list
             raise AgentUnreachable(f"{t.url}: answer is not a VM list: {exc}") from exc
+
+    async def websocket(self, t: AgentTarget, path: str) -> aiohttp.ClientWebSocketResponse:
+        """A WebSocket to the agent (the console relay, corral.engine.consoles), on the pooled session: the same
+        TLS client certificate or token as every call. ``AgentUnreachable`` when the handshake fails."""
+        url = t.url.rstrip("/") + path
+        try:
+            return await self._aio().ws_connect(url, headers=t.headers(), protocols=("binary",), heartbeat=30.0,
+                                                timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=0)
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
+            raise AgentUnreachable(f"{t.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
 
     async def get_vm(self, t: AgentTarget, vm_id: str) -> dict[str, Any]:
         return dict(await self.request(t, "GET", f"/v1/vms/{vm_id}"))

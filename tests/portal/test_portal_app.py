@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -288,79 +286,96 @@ def test_feed_reports_states_events_and_task_progress(db_url: str) -> None:
 
 
 # ---------------------------------------------------------------- consoles
-def test_vnc_endpoint_from_live_devices() -> None:
-    vm: dict[str, Any] = {"state": "up", "host": {"name": "h1"}, "_agent_url": "http://10.0.0.5:8700",
-                          "devices": [{"kind": "graphics", "type": "vnc", "listen": "0.0.0.0", "port": 5901}]}
-    assert console.vnc_endpoint(vm) == console.VncEndpoint("10.0.0.5", 5901)
-    vm["devices"][0]["listen"] = "127.0.0.1"
-    assert "loopback" in (console.vnc_endpoint(vm).problem or "")
-    vm["_agent_url"] = "http://127.0.0.1:8700"
-    assert console.vnc_endpoint(vm) == console.VncEndpoint("127.0.0.1", 5901)
+def test_console_problem_from_live_devices() -> None:
+    vm: dict[str, Any] = {"state": "up", "host": {"name": "h1"},
+                          "devices": [{"kind": "graphics", "type": "vnc", "listen": "127.0.0.1", "port": 5901}]}
+    assert console.console_problem(vm, "vnc") is None  # a loopback listen is fine: the agent relays it
+    assert console.console_problem(vm, "serial") is None
     vm["devices"][0]["port"] = None
-    assert "no VNC port" in (console.vnc_endpoint(vm).problem or "")
-    assert "down" in (console.vnc_endpoint({**vm, "state": "down"}).problem or "")
-    assert "no graphics" in (console.vnc_endpoint({**vm, "devices": [], "spec": {}}).problem or "")
+    assert "no VNC port" in (console.console_problem(vm, "vnc") or "")
+    assert "down" in (console.console_problem({**vm, "state": "down"}, "vnc") or "")
+    assert "down" in (console.console_problem({**vm, "state": "down"}, "serial") or "")
+    assert "no graphics" in (console.console_problem({**vm, "devices": [], "spec": {}}, "vnc") or "")
     vm["devices"][0].update(type="spice", port=5930)
-    assert "spice" in (console.vnc_endpoint(vm).problem or "")
+    assert "spice" in (console.console_problem(vm, "vnc") or "")
 
 
-def test_console_tokens_expire_and_are_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    tokens = console.ConsoleTokens()
-    t = tokens.issue("vm1", "127.0.0.1", 5900, "admin")
-    assert tokens.take(t, "vm1", "admin") is not None
-    assert tokens.take(t, "vm2", "admin") is None and tokens.take(t, "vm1", "eve") is None
-    assert tokens.take("guess", "vm1", "admin") is None
+def test_console_tickets_are_one_time_short_and_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    tickets = console.ConsoleTickets()
+    t = tickets.issue("vm1", "vnc", "admin")
+    assert tickets.take(t, "vm1", "vnc", "admin")
+    assert not tickets.take(t, "vm1", "vnc", "admin")  # spent
+    for vm_id, kind, user in (("vm2", "vnc", "admin"), ("vm1", "serial", "admin"), ("vm1", "vnc", "eve")):
+        t = tickets.issue("vm1", "vnc", "admin")
+        assert not tickets.take(t, vm_id, kind, user)
+    assert not tickets.take("guess", "vm1", "vnc", "admin")
+    assert console.TICKET_TTL <= 30
+    t = tickets.issue("vm1", "vnc", "admin")
     now = time.monotonic()
-    monkeypatch.setattr(console.time, "monotonic", lambda: now + console.TOKEN_TTL + 1)
-    assert tokens.take(t, "vm1", "admin") is None
+    monkeypatch.setattr(console.time, "monotonic", lambda: now + console.TICKET_TTL + 1)
+    assert not tickets.take(t, "vm1", "vnc", "admin")
 
 
-class FakeVnc:
-    """A TCP server that greets like an RFB server and echoes what it receives."""
+def test_console_websockets_need_a_ticket_and_a_running_vm(client: TestClient) -> None:
+    """The relay itself (engine -> agent -> VNC server or serial console) runs on the QEMU lab
+    (tests/e2e/test_console_relay.py, tests/portal/test_portal_browser.py); here the engine's own checks."""
+    from starlette.websockets import WebSocketDisconnect
 
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1)
-        self.port = int(self.sock.getsockname()[1])
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        conn, _ = self.sock.accept()
-        with conn:
-            conn.sendall(b"RFB 003.008\n")
-            while data := conn.recv(4096):
-                conn.sendall(data)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def test_vnc_websocket_proxy(client: TestClient) -> None:
-    login(client)
+    token = login(client)
+    r = client.post("/portal/api/vms", json={"name": "c1", "memory_mib": 64, "graphics": {"type": "vnc"}},
+                    headers={"X-CSRF-Token": csrf_token(token)})
+    vm = r.json()
     portal = client.app.state.portal  # type: ignore[attr-defined]
     assert isinstance(portal, Portal)
-    server = FakeVnc()
-    try:
-        token = portal.consoles.issue("vm1", "127.0.0.1", server.port, "admin")
-        with client.websocket_connect(f"/portal/vms/vm1/vnc?token={token}", subprotocols=["binary"]) as ws:
-            assert ws.receive_bytes() == b"RFB 003.008\n"
-            ws.send_bytes(b"RFB 003.008\n")
-            assert ws.receive_bytes() == b"RFB 003.008\n"
-        from starlette.websockets import WebSocketDisconnect
-
+    for kind in ("vnc", "serial"):
         with pytest.raises(WebSocketDisconnect) as exc, \
-                client.websocket_connect("/portal/vms/vm1/vnc?token=forged") as ws:
+                client.websocket_connect(f"/portal/vms/{vm['id']}/ws/{kind}?ticket=forged") as ws:
             ws.receive_bytes()
         assert exc.value.code == 1008
-        token = portal.consoles.issue("vm1", "127.0.0.1", server.port, "admin")
+        ticket = portal.consoles.issue(vm["id"], kind, "admin")
         with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect(
-                f"/portal/vms/vm1/vnc?token={token}", headers={"Origin": "http://evil.example"}) as ws:
+                f"/portal/vms/{vm['id']}/ws/{kind}?ticket={ticket}", headers={"Origin": "http://evil.example"}) as ws:
             ws.receive_bytes()
         assert exc.value.code == 1008
-    finally:
-        server.close()
+        ticket = portal.consoles.issue(vm["id"], kind, "admin")
+        with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect(
+                f"/portal/vms/{vm['id']}/ws/{kind}?ticket={ticket}") as ws:
+            ws.receive_bytes()
+        assert exc.value.code == 4409 and "while it runs" in exc.value.reason
+        # the ticket was spent by that connection
+        with pytest.raises(WebSocketDisconnect) as exc, client.websocket_connect(
+                f"/portal/vms/{vm['id']}/ws/{kind}?ticket={ticket}") as ws:
+            ws.receive_bytes()
+        assert exc.value.code == 1008
+    page = client.get(f"/portal/vms/{vm['id']}/terminal")
+    assert page.status_code == 200 and 'id="term-unavailable"' in page.text and "while it runs" in page.text
+
+
+def test_api_console_websocket_needs_the_bearer_token(client: TestClient) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    token = login(client)
+    r = client.post("/portal/api/vms", json={"name": "c2", "memory_mib": 64},
+                    headers={"X-CSRF-Token": csrf_token(token)})
+    vm = r.json()
+    for headers in ({}, {"Authorization": "Bearer nope"}):
+        with pytest.raises(WebSocketDisconnect) as exc, \
+                client.websocket_connect(f"/api/v1/vms/{vm['id']}/console/serial", headers=headers):
+            pass
+        assert exc.value.code == 1008
+    auth = {"Authorization": f"Bearer {token}"}
+    with pytest.raises(WebSocketDisconnect) as exc, \
+            client.websocket_connect(f"/api/v1/vms/{vm['id']}/console/serial", headers=auth) as ws:
+        ws.receive_bytes()
+    assert exc.value.code == 4409 and "while it runs" in exc.value.reason
+    with pytest.raises(WebSocketDisconnect) as exc, \
+            client.websocket_connect("/api/v1/vms/no-such-vm/console/vnc", headers=auth) as ws:
+        ws.receive_bytes()
+    assert exc.value.code == 4404
+    with pytest.raises(WebSocketDisconnect) as exc, \
+            client.websocket_connect(f"/api/v1/vms/{vm['id']}/console/spice", headers=auth):
+        pass
+    assert exc.value.code == 1008
 
 
 def test_console_page_says_when_novnc_is_missing(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -387,6 +402,15 @@ def test_novnc_files_are_served_when_installed(client: TestClient) -> None:
     escaped = client.get("/portal/novnc/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd")  # a literal ".." never leaves
     assert escaped.status_code == 404 and "root:" not in escaped.text
     assert client.get("/portal/novnc/package.json").status_code == 200
+
+
+def test_xterm_files_are_served_when_installed(client: TestClient) -> None:
+    if console.xterm_dir() is None:
+        pytest.skip("xterm.js is not installed (scripts/install puts it in <venv>/share/corral/xterm)")
+    r = client.get("/portal/xterm/lib/xterm.mjs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+    assert client.get("/portal/xterm/css/xterm.css").status_code == 200
+    assert client.get("/portal/xterm/%2e%2e/%2e%2e/%2e%2e/etc/passwd").status_code == 404
 
 
 def test_a_session_token_ends_on_the_api_as_in_the_portal(client: TestClient, db_url: str) -> None:

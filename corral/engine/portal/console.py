@@ -1,23 +1,19 @@
-"""Browser consoles: where noVNC is installed, per-session console tokens, and the VNC WebSocket proxy.
+"""Browser consoles: where noVNC is installed, one-time console tickets, and what the console page can offer.
 
 noVNC is not part of Corral's source: ``scripts/install`` fetches the npm package ``@novnc/novnc`` into
 ``<venv>/share/corral/novnc`` and the engine serves its ES modules from there (``CORRAL_NOVNC_DIR`` points
 elsewhere; Debian's ``novnc`` package in ``/usr/share/novnc`` works too). ``novnc_dir`` returns None when
 none is found and the console page says so.
 
-A console page asks for a **console token**: a random string bound to the VM, the VNC endpoint on its host
-(address from the agent's URL, port from the VM's live graphics device) and the user, valid for
-``TOKEN_TTL`` seconds to open the WebSocket. The proxy accepts the WebSocket only with a live token, a
-valid session cookie of the same user and a same-origin ``Origin``, then copies bytes between the browser
-and ``host:port`` over TCP. The engine talks plain RFB to the host; the browser sees only the engine.
+A console page asks for a **ticket**: a random string bound to the VM, the console's kind (vnc or serial) and
+the session's user, valid once and for ``TICKET_TTL`` seconds, to open the WebSocket. The WebSocket is accepted
+only with such a ticket, a valid session cookie of the same user and a same-origin ``Origin``; the engine then
+relays it through the agent of the VM's host (``corral.engine.consoles``): VNC servers listen on the hosts'
+loopback, the engine never dials a hypervisor's port and the browser sees only the engine.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ipaddress
-import logging
 import os
 import secrets
 import sys
@@ -25,156 +21,87 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+TICKET_TTL = 30.0
+RUNNING = ("up", "paused", "shutting_down")
 
-log = logging.getLogger(__name__)
 
-TOKEN_TTL = 120.0
-CONNECT_TIMEOUT = 5.0
-CHUNK = 64 * 1024
+def _npm_package(env: str, share: str, package: str, marker: str, system: str | None = None) -> Path | None:
+    """Where ``scripts/install`` put an npm package (``<prefix>/share/corral/<share>/node_modules/<package>``),
+    or the directory the environment variable ``env`` names, or a Debian package's directory; the first that
+    holds ``marker``."""
+    candidates: list[Path] = []
+    given = os.environ.get(env)
+    if given:
+        candidates += [Path(given), Path(given) / "node_modules" / package]
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
+        candidates.append(Path(prefix) / "share" / "corral" / share / "node_modules" / package)
+    repo = Path(__file__).resolve().parents[3]
+    candidates.append(repo / ".venv" / "share" / "corral" / share / "node_modules" / package)
+    if system:
+        candidates.append(Path(system))
+    return next((c for c in candidates if (c / marker).is_file()), None)
 
 
 def novnc_dir() -> Path | None:
     """The directory that holds noVNC's ``core/rfb.js``, or None."""
-    candidates: list[Path] = []
-    env = os.environ.get("CORRAL_NOVNC_DIR")
-    if env:
-        candidates += [Path(env), Path(env) / "node_modules" / "@novnc" / "novnc"]
-    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
-        candidates.append(Path(prefix) / "share" / "corral" / "novnc" / "node_modules" / "@novnc" / "novnc")
-    repo = Path(__file__).resolve().parents[3]
-    candidates.append(repo / ".venv" / "share" / "corral" / "novnc" / "node_modules" / "@novnc" / "novnc")
-    candidates.append(Path("/usr/share/novnc"))
-    for c in candidates:
-        if (c / "core" / "rfb.js").is_file():
-            return c
-    return None
+    return _npm_package("CORRAL_NOVNC_DIR", "novnc", "@novnc/novnc", "core/rfb.js", "/usr/share/novnc")
+
+
+def xterm_dir() -> Path | None:
+    """The directory that holds xterm.js's ``lib/xterm.mjs`` and ``css/xterm.css`` (npm ``@xterm/xterm``), or
+    None. Debian's ``libjs-xterm`` is xterm.js 3 (no ES module), so it is not looked for."""
+    return _npm_package("CORRAL_XTERM_DIR", "xterm", "@xterm/xterm", "lib/xterm.mjs")
 
 
 @dataclass(frozen=True)
-class VncTarget:
+class Ticket:
     vm_id: str
-    host: str
-    port: int
+    kind: str
     username: str
     expires: float
 
 
-@dataclass(frozen=True)
-class VncEndpoint:
-    """Where the VM's VNC server is, or why the engine cannot reach it (``problem``)."""
-
-    host: str | None
-    port: int | None
-    problem: str | None = None
-
-
-def _loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
-    except ValueError:
-        return address == "localhost"
-
-
-def vnc_endpoint(vm: dict[str, Any]) -> VncEndpoint:
-    """The VNC server of a VM from its API detail (live devices and current host)."""
-    if vm.get("state") not in ("up", "paused", "shutting_down"):
-        return VncEndpoint(None, None, f"the VM is {vm.get('state')}; its console exists while it runs")
+def console_problem(vm: dict[str, Any], kind: str) -> str | None:
+    """Why the VM (its API detail: state, live devices, spec) has no console of ``kind`` now, or None."""
+    if vm.get("state") not in RUNNING:
+        return f"the VM is {vm.get('state')}; its console exists while it runs"
+    if kind == "serial":
+        return None  # every VM has one: its serial port, or the PV console the hypervisor gives it
     graphics = [d for d in vm.get("devices") or [] if d.get("kind") == "graphics"]
     if not graphics:
         spec = vm.get("spec") or {}
         if not spec.get("graphics"):
-            return VncEndpoint(None, None, "the VM has no graphics device; use its serial console")
-        return VncEndpoint(None, None, "the host did not report the VM's live devices")
+            return "the VM has no graphics device; use its serial console"
+        return "the host did not report the VM's live devices"
     g = graphics[0]
     if g.get("type") != "vnc":
-        return VncEndpoint(None, None, f"the VM's graphics are {g.get('type')}, not VNC")
+        return f"the VM's graphics are {g.get('type')}, not VNC"
     port = g.get("port")
     if not isinstance(port, int) or port <= 0:
-        return VncEndpoint(None, None, "the host reports no VNC port for this VM (the driver runs no VNC server)")
-    host = vm.get("host") or {}
-    agent_url = str(vm.get("_agent_url") or "")
-    agent_host = urlsplit(agent_url).hostname if agent_url else None
-    if not agent_host:
-        return VncEndpoint(None, None, f"unknown address of host {host.get('name') or '?'}")
-    listen = str(g.get("listen") or "")
-    if listen in ("", "0.0.0.0", "::"):
-        return VncEndpoint(agent_host, port)
-    if _loopback(listen):
-        if _loopback(agent_host):
-            return VncEndpoint(agent_host, port)
-        return VncEndpoint(None, port, f"the VNC server listens on {listen} of host {host.get('name')}; the "
-                                       "engine cannot reach a loopback address of another machine")
-    return VncEndpoint(listen, port)
+        return "the host reports no VNC port for this VM (the driver runs no VNC server)"
+    return None
 
 
-class ConsoleTokens:
+class ConsoleTickets:
+    """One-time console tickets of this engine process (a console page and its WebSocket meet on one node)."""
+
     def __init__(self) -> None:
-        self._tokens: dict[str, VncTarget] = {}
+        self._tickets: dict[str, Ticket] = {}
 
-    def issue(self, vm_id: str, host: str, port: int, username: str) -> str:
+    def issue(self, vm_id: str, kind: str, username: str) -> str:
         now = time.monotonic()
-        for key in [k for k, v in self._tokens.items() if v.expires < now]:
-            del self._tokens[key]
-        token = secrets.token_urlsafe(32)
-        self._tokens[token] = VncTarget(vm_id, host, port, username, now + TOKEN_TTL)
-        return token
+        for key in [k for k, v in self._tickets.items() if v.expires < now]:
+            del self._tickets[key]
+        ticket = secrets.token_urlsafe(32)
+        self._tickets[ticket] = Ticket(vm_id, kind, username, now + TICKET_TTL)
+        return ticket
 
-    def take(self, token: str, vm_id: str, username: str) -> VncTarget | None:
-        target = self._tokens.get(token)
-        if target is None or target.expires < time.monotonic() or target.vm_id != vm_id \
-                or target.username != username:
-            return None
-        return target
+    def take(self, ticket: str, vm_id: str, kind: str, username: str) -> bool:
+        """True once for a live ticket of this VM, kind and user; the ticket is spent either way."""
+        found = self._tickets.pop(ticket, None)
+        return (found is not None and found.expires >= time.monotonic() and found.vm_id == vm_id
+                and found.kind == kind and found.username == username)
 
 
-async def proxy(ws: WebSocket, target: VncTarget) -> None:
-    """Accept the WebSocket and copy bytes both ways between it and the VNC server until either side ends."""
-    offered = ws.scope.get("subprotocols") or []
-    subprotocol = "binary" if "binary" in offered else None
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port),
-                                                CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        log.info("console of VM %s: cannot reach %s:%s: %s", target.vm_id, target.host, target.port, exc)
-        await ws.close(code=1011, reason="the VNC server does not answer")
-        return
-    await ws.accept(subprotocol=subprotocol)
-    log.info("console of VM %s opened by %s (%s:%s)", target.vm_id, target.username, target.host, target.port)
-
-    async def upstream() -> None:
-        while True:
-            msg = await ws.receive()
-            if msg["type"] == "websocket.disconnect":
-                return
-            data = msg.get("bytes")
-            if data is None and msg.get("text") is not None:
-                data = str(msg["text"]).encode()
-            if data:
-                writer.write(data)
-                await writer.drain()
-
-    async def downstream() -> None:
-        while True:
-            data = await reader.read(CHUNK)
-            if not data:
-                return
-            await ws.send_bytes(data)
-
-    tasks = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, OSError, RuntimeError):
-                await t
-        writer.close()
-        with contextlib.suppress(OSError, ConnectionError):
-            await writer.wait_closed()
-        with contextlib.suppress(RuntimeError, OSError):
-            await ws.close()
-        log.info("console of VM %s closed", target.vm_id)
+ConsoleTokens = ConsoleTickets  # the name ``core.Portal`` knows it by

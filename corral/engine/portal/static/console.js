@@ -1,5 +1,5 @@
 // The graphical console: noVNC (npm @novnc/novnc, served by the engine from where scripts/install put it)
-// connected to the engine's WebSocket proxy, which reaches the VM's VNC server on its host.
+// connected to the engine's console WebSocket, which the agent of the VM's host relays to the VM's VNC server.
 import RFB from '../novnc/core/rfb.js';
 
 const screen = document.getElementById('vnc-screen');
@@ -25,7 +25,7 @@ if (screen && screen.dataset.wsPath) {
   });
   rfb.addEventListener('disconnect', (e) => {
     cad.disabled = true;
-    setStatus(e.detail.clean ? 'Disconnected.' : 'The connection was lost or refused; reload the page to get a new console token.',
+    setStatus(e.detail.clean ? 'Disconnected.' : 'The connection was lost or refused; reload the page for a new console ticket.',
       'disconnected');
   });
   rfb.addEventListener('credentialsrequired', () => {
