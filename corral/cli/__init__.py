@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import images, launch, resources, storage
+from corral.cli import images, launch, resources, storage, templates
 from corral.cli import xml as xml_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Corral: Xen and KVM hosts through libvirt.")
@@ -16,6 +16,7 @@ app.add_typer(launch.agent_app, name="agent")
 resources.register(app)
 storage.register(app)
 images.register(app)
+templates.register(app)
 app.add_typer(launch.engine_app, name="engine")
 app.command("all-in-one")(launch.all_in_one)
 app.command("simulate")(launch.simulate)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import typer
 
@@ -252,13 +253,14 @@ def host_remove(host: str, output: Output = OutputOpt) -> None:
     show({"id": h["id"], "name": h["name"], "removed": True}, output, Text(f"host {h['name']} removed"))
 
 
-_DISK_OPTS = ("format", "bus", "readonly", "source_type", "storage")
+_DISK_OPTS = ("format", "bus", "readonly", "source_type", "storage", "size", "clone")
 
 
 def _disk(value: str, device: str = "disk") -> dict[str, Any]:
     """``PATH[,opts]`` or ``path=PATH[,opts]`` (a path on the host), ``size=10G[,opts]`` (a new volume the engine
     makes for the VM, in ``storage=S`` or the cluster's only storage domain), ``volume=NAME[,opts]`` (a volume
-    of the engine)."""
+    of the engine), ``image=NAME[,size=20G][,clone=full][,opts]`` (a new volume of the VM made from an uploaded
+    image: a thin clone where it can be, grown to ``size``)."""
     first, *opts = value.split(",")
     key, eq, val = first.partition("=")
     disk: dict[str, Any] = {"device": device}
@@ -268,17 +270,20 @@ def _disk(value: str, device: str = "disk") -> dict[str, Any]:
         disk["source"] = val
     elif key == "size":
         disk["size_bytes"] = parse_size(val, "--disk size=")
-    elif key == "volume":
-        disk["volume"] = val
+    elif key in ("volume", "image"):
+        disk[key] = val
     else:
         opts.insert(0, first)
     for opt in opts:
         key, _, val = opt.partition("=")
         if key not in _DISK_OPTS:
             fail(f"--disk {value}: unknown option {key!r} ({', '.join(_DISK_OPTS)})")
-        disk[key] = val if key != "readonly" else val in ("1", "yes", "true", "on")
-    if not {"source", "size_bytes", "volume"} & set(disk):
-        fail(f"--disk {value}: give a PATH, size=SIZE (a new volume) or volume=NAME")
+        if key == "size":
+            disk["size_bytes"] = parse_size(val, "--disk size=")
+        else:
+            disk[key] = val if key != "readonly" else val in ("1", "yes", "true", "on")
+    if not {"source", "size_bytes", "volume", "image"} & set(disk):
+        fail(f"--disk {value}: give a PATH, size=SIZE (a new volume), volume=NAME or image=NAME")
     if str(disk.get("source", "")).startswith("/dev/") and "source_type" not in disk:
         disk["source_type"] = "block"
     return disk
@@ -299,17 +304,44 @@ def _nic(value: str) -> dict[str, Any]:
     return nic
 
 
+def _cdrom(value: str) -> dict[str, Any]:
+    """``iso=NAME`` (an uploaded ISO, by name or id), ``empty``, or an ISO's path on the host."""
+    if value == "empty":
+        return {"device": "cdrom"}
+    key, eq, val = value.partition("=")
+    if eq and key == "iso":
+        return {"device": "cdrom", "image": val}
+    return _disk(value, "cdrom")
+
+
+def _template_disks(template: str, clone: str | None) -> list[dict[str, Any]]:
+    """The template's disks as a create body names them (its base volumes to be cloned), to add more to."""
+    t = ApiClient().get(f"/templates/{quote(template, safe='')}")
+    bases = {v["name"] for v in t.get("volumes") or []}
+    disks = []
+    for d in t["spec"].get("disks") or []:
+        if d.get("volume") in bases:
+            d = {k: v for k, v in d.items() if k != "format"} | {"clone": clone or "thin"}
+        disks.append(d)
+    return disks
+
+
 @vm_app.command("create")
 def vm_create(
     name: str = typer.Argument(None),
     spec: Path = typer.Option(None, "--spec", help="a VmSpec file (JSON/YAML), e.g. from 'corral xml import'"),
-    memory: int = typer.Option(512, "--memory", help="MiB"),
-    vcpus: int = typer.Option(1, "--vcpus"),
+    memory: int = typer.Option(None, "--memory", help="MiB (default 512, or the template's)"),
+    vcpus: int = typer.Option(None, "--vcpus", help="default 1, or the template's"),
     guest_type: str = typer.Option(None, "--guest-type", help="hvm, pv or pvh"),
     disk: list[str] = typer.Option(None, "--disk", help="size=10G[,format=qcow2][,storage=S][,bus=virtio] (a new "
-                                   "volume), volume=NAME (an existing one) or PATH[,format=qcow2] (a host path)"),
+                                   "volume), image=NAME[,size=20G][,clone=full] (a new volume from an uploaded "
+                                   "image), volume=NAME (an existing one) or PATH[,format=qcow2] (a host path)"),
     nic: list[str] = typer.Option(None, "--nic", help="bridge=BR[,model=virtio] or network=NET"),
-    cdrom: str = typer.Option(None, "--cdrom", help="ISO path, or 'empty'"),
+    cdrom: list[str] = typer.Option(None, "--cdrom", help="iso=NAME (an uploaded ISO), an ISO path, or 'empty' "
+                                    "(repeatable)"),
+    template: str = typer.Option(None, "--template", help="make the VM from this template: its disks are clones "
+                                 "of the template's; --disk and --cdrom add to them, other options replace its"),
+    clone: str = typer.Option(None, "--clone", help="with --template: thin (qcow2 overlays, the default) or full"),
     kernel: str = typer.Option(None, "--kernel"),
     initrd: str = typer.Option(None, "--initrd"),
     cmdline: str = typer.Option(None, "--cmdline"),
@@ -325,15 +357,26 @@ def vm_create(
             fail(f"--spec {spec}: not a VmSpec object")
         if name:
             body["name"] = name
+        if template or clone:
+            fail("--template goes without --spec")
     else:
         if not name:
             fail("give a NAME or --spec FILE")
-        body = {"name": name, "memory_mib": memory, "vcpus": vcpus}
-        disks = [_disk(d) for d in disk or []]
-        if cdrom:
-            disks.append({"device": "cdrom"} if cdrom == "empty" else _disk(cdrom, "cdrom"))
-        body["disks"] = disks
-        body["nics"] = [_nic(n) for n in nic or []]
+        if clone and not template:
+            fail("--clone goes with --template")
+        body = {"name": name}
+        if template:
+            body.update(template=template, **({"clone": clone} if clone else {}))
+        for key, value, default in (("memory_mib", memory, 512), ("vcpus", vcpus, 1)):
+            if value is not None or not template:
+                body[key] = default if value is None else value
+        disks = [_disk(d) for d in disk or []] + [_cdrom(c) for c in cdrom or []]
+        if template and disks:
+            disks = _template_disks(template, clone) + disks
+        if disks or not template:
+            body["disks"] = disks
+        if nic or not template:
+            body["nics"] = [_nic(n) for n in nic or []]
         for key, value in (("kernel", kernel), ("initrd", initrd), ("cmdline", cmdline),
                            ("guest_type", guest_type)):
             if value:

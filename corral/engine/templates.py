@@ -179,22 +179,23 @@ def out(s: Session, t: Template) -> dict[str, Any]:
     vms: list[str] = []
     rows = s.execute(select(Volume, StorageDomain.name).join(StorageDomain, StorageDomain.id == Volume.domain_id)
                      .where(Volume.template_id == t.id).order_by(Volume.name)).all()
-    hosts = dict(s.execute(select(Host.id, Host.name).where(
-        Host.id.in_({v.host_id for v, _ in rows if v.host_id}))).tuples().all())
+    hosts: dict[str, str] = {h: n for h, n in s.execute(select(Host.id, Host.name).where(
+        Host.id.in_({v.host_id for v, _ in rows if v.host_id})))}
     for v, domain in rows:
         volumes.append({"id": v.id, "name": v.name, "domain": domain, "host": hosts.get(v.host_id or ""),
                         "format": v.format, "capacity_bytes": v.capacity_bytes, "path": v.path})
     if rows:
         for name, vm_name in s.execute(select(Volume.name, Vm.name).outerjoin(Vm, Vm.id == Volume.vm_id).where(
                 or_(Volume.backing_id.in_([v.id for v, _ in rows]),
-                    Volume.clone_of_id.in_([v.id for v, _ in rows]))).order_by(Volume.name)).tuples():
+                    Volume.clone_of_id.in_([v.id for v, _ in rows]))).order_by(Volume.name)):
             clones.append(name)
             if vm_name and vm_name not in vms:
                 vms.append(vm_name)
     cluster = s.scalar(select(Cluster.name).where(Cluster.id == t.cluster_id))
     return {"id": t.id, "name": t.name, "cluster_id": t.cluster_id, "cluster": cluster,
             "description": t.description, "source_vm": t.source_vm, "state": t.state,
-            "memory_mib": t.spec.get("memory_mib"), "vcpus": t.spec.get("vcpus"), "created_at": t.created_at,
+            "memory_mib": t.spec.get("memory_mib"), "vcpus": t.spec.get("vcpus"),
+            "created_at": t.created_at.isoformat().replace("+00:00", "Z"),
             "spec": t.spec, "volumes": volumes, "clones": clones, "vms": sorted(vms)}
 
 
