@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from corral.cli import console as console_cli
 from corral.cli import images, launch, resources, storage, templates
 from corral.cli import xml as xml_cli
 
@@ -14,6 +15,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Corral: Xen 
 app.add_typer(xml_cli.app, name="xml")
 app.add_typer(launch.agent_app, name="agent")
 resources.register(app)
+console_cli.register(resources.vm_app)
 storage.register(app)
 images.register(app)
 templates.register(app)

@@ -483,7 +483,6 @@ def vm_delete(vm: str, keep_volumes: bool = typer.Option(False, "--keep-volumes"
          Text(f"VM {v['name']} deleted" + (" (its volumes kept)" if keep_volumes else "")))
 
 
-@vm_app.command("console")
 def vm_console(vm: str, tail: int = typer.Option(65536, "--tail"), output: Output = OutputOpt) -> None:
     """Print the VM's console log; exit 2 when there is none to print (no serial port or console, or a host
     that keeps no log of it), rather than print nothing."""
