@@ -12,6 +12,7 @@ make the VM's pending volumes on the chosen one (``corral.engine.vmvolumes``), d
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import select, update
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from corral.domain.spec import parse_spec
 from corral.engine import macs, vmvolumes
-from corral.engine.agent_client import AgentError, AgentTarget
+from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.context import EngineContext
 from corral.engine.db.models import Host, Severity, Task, Vm, VmState, utcnow
 from corral.engine.errors import ApiError, Conflict, NotFound
@@ -84,6 +85,21 @@ def apply_info(s: Session, vm_id: str, host_id: str, info: dict[str, Any], actio
     return {"vm_id": vm.id, "state": state, "host_id": host_id}
 
 
+def lost_start(s: Session, vm_id: str, name: str, host_id: str, host_name: str, exc: BaseException) -> None:
+    """The start request may have reached the host but its answer never came (connection dropped, timeout,
+    the task cancelled): the VM may be running there. It becomes ``unknown`` *on that host*, not ``down``:
+    a down VM could be started again on another host, on the same disks. The host's next full report settles
+    it (up there, or down when the host does not have it)."""
+    detail = exc.message if isinstance(exc, AgentError) else (type(exc).__name__ + (f": {exc}" if str(exc) else ""))
+    reason = f"start sent to {host_name} but no answer came ({detail}); the VM may be running there"
+    s.execute(update(Vm).where(Vm.id == vm_id).values(state=VmState.UNKNOWN.value, state_reason=reason,
+                                                      host_id=host_id, last_host_id=host_id,
+                                                      state_changed_at=utcnow()))
+    record(s, "vm_state", f"VM {name} is unknown ({reason})", severity=Severity.WARNING,
+           object_type="vm", object_id=vm_id,
+           detail={"from": VmState.STARTING.value, "to": VmState.UNKNOWN.value, "host_id": host_id})
+
+
 def restore(s: Session, vm_id: str, state: str, reason: str) -> None:
     s.execute(update(Vm).where(Vm.id == vm_id).values(state=state, state_reason=reason, state_changed_at=utcnow()))
 
@@ -106,6 +122,7 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         _progress(s, task, "choosing a host")
         return vm.spec, vm.name, vm.last_host_id, vm.cluster_id, only
 
+    restored = False  # the VM's state was already set by the failure's own rule (``lost_start``)
     try:
         if claimed is not None and host_ref is None and claimed.spec is not None:
             spec_json, name, former, cluster_id, only = (claimed.spec, claimed.name, claimed.last_host_id,
@@ -150,18 +167,26 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
             volumes = await vmvolumes.make_pending(ctx.db, ctx.agents, target, host_id, host_name, volumes)
         spec = vmvolumes.for_host(spec, volumes)
         try:
-            info = await ctx.agents.create_vm(target, spec.model_dump(mode="json"), start=True)
-        except AgentError as exc:
-            if exc.status != 409:
-                raise
-            # the host has a definition of this VM from an earlier run: replace it with the current spec
-            await _undefine(ctx, target, vm_id)
-            info = await ctx.agents.create_vm(target, spec.model_dump(mode="json"), start=True)
+            try:
+                info = await ctx.agents.create_vm(target, spec.model_dump(mode="json"), start=True)
+            except AgentError as exc:
+                if exc.status != 409:
+                    raise
+                # the host has a definition of this VM from an earlier run: replace it with the current spec
+                await _undefine(ctx, target, vm_id)
+                info = await ctx.agents.create_vm(target, spec.model_dump(mode="json"), start=True)
+        except (AgentUnreachable, TimeoutError, asyncio.CancelledError) as exc:
+            if not isinstance(exc, AgentUnreachable) or exc.maybe_delivered:
+                lost: BaseException = exc
+                await ctx.db.run(lambda s: lost_start(s, vm_id, name, host_id, host_name, lost))
+                restored = True
+            raise
         result = await ctx.db.run(lambda s: apply_info(s, vm_id, host_id, info, "start"))
         return {**result, "host": host_name, "placement": decision}
     except BaseException as exc:
-        reason = exc.message if isinstance(exc, (ApiError, AgentError)) else f"start failed: {exc}"
-        await ctx.db.run(lambda s: restore(s, vm_id, old_state if old_state != "crashed" else "down", reason))
+        if not restored:
+            reason = exc.message if isinstance(exc, (ApiError, AgentError)) else f"start failed: {exc}"
+            await ctx.db.run(lambda s: restore(s, vm_id, old_state if old_state != "crashed" else "down", reason))
         raise
     finally:
         ctx.scheduler.release(vm_id)
