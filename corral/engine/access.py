@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from fastapi.routing import iter_route_contexts
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
-from corral.engine.auth import Role
+from corral.engine.auth import ENGINE, Principal, Role, TokenRefused, set_current
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ RULES: dict[str, Role | None] = {
     "POST /portal/login": PUBLIC,
     "POST /portal/logout": PUBLIC,
     "GET /portal/novnc/{path:path}": PUBLIC,
+    "GET /portal/xterm/{path:path}": PUBLIC,
     "MOUNT /portal/static": PUBLIC,
     # clusters, hosts, storage domains, templates, users: admins manage them; everyone may read them
     "GET /api/v1/clusters": V,
@@ -82,6 +84,7 @@ RULES: dict[str, Role | None] = {
     "POST /api/v1/vms/{vm}/pause": OP,
     "POST /api/v1/vms/{vm}/resume": OP,
     "GET /api/v1/vms/{vm}/console": OP,
+    "WS /api/v1/vms/{vm}/console/{kind}": OP,
     "POST /api/v1/vms/{vm}/devices": OP,
     "PATCH /api/v1/vms/{vm}/devices/{device_id}": OP,
     "DELETE /api/v1/vms/{vm}/devices/{device_id}": OP,
@@ -121,7 +124,8 @@ RULES: dict[str, Role | None] = {
     "GET /portal/vms/{vm_id}/devices": V,
     "GET /portal/vms/{vm_id}/serial": OP,
     "GET /portal/vms/{vm_id}/console": OP,
-    "WS /portal/vms/{vm_id}/vnc": OP,
+    "GET /portal/vms/{vm_id}/terminal": OP,
+    "WS /portal/vms/{vm_id}/ws/{kind}": OP,
     "GET /portal/events": V,
     "GET /portal/storage": V,
     "GET /portal/storage/{domain_id}": V,
@@ -192,3 +196,38 @@ def needed(scope: Scope) -> Role | None:
 def permits(scope: Scope, role: Role) -> bool:
     need = needed(scope)
     return need is None or role.allows(need)
+
+
+async def allow_websocket(ws: WebSocket) -> bool:
+    """The check of a WebSocket route (a console), which the REST router's dependency does not cover: the
+    caller is the portal session's user under ``/portal``, else the ``Authorization: Bearer`` token's
+    principal; it must have the route's role. Otherwise the socket is closed (1008, with the reason, before the
+    handshake: the client sees HTTP 403) and False returned. Sets the principal for the events it causes."""
+    from corral.engine.context import EngineContext  # the context imports the auth module, not this one
+
+    ctx = ws.app.state.corral
+    assert isinstance(ctx, EngineContext)
+    principal: Principal | None = None
+    if ws.url.path.startswith("/portal/"):
+        portal = getattr(ws.app.state, "portal", None)
+        auth = await portal.current(ws) if portal is not None else None
+        if auth is not None:
+            principal = Principal(Role.parse(auth.principal.role), auth.principal.username, auth.principal.user_id)
+    elif not ctx.auth:
+        principal = ENGINE
+    else:
+        header = ws.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        try:
+            principal = await run_in_threadpool(ctx.tokens.principal, token) if token else None
+        except TokenRefused:
+            principal = None
+    if principal is None:
+        await ws.close(code=1008, reason="log in first (a valid session or bearer token is required)")
+        return False
+    if not permits(ws.scope, principal.role):
+        await ws.close(code=1008, reason=f"this needs the {needed(ws.scope)} role; "
+                                         f"{principal.actor or 'this token'} is {principal.role}")
+        return False
+    set_current(principal)
+    return True

@@ -16,6 +16,9 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 from starlette.requests import HTTPConnection
 
+from corral.engine import access
+from corral.engine.auth import Role
+from corral.engine.errors import ApiError
 from corral.engine.portal.core import ApiResult, Auth, Portal
 
 T = TypeVar("T")
@@ -62,8 +65,14 @@ class Page:
 
 
 async def get_page(request: Request, portal: PortalDep) -> Page:
-    """The ``Page`` of a logged-in user; without a session, ``LoginRequired`` (the login page, then back here)."""
-    return Page(portal, request, await portal.require(request))
+    """The ``Page`` of a logged-in user; without a session, ``LoginRequired`` (the login page, then back here);
+    403 when the user's role is below the page's (``corral.engine.access``: a form an admin or operator uses)."""
+    auth = await portal.require(request)
+    role = Role.parse(auth.principal.role)
+    if not access.permits(request.scope, role):
+        raise ApiError(f"this page needs the {access.needed(request.scope)} role; you are {role}",
+                       code="forbidden", status=403)
+    return Page(portal, request, auth)
 
 
 PageDep = Annotated[Page, Depends(get_page)]
