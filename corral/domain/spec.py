@@ -19,6 +19,9 @@ from typing import Annotated, Any, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SPEC_FORMAT_VERSION = 1
+# The most devices of one kind a VM may have (disks, NICs, consoles, CPU features): more than any real VM
+# needs, few enough that a spec stays small and rendering it cheap (issue 14: every list is capped).
+MAX_DEVICES = 64
 
 # \Z, not $: Python's $ also matches before a trailing newline ("vm1\n").
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
@@ -192,7 +195,7 @@ class CpuFeature(_Model):
 class CpuSpec(_Model):
     mode: CpuMode = CpuMode.HOST_MODEL
     model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    features: list[CpuFeature] = Field(default_factory=list)
+    features: list[CpuFeature] = Field(default_factory=list, max_length=MAX_DEVICES)
 
     @model_validator(mode="after")
     def _model_matches_mode(self) -> Self:
@@ -456,7 +459,7 @@ class CloudInit(_Model):
 
 
 class VmSpec(_Model):
-    format_version: int = SPEC_FORMAT_VERSION
+    format_version: int = Field(default=SPEC_FORMAT_VERSION, ge=1, le=1000)
     id: str = Field(default_factory=new_id)
     name: str
     description: str = Field(default="", max_length=4096)
@@ -466,16 +469,16 @@ class VmSpec(_Model):
     max_vcpus: int | None = Field(default=None, ge=1, le=4096)
     guest_type: GuestType = GuestType.HVM
     hypervisor: HypervisorChoice = HypervisorChoice.ANY
-    boot: list[BootDevice] = Field(default_factory=lambda: [BootDevice.HD])
+    boot: list[BootDevice] = Field(default_factory=lambda: [BootDevice.HD], max_length=len(BootDevice))
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = Field(default=None, max_length=4096)
     bootloader: str | None = None
     cpu: CpuSpec | None = None
-    disks: list[DiskSpec] = Field(default_factory=list)
-    nics: list[NicSpec] = Field(default_factory=list)
+    disks: list[DiskSpec] = Field(default_factory=list, max_length=MAX_DEVICES)
+    nics: list[NicSpec] = Field(default_factory=list, max_length=MAX_DEVICES)
     graphics: GraphicsSpec | None = None
-    consoles: list[ConsoleSpec] = Field(default_factory=lambda: [ConsoleSpec(id=new_id())])
+    consoles: list[ConsoleSpec] = Field(default_factory=lambda: [ConsoleSpec(id=new_id())], max_length=MAX_DEVICES)
     guest_agent: AgentChannelSpec | None = None
     balloon: BalloonSpec | None = Field(default_factory=lambda: BalloonSpec(id=new_id()))
     on_poweroff: LifecycleAction = LifecycleAction.DESTROY

@@ -69,7 +69,7 @@ def invalid_from_spec(exc: SpecError) -> Invalid:
 
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 409: "conflict", 422: "invalid"}
+                 405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid", 503: "unavailable"}
 
 
 def _loc_path(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -18,6 +18,7 @@ from corral.engine.db.models import Cluster, Host, Vm
 from corral.engine.errors import ApiError, Conflict, NotFound, Unauthorized
 
 MAX_LIMIT = 1000
+MAX_ID = 2**63 - 1  # a BIGINT: a larger integer parameter is refused by name (422), never sent to the database
 
 bearer = HTTPBearer(auto_error=False, description="an API token (`corral engine create-token`)")
 

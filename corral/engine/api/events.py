@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from corral.engine.api.deps import Ctx, Limit, names_of, page
+from corral.engine.api.deps import MAX_ID, Ctx, Limit, names_of, page
 from corral.engine.api.schemas import ERRORS, EventOut, Page
 from corral.engine.db.models import Cluster, Event, Host, Vm
 
@@ -21,7 +21,8 @@ SeverityQ = Literal["info", "warning", "error"]
 
 @router.get("", response_model=Page[EventOut])
 def list_events(ctx: Ctx, limit: Limit = 100,
-                after: Annotated[int | None, Query(description="the last id of the previous page")] = None,
+                after: Annotated[int | None, Query(ge=0, le=MAX_ID,
+                                                   description="the last id of the previous page")] = None,
                 object_type: Annotated[Literal["vm", "host", "cluster", "task"] | None, Query()] = None,
                 object_id: str | None = None,
                 severity: Annotated[SeverityQ | None, Query(description="exactly this severity")] = None,

@@ -58,7 +58,7 @@ class HostIn(BaseModel):
     options: DeployOptions | None = Field(None, description="deploy options (with ssh)")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,255}$", description="default: agent hostname")
     cluster: str | None = Field(None, description="cluster id or name; default: the 'default' cluster")
-    reserved_memory_mib: int = Field(256, ge=0)
+    reserved_memory_mib: int = Field(256, ge=0, le=16 * 1024 * 1024)
 
     @model_validator(mode="after")
     def _one_way(self) -> Self:
