@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from corral.cli import console as console_cli
-from corral.cli import images, launch, resources, storage, templates
+from corral.cli import images, launch, resources, storage, templates, users
 from corral.cli import xml as xml_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Corral: Xen and KVM hosts through libvirt.")
@@ -19,6 +19,7 @@ console_cli.register(resources.vm_app)
 storage.register(app)
 images.register(app)
 templates.register(app)
+users.register(app)
 app.add_typer(launch.engine_app, name="engine")
 app.command("all-in-one")(launch.all_in_one)
 app.command("simulate")(launch.simulate)

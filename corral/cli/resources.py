@@ -504,9 +504,11 @@ def vm_console(vm: str, tail: int = typer.Option(65536, "--tail"), output: Outpu
 
 @event_app.command("list")
 def event_list(object_id: str = typer.Option(None, "--object"), severity: str = typer.Option(None, "--severity"),
+               user: str = typer.Option(None, "--user", help="changes made by this user (token:NAME: by a token "
+                                        "without an owner)"),
                limit: int = typer.Option(50), output: Output = OutputOpt) -> None:
-    data = ApiClient().get("/events", object_id=object_id, severity=severity, limit=limit)
-    _page(data, ["time", "severity", "object_type", "object_name", "message"], "events", output)
+    data = ApiClient().get("/events", object_id=object_id, severity=severity, user=user, limit=limit)
+    _page(data, ["time", "severity", "object_type", "object_name", "actor", "message"], "events", output)
 
 
 @task_app.command("show")
