@@ -23,6 +23,7 @@ from corral.engine.context import EngineContext
 from corral.engine.db.session import Database
 from corral.engine.deploy import CertRenewer, interrupted_deploys
 from corral.engine.errors import install_handlers
+from corral.engine.failures import install_failure_handlers
 from corral.engine.limits import BodyLimit
 from corral.engine.monitor import Monitor, MonitorSettings
 from corral.engine.pki import EnginePki
@@ -86,6 +87,7 @@ def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: boo
     app = FastAPI(title=API_TITLE, version="1", lifespan=lifespan, openapi_url="/api/v1/openapi.json",
                   docs_url="/api/v1/docs", redoc_url=None)
     install_handlers(app)
+    install_failure_handlers(app)  # JSON 500, and 503 + Retry-After when the database cannot answer
     app.add_middleware(BodyLimit)  # 413 above 1 MiB, image uploads excepted (corral.engine.limits)
     app.include_router(api_router())
     from corral.engine.portal import mount_portal

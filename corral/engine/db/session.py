@@ -23,6 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 T = TypeVar("T")
 
 SUPPORTED = ("sqlite", "postgresql")
+# How long a statement waits for a lock another connection holds (SQLite's busy timeout, PostgreSQL's
+# lock_timeout) before it fails; the API then answers 503 with Retry-After (corral.engine.failures) instead
+# of keeping the client waiting. Long enough for any unit of work the engine makes (they are short).
+BUSY_TIMEOUT_SECONDS = 5
 
 
 class DatabaseUrlError(ValueError):
@@ -48,7 +52,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
     cur.close()
 
 
@@ -63,12 +67,14 @@ def make_engine(url: str, *, pool_size: int = 32) -> Engine:
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             pool = {"pool_size": pool_size, "max_overflow": pool_size}
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS},
+                               **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # No pre-ping (a round trip per checkout): after a server restart the first statement on a dead connection
     # fails, and SQLAlchemy then drops the whole pool, so one request fails instead of every request paying.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                         connect_args={"options": f"-c lock_timeout={BUSY_TIMEOUT_SECONDS * 1000}"})
 
 
 class Database:
