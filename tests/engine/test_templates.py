@@ -91,6 +91,8 @@ def test_template_from_vm_and_clones(agents: dict[str, AgentProc], api: Api, db_
         api.call("DELETE", f"/vms/{vm['id']}", 204)
     api.call("DELETE", "/vms/gold", 204)
     assert api.get("/templates/t1")["clones"] == []
+    base_delete = api.call("DELETE", "/volumes/gold-disk0", 409)  # no clone reads it now: still the template's
+    assert isinstance(base_delete, dict) and base_delete["field"] == "volume" and "template" in base_delete["message"]
     done(api, api.call("DELETE", "/templates/t1", 202))
     assert api.get("/templates")["items"] == []
     assert api.get("/volumes")["items"] == []

@@ -494,6 +494,8 @@ async def delete_volume(ctx: Ctx, volume: str, response: Response) -> Any:
                 Task.object_id == v.id, Task.state.in_([TaskState.PENDING.value, TaskState.RUNNING.value])).limit(1))
             if running is not None:
                 raise Conflict(f"volume {v.name} is {v.state} (task {running})", field="volume")
+        if v.template_id is not None:
+            raise Conflict(f"volume {v.name} is a base volume of a template: delete the template", field="volume")
         users = _users(s, v)
         if users:
             raise Conflict(f"volume {v.name} is used by VM {', '.join(users)}", field="volume", vms=users)
