@@ -7,7 +7,9 @@
   as 10.0.2.2 through QEMU's user network): mounted by libvirt in dom0, the uploaded image lands in the export
   on the build host, and a PV guest boots from it;
 * the raw trap: that qcow2 image declared raw is refused by field (``disks.0.format``) before anything is
-  defined in dom0.
+  defined in dom0;
+* an export dom0 cannot mount: the host shows the domain in error with libvirt's mount error, and a VM with a
+  disk in it is not placed there, with that reason.
 
 dom0 has the kernel's NFS client but not nfs-common's mount.nfs, so the nfs domain gives mount(8) the server's
 address itself (``mount_options: ["addr=10.0.2.2"]``, as the kernel takes it) and NFSv4 (no rpcbind needed).
@@ -187,3 +189,32 @@ def test_pv_guest_boots_from_the_nfs_domain_and_the_raw_trap_is_refused(engine: 
     assert not on_server.exists()
     engine.call("DELETE", f"/storage-domains/{domain}", expect=204)
     assert f" {mnt} " not in b.sh("cat /proc/mounts")
+
+
+def test_an_export_dom0_cannot_mount_keeps_vms_needing_it_off_the_host(engine: Engine, xen: Backend,  # noqa: F811
+                                                                      nfs: NfsLab) -> None:
+    """The same server, an export it does not have: libvirt's mount error is the host's reason, shown on the
+    host, and a VM with a disk in that domain is not placed there (the reason in the rejection)."""
+    b, tag = xen, uuid.uuid4().hex[:6]
+    domain, name = f"xs-bad-{tag}", f"xs-bad-{tag}"
+    host = _add_host(engine, b)
+    mnt = f"{ROOT}/{domain}"
+    b.cleanup.append(lambda: b.sh(f"rmdir {mnt} 2>/dev/null; true"))
+    d = engine.call("POST", "/storage-domains", expect=201, json={
+        "name": domain, "type": "nfs", "path": mnt,
+        "source": {"host": nfs.guest_host, "dir": f"/no-such-export-{tag}", "nfs_version": 4,
+                   "mount_options": [f"addr={nfs.guest_host}"]}})
+    [row] = d["hosts"]
+    assert row["state"] == "error" and "mount" in row["reason"], row
+    shown = {s["domain"]: s for s in engine.call("GET", f"/hosts/{host['id']}")["storage"]}[domain]
+    assert (shown["state"], shown["reason"]) == ("error", row["reason"])
+    print(f"\n[xenlab storage] an export dom0 cannot mount: {row['reason']}")
+
+    vm = engine.call("POST", "/vms", expect=201, json=_pv(b, name, {"size_bytes": 16 * MiB, "storage": domain}))
+    task = engine.wait_task(engine.call("POST", f"/vms/{vm['id']}/start", json={"host": host["id"]}, expect=202))
+    assert task["state"] == "failed" and task["error"]["code"] == "no_host", task
+    [reasons] = [r["reasons"] for r in task["error"]["rejections"] if r["host"] == host["name"]]
+    assert reasons == [f"storage domain {domain} not active here (error: {row['reason']})"], reasons
+    assert name not in b.sh(f"{b.virsh} list --all --name")
+    engine.call("DELETE", f"/vms/{vm['id']}", expect=204)
+    engine.call("DELETE", f"/storage-domains/{domain}", expect=204)
