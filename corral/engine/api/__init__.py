@@ -15,6 +15,7 @@ from corral.engine.api import (
     snapshots,
     storage,
     tasks,
+    templates,
     tokens,
     users,
     vms,
@@ -24,7 +25,7 @@ from corral.engine.api.deps import require_token
 
 def api_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
-    for module in (clusters, hosts, vms, devices, events, tasks, metrics, storage, images, snapshots):
+    for module in (clusters, hosts, vms, devices, events, tasks, metrics, storage, images, templates, snapshots):
         router.include_router(module.router)
     for module in (users, tokens):
         router.include_router(module.router)

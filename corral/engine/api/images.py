@@ -30,7 +30,6 @@ from starlette.requests import ClientDisconnect
 from corral.engine import storage
 from corral.engine.agent_client import AgentError, AgentTarget
 from corral.engine.api import storage as storage_api
-from corral.engine.api import templates as templates_api
 from corral.engine.api.deps import After, Ctx, Limit
 from corral.engine.api.schemas import ACCEPTED, ERRORS, Page, TaskOut
 from corral.engine.db.models import (
@@ -48,7 +47,7 @@ from corral.engine.ids import new_id
 log = logging.getLogger(__name__)
 
 images_router = APIRouter(prefix="/images", tags=["storage"], responses=ERRORS)
-router = APIRouter()  # the images, and the templates made of volumes (included below)
+router = APIRouter()
 
 _NAME = re.compile(storage_api.NAME)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -311,6 +310,4 @@ async def _remove_on_host(ctx: Ctx, target: AgentTarget, pool: str, name: str) -
             log.warning("could not delete volume %s/%s after a failed upload: %s", pool, name, exc)
 
 
-
 router.include_router(images_router)
-router.include_router(templates_api.router)
