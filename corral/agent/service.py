@@ -22,6 +22,7 @@ from corral.agent.netlink import LinkControl
 from corral.agent.vms import VmManager, state_name
 from corral.agent.watchdog import DeviceModelWatchdog
 from corral.domain.flavors import ACCELS, FLAVOR_NAMES, SOFTWARE_ACCEL
+from corral.private import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Settings:
         if self.token_file is None:
             return None
         try:
+            private_file(self.token_file)  # 0600: the token is root on this host (corral.private)
             token = self.token_file.read_text().strip()
         except OSError as exc:
             raise ValueError(f"token file {self.token_file}: {exc.strerror}") from None
@@ -121,7 +123,8 @@ class Agent:
         self.host_uuid: str | None = None
 
     def start(self) -> None:
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        # 0711: QEMU must reach the cloud-init seeds and console sockets inside by name; no one else lists it
+        private_dir(self.settings.state_dir, 0o711)
         self.connection.open()
         conn = self.connection.conn
         if self.settings.emulate and self.settings.emulate not in FLAVOR_NAMES:

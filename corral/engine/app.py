@@ -29,6 +29,7 @@ from corral.engine.monitor import Monitor, MonitorSettings
 from corral.engine.pki import EnginePki
 from corral.engine.scheduler import Scheduler
 from corral.engine.tasks import TaskRunner
+from corral.private import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: boo
     db.call(interrupted_deploys)
     pki: EnginePki | None = None
     if data_dir is not None:
+        private_dir(data_dir)  # 0700: the database, the CA key, credentials (corral.private)
         pki = EnginePki(data_dir / "pki")
         created = pki.ensure()
         if created:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from corral.private import private_file
 
 T = TypeVar("T")
 
@@ -56,6 +59,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _private_sqlite(path: Path) -> None:
+    """The database file 0600 (made so before SQLite makes it with the umask's mode); SQLite gives its -wal and
+    -shm files the database file's mode, and those left by an older version are tightened too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        private_file(p)
+
+
 def make_engine(url: str, *, pool_size: int = 32) -> Engine:
     """The pool keeps as many connections as threads may hold sessions at once (the API's worker threads,
     ``Database.run``'s): a connection past ``pool_size`` is closed when given back, so a smaller pool makes a
@@ -66,6 +77,7 @@ def make_engine(url: str, *, pool_size: int = 32) -> Engine:
         pool: dict[str, int] = {}
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite(Path(path))
             pool = {"pool_size": pool_size, "max_overflow": pool_size}
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS},
                                **pool)
