@@ -94,6 +94,9 @@ HEADERS = {"User-Agent": "corral-engine"}
 EVENT_PAGE = 1000  # the most events the agent answers to one ``GET /v1/events?wait=0``
 UPLOAD_READ = 600.0  # an upload's longest silence: the agent finishing libvirt's stream after the last byte
 KEEPALIVE_SECONDS = 60.0  # shorter than the agents' own keep-alive, so a reused connection is rarely closed
+# The largest answer read from an agent (a host's VM list with thousands of VMs is a few MiB): a host that
+# answers more is treated as not speaking the agent API, rather than filling the engine's memory.
+MAX_ANSWER = 64 * 1024 * 1024
 
 
 def _ssl_context(verify: bool | str) -> ssl.SSLContext:
@@ -123,8 +126,23 @@ def _error_from(status: int, content: bytes) -> AgentError:
         body = None
     if isinstance(body, dict) and "code" in body:
         return AgentError(status, str(body["code"]), str(body.get("message", "")), body.get("field"), body)
-    text = content[:200].decode(errors="replace").strip()
-    return AgentError(status, "http_error", f"HTTP {status}: {text}")
+    # not the agent's error shape: its text is not passed on (it could be anything a host or proxy chose to send)
+    return AgentError(status, "http_error", f"HTTP {status} without the agent's JSON error ({len(content)} bytes)")
+
+
+async def _read(aresp: aiohttp.ClientResponse, url: str) -> tuple[int, bytes]:
+    """Status and body, at most ``MAX_ANSWER`` bytes; a redirect is an error, never followed (a host could send
+    the engine's credentials elsewhere)."""
+    if 300 <= aresp.status < 400:
+        raise AgentUnreachable(f"{url}: answered a redirect (HTTP {aresp.status}), which is not followed")
+    if (aresp.content_length or 0) > MAX_ANSWER:
+        raise AgentUnreachable(f"{url}: answer larger than {MAX_ANSWER} bytes")
+    content = await aresp.content.read(MAX_ANSWER + 1)
+    while len(content) <= MAX_ANSWER and (more := await aresp.content.read(MAX_ANSWER + 1 - len(content))):
+        content += more
+    if len(content) > MAX_ANSWER:
+        raise AgentUnreachable(f"{url}: answer larger than {MAX_ANSWER} bytes")
+    return aresp.status, content
 
 
 def _seg(name: str) -> str:
@@ -204,9 +222,9 @@ class AgentClient:
         if json_body is not None:
             data = _ENCODE(json_body)
             headers["Content-Type"] = "application/json"
-        async with self._aio().request(method, url, headers=headers, params=query, data=data,
+        async with self._aio().request(method, url, headers=headers, params=query, data=data, allow_redirects=False,
                                        timeout=_aio_timeout(self._timeout, timeout)) as aresp:
-            return aresp.status, await aresp.read()
+            return await _read(aresp, url)
 
     # Host
     async def health(self, t: AgentTarget) -> dict[str, Any]:
@@ -322,8 +340,8 @@ class AgentClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.connect, sock_read=UPLOAD_READ)
         try:
             async with self._aio().put(url, data=chunks(), headers=headers, params={"format": fmt} if fmt else None,
-                                       timeout=timeout) as aresp:
-                status, content = aresp.status, await aresp.read()
+                                       timeout=timeout, allow_redirects=False) as aresp:
+                status, content = await _read(aresp, t.url)
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
             if failed:
                 raise failed[0] from None
@@ -392,9 +410,10 @@ class AgentClient:
     async def _stream_lines(self, url: str, params: dict[str, str], headers: dict[str, str]) -> AsyncIterator[str]:
         """The lines of a streamed answer, without their line ends; ``AgentError`` for an error status."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=STREAM_TIMEOUT.connect, sock_read=STREAM_TIMEOUT.read)
-        async with self._aio().get(url, params=params, headers=headers, timeout=timeout) as aresp:
-            if aresp.status >= 400:
-                raise _error_from(aresp.status, await aresp.read())
+        async with self._aio().get(url, params=params, headers=headers, timeout=timeout,
+                                   allow_redirects=False) as aresp:
+            if aresp.status >= 300:
+                raise _error_from(*await _read(aresp, url))
             async for raw in aresp.content:
                 yield raw.decode(errors="replace").rstrip("\r\n")
 
