@@ -15,13 +15,14 @@ from corral.engine.portal.pages import (
     session,
     storage,
     stream,
+    templates,
     users,
     vm,
     vms,
 )
 
 ROUTERS: tuple[APIRouter, ...] = (session.router, dashboard.router, hosts.router, vms.router, vm.router,
-                                  console.router, events.router, storage.router, images.router, users.router,
-                                  stream.router, api.router)
+                                  console.router, events.router, storage.router, images.router, templates.router,
+                                  users.router, stream.router, api.router)
 
 __all__ = ["ROUTERS"]

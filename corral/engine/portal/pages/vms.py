@@ -47,7 +47,7 @@ async def vms(page: PageDep, state: str | None = None, host: str | None = None, 
 
 
 @router.get("/vms/new")
-async def vm_new(page: PageDep) -> Response:
+async def vm_new(page: PageDep, template: str | None = None) -> Response:
     clusters = await page.get("/clusters", limit=1000)
     hosts_list = await page.db(data.host_choices)
     bridges: list[str] = []
@@ -61,6 +61,9 @@ async def vm_new(page: PageDep) -> Response:
     # volumes a new VM may take: ready, owned by no VM, not an ISO (those go in the CD-ROM)
     volumes = [v for v in (await page.get("/volumes", state="ready", limit=500)).items
                if not v.get("vm_id") and v["id"] not in iso_ids]
+    # disk images to clone (issue 12), and the templates a VM can be made from (ready ones)
+    images = [i for i in (await page.get("/images", kind="image", limit=500)).items if i.get("state") == "ready"]
+    templates = [t for t in (await page.get("/templates", limit=500)).items if t.get("state") == "ready"]
     return page.render("vm_new.html", title="New virtual machine", clusters=clusters.items, hosts=hosts_list,
                        bridges=sorted(bridges), domains=domains, isos=[i for i in isos if i.get("path")],
-                       volumes=volumes)
+                       volumes=volumes, images=images, templates=templates, template=template)

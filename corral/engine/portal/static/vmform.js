@@ -1,7 +1,10 @@
 // Corral admin portal: the New VM form (/portal/vms/new). Uses window.corral from portal.js (api, showErrors,
-// clearErrors). Disk rows are a new volume of a size (in a storage domain), an existing volume, or a file on
-// the host; the CD-ROM takes an ISO of the image library (its path) or a file on the host. The spec is posted
-// to the API as JSON; each refusal shows next to the field it names (disks.0.size_bytes, disks.1.volume...).
+// clearErrors). Disk rows are a new volume of a size (in a storage domain), an existing volume, a clone of a
+// disk image (thin or full, optionally grown), or a file on the host; the CD-ROM takes an ISO of the image
+// library (its path) or a file on the host. A template, when picked, fills in memory, vCPUs and guest type and
+// gives the VM clones of its disks: disk rows then add to its disks, NIC rows replace its NICs, and the
+// settings it keeps are hidden. The spec is posted to the API as JSON; each refusal shows next to the field it
+// names (disks.0.size_bytes, disks.1.volume...).
 'use strict';
 
 (() => {
@@ -16,9 +19,28 @@
     const group = { disk: 'disks', nic: 'nics' };
     const title = { disk: 'Disk', nic: 'Interface' };
     const clusterSel = form.querySelector('[data-path="cluster"]');
+    const val = (p) => {
+      const el = form.querySelector('[data-path="' + p + '"]');
+      return el ? el.value.trim() : '';
+    };
+    const tplSel = form.querySelector('[data-template-picker]');
+    const template = () => (tplSel && tplSel.value ? tplSel.selectedOptions[0] : null);
+    // the template's disks as a create body names them: its base volumes cloned, the rest as they are
+    const templateDisks = (opt) => {
+      const bases = JSON.parse(opt.dataset.bases);
+      return JSON.parse(opt.dataset.disks).map((d) => {
+        if (!bases.includes(d.volume)) return d;
+        const c = Object.assign({}, d, { clone: val('clone') });
+        delete c.format;  // a clone's format is the engine's choice (qcow2 for thin)
+        return c;
+      });
+    };
 
     function renumber(kind) {
-      Array.from(rowsOf(kind).children).forEach((row, i) => {
+      // rows added to a template's disks come after them, as the API counts them
+      const offset = kind === 'disk' && template() ? templateDisks(template()).length : 0;
+      Array.from(rowsOf(kind).children).forEach((row, n) => {
+        const i = n + offset;
         row.dataset.path = group[kind] + '.' + i;
         row.querySelector('[data-row-title]').textContent = title[kind] + ' ' + (i + 1);
         row.querySelectorAll('[data-key]').forEach((el) => { el.dataset.path = group[kind] + '.' + i + '.' + el.dataset.key; });
@@ -36,6 +58,9 @@
         el.hidden = !on;
         el.querySelectorAll('input, select').forEach((i) => { i.disabled = !on; });
       });
+      const image = row.querySelector('[data-key="image"]').selectedOptions[0];
+      row.querySelector('[data-image-size]').textContent = image
+        ? 'Optional: at least the image\'s ' + image.dataset.size + '; left empty, the disk has that size.' : '';
       const storage = row.querySelector('[data-key="storage"]');
       if (storage && clusterSel) {
         storage.querySelectorAll('option').forEach((o) => {
@@ -64,7 +89,13 @@
         if (kindSel.selectedOptions[0] && kindSel.selectedOptions[0].disabled) {
           kindSel.value = Array.from(kindSel.options).find((o) => !o.disabled).value;
         }
-        kindSel.addEventListener('change', () => syncDisk(row));
+        const size = row.querySelector('[data-key="size_bytes"]');
+        kindSel.addEventListener('change', () => {
+          if (kindSel.value === 'image' && size.value === '10') size.value = '';  // an image's size by default
+          if (kindSel.value === 'size' && size.value === '') size.value = '10';
+          syncDisk(row);
+        });
+        row.querySelector('[data-key="image"]').addEventListener('change', () => syncDisk(row));
       }
       rowsOf(kind).append(row);
       renumber(kind);
@@ -76,9 +107,42 @@
       const row = addRow(b.dataset.addRow);
       row.querySelector('input, select').focus();
     }));
-    addRow('disk');
-    addRow('nic');
-    if (clusterSel) clusterSel.addEventListener('change', () => Array.from(rowsOf('disk').children).forEach(syncDisk));
+    // a template picked: its values filled in, its disks listed, the settings it keeps hidden
+    function syncTemplate() {
+      const opt = template();
+      form.querySelectorAll('[data-no-template]').forEach((el) => { el.hidden = !!opt; });
+      form.querySelectorAll('[data-template-only], [data-template-disks], [data-template-nics]').forEach((el) => { el.hidden = !opt; });
+      form.querySelectorAll('[data-template-bases]').forEach((el) => { el.hidden = !opt || el.dataset.templateBases !== opt.value; });
+      rowsOf('disk').replaceChildren();
+      rowsOf('nic').replaceChildren();
+      if (!opt) {
+        addRow('disk');
+        addRow('nic');
+        return;
+      }
+      for (const [path, key] of [['memory_mib', 'memory'], ['vcpus', 'vcpus'], ['guest_type', 'guest']]) {
+        if (opt.dataset[key]) form.querySelector('[data-path="' + path + '"]').value = opt.dataset[key];
+      }
+      form.querySelector('[data-template-nics]').textContent = 'With no interface added here the VM gets the ' +
+        'template\'s ' + opt.dataset.nics + ' (with new MAC addresses); interfaces added here replace them.';
+    }
+    const syncCluster = () => {
+      if (!tplSel || !clusterSel) return;
+      tplSel.querySelectorAll('option[data-cluster]').forEach((o) => { o.hidden = o.disabled = o.dataset.cluster !== clusterSel.value; });
+      if (template() && template().disabled) {
+        tplSel.value = '';
+        syncTemplate();
+      }
+    };
+    syncTemplate();
+    syncCluster();
+    if (tplSel) tplSel.addEventListener('change', syncTemplate);
+    if (clusterSel) {
+      clusterSel.addEventListener('change', () => {
+        Array.from(rowsOf('disk').children).forEach(syncDisk);
+        syncCluster();
+      });
+    }
 
     const cdToggle = form.querySelector('[data-cdrom-toggle]');
     const cdIso = form.querySelector('[data-cdrom-iso]');
@@ -96,10 +160,6 @@
     const gfxDeps = ['graphics.listen', 'graphics.password'].map((p) => form.querySelector('[data-path="' + p + '"]'));
     gfx.addEventListener('change', () => gfxDeps.forEach((el) => { el.disabled = !gfx.value; }));
 
-    const val = (p) => {
-      const el = form.querySelector('[data-path="' + p + '"]');
-      return el ? el.value.trim() : '';
-    };
     const num = (p) => {
       const v = val(p);
       return v === '' ? null : Number(v);
@@ -110,12 +170,17 @@
       const get = (k) => { const el = row.querySelector('[data-key="' + k + '"]'); return el ? el.value.trim() : ''; };
       const kind = get('kind') || 'source';
       const d = { bus: get('bus') };
+      const n = Number(get('size_bytes'));
+      // a size the browser cannot read is sent as given, for the API to refuse by name
+      const size = Number.isFinite(n) && get('size_bytes') !== '' ? Math.round(n * Number(get('size_unit'))) : get('size_bytes');
       if (kind === 'size') {
-        const n = Number(get('size_bytes'));
-        // a size the browser cannot read is sent as given, for the API to refuse by name
-        d.size_bytes = Number.isFinite(n) && get('size_bytes') !== '' ? Math.round(n * Number(get('size_unit'))) : get('size_bytes');
+        d.size_bytes = size;
         d.format = get('format');
         if (get('storage')) d.storage = get('storage');
+      } else if (kind === 'image') {
+        d.image = get('image');
+        d.clone = get('clone');
+        if (get('size_bytes') !== '') d.size_bytes = size;
       } else if (kind === 'volume') {
         d.volume = get('volume');
         const opt = row.querySelector('[data-key="volume"]').selectedOptions[0];
@@ -135,7 +200,9 @@
         boot: val('boot').split(','),
       };
       if (val('description')) spec.description = val('description');
-      spec.disks = Array.from(rowsOf('disk').children).map(disk);
+      const opt = template();
+      const own = opt ? templateDisks(opt) : [];
+      spec.disks = own.concat(Array.from(rowsOf('disk').children).map(disk));
       const bad = spec.disks.findIndex((d) => 'size_bytes' in d && !(typeof d.size_bytes === 'number' && d.size_bytes >= 1));
       if (bad >= 0) {  // said here in words, before the API's own refusal
         C.showErrors(form, { field: 'disks.' + bad + '.size_bytes', message: 'Give a size greater than zero.' });
@@ -164,6 +231,12 @@
       spec.guest_agent = checked('guest_agent') ? {} : null;
       spec.balloon = checked('balloon') ? {} : null;
       for (const k of ['kernel', 'initrd', 'cmdline']) if (val(k)) spec[k] = val(k);
+      if (opt) {  // the template's values stay where the form has no override
+        Object.assign(spec, { template: opt.value, clone: val('clone') });
+        if (spec.disks.length === own.length) delete spec.disks;
+        if (!spec.nics.length) delete spec.nics;
+        for (const k of ['boot', 'graphics', 'consoles', 'guest_agent', 'balloon', 'kernel', 'initrd', 'cmdline']) delete spec[k];
+      }
       const cluster = val('cluster');
       const submit = form.querySelector('button[type="submit"]');
       submit.disabled = true;
