@@ -3,6 +3,12 @@
 Each script gets the domain (or device) XML in a file named by ``$CORRAL_DOMXML`` and may rewrite it. Exit 0
 is success, 1 a warning that is logged and reported, 2 (or any other status, or a timeout) fails the
 operation before libvirt is asked anything.
+
+A hook runs as the agent (root on a real host), so it runs only when the script, its hook point's folder and
+the hooks folder are owned by root (or the agent's own user) and writable by no group and no other user:
+otherwise whoever could change it would run code as root. Such a hook is refused like a failing one, with
+the reason (``unsafe_hook``): it fails a ``before_*`` operation, and is a warning of an ``after_*`` one; it is
+never skipped silently, since a hook may be a policy the operator relies on.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -83,6 +90,12 @@ class Hooks:
             path.unlink(missing_ok=True)
 
     def _run_one(self, point: str, script: Path, env: dict[str, str], result: HookResult) -> None:
+        assert self.hooks_dir is not None
+        reason = unsafe(script, script.parent, self.hooks_dir)
+        if reason is not None:
+            msg = f"hook {point}/{script.name} refused: {reason}"
+            log.error(msg)
+            raise HookFailed(msg, hook=script.name, reason="unsafe_hook")
         try:
             proc = _run(script, env, self.timeout)
         except subprocess.TimeoutExpired:
@@ -98,6 +111,24 @@ class Hooks:
         elif proc.returncode != 0:
             raise HookFailed(f"hook {point}/{script.name} failed (exit {proc.returncode}): {output}",
                              hook=script.name, exit_status=proc.returncode)
+
+
+def unsafe(*paths: Path) -> str | None:
+    """Why running these (a script and the folders holding it) would let someone other than root run code as
+    the agent: an owner other than root or the agent's user, or group/other write permission. None when safe.
+    The script's target is checked (a symlink's own mode means nothing), the folders as they are."""
+    trusted = {0, os.geteuid()}
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError as exc:
+            return f"{p}: {exc.strerror}"
+        if st.st_uid not in trusted:
+            return f"{p} is owned by uid {st.st_uid}, not root"
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            who = " and ".join(w for bit, w in ((stat.S_IWGRP, "group"), (stat.S_IWOTH, "others")) if st.st_mode & bit)
+            return f"{p} is writable by {who} (mode {st.st_mode & 0o7777:o})"
+    return None
 
 
 def _run(script: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
