@@ -17,6 +17,7 @@ same tag; other elements only when their parent holds more than one of that tag.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -68,6 +69,13 @@ _DEFAULT_FEATURES = {"acpi", "apic", "pae"}
 _BALLOONS = {"virtio", "virtio-transitional", "virtio-non-transitional", "xen"}  # each flavor renders its own
 _COMMON_DERIVED = ("address", "alias")  # a device's place on its bus and its name: the host assigns both
 
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 @dataclass
 class ImportResult:
@@ -503,6 +511,11 @@ class _Importer:
             else:
                 node.warn(f"a listen of type {node.peek('type')!r} is not represented; the console listens on the "
                           "host's loopback")
+        if listen and not _loopback(listen):
+            dev.warn(f"listen {listen!r} -> '127.0.0.1': Corral's consoles listen on the host's loopback and are "
+                     "relayed by the agent; a network address needs graphics.password and a cluster that allows "
+                     "public consoles", "@listen")
+            listen = None
         if listen:
             gfx["listen"] = listen
         data["graphics"] = gfx

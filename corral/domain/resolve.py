@@ -7,6 +7,7 @@ decision list alone, ``render`` refuses to produce XML while any decision is ``r
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -40,7 +41,6 @@ from corral.domain.spec import (
 )
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
-LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,11 @@ def mac_for(device_id: str, prefix: str) -> str:
 
 def alias_of(device_id: str, suffix: str = "") -> str:
     return f"{cfg.ALIAS_PREFIX}{device_id}{suffix}"
+
+
+def _loopback(address: str) -> bool:
+    """127.0.0.0/8 or ::1: where every console listens unless a cluster allows public ones (issue 14)."""
+    return ipaddress.ip_address(address).is_loopback
 
 
 def _identify(dev: cfg.Device, device_id: str) -> cfg.Device:
@@ -315,22 +320,24 @@ class _Walker:
         if rule.outcome is Outcome.REFUSED:
             return [], 0
         passwd, listen = None, gfx.listen
-        relayed = False
         if gfx.password:
             how = self.decide("graphics.password", Feature.GRAPHICS_PASSWORD, "set").value
             if how == GraphicsPassword.XML:
-                passwd = gfx.password
-            elif how == GraphicsPassword.RELAY:
-                relayed = True
-        if relayed and listen != LOOPBACK:
-            # never an open console: a password the flavor cannot render is replaced by a loopback-only listen
-            listen = LOOPBACK
-            self.note("graphics.listen", Feature.GRAPHICS_LISTEN, Outcome.TRANSLATED,
-                      f"{gfx.listen or 'default'} -> {LOOPBACK}: the password cannot be rendered on "
-                      f"{self.flavor.title}, so the console listens on the host's loopback only and is reached "
-                      f"through the console proxy")
+                passwd = gfx.password  # kept where it can be rendered: defence in depth behind the relay
+        if _loopback(listen):
+            self.decide("graphics.listen", Feature.GRAPHICS_LISTEN, listen)
         else:
-            self.decide("graphics.listen", Feature.GRAPHICS_LISTEN, gfx.listen)
+            # never an open console [L12]: a network address only where the flavor renders a password, and only
+            # with one (the engine also refuses it unless the VM's cluster allows public consoles)
+            rule, decision = _decision(self.flavor, "graphics.listen", Feature.GRAPHICS_LISTEN_PUBLIC, self.gt,
+                                       listen)
+            if rule.outcome is Outcome.REFUSED or passwd is not None:
+                self.res.decisions.append(decision)
+            else:
+                self.note("graphics.listen", Feature.GRAPHICS_LISTEN_PUBLIC, Outcome.REFUSED,
+                          f"{listen}: a console on a network address without a password would be open to anyone "
+                          f"who reaches the host; set graphics.password, or keep the loopback (consoles are "
+                          f"relayed by the agent)")
         out: list[cfg.Device] = [_identify(cfg.Graphics(type=gfx.type.value, listen=listen, passwd=passwd),
                                            gfx.id)]
         video_mib = 0

@@ -47,6 +47,7 @@ FILTERS = st.from_regex(r"[A-Za-z_][A-Za-z0-9._-]{0,63}", fullmatch=True)
 CPU_MODELS = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
 CPU_FEATURES = st.from_regex(r"[a-z0-9_.-]{1,40}", fullmatch=True)
 LISTEN = st.ip_addresses().map(str)
+LOOPBACK_LISTEN = st.sampled_from(["127.0.0.1", "127.0.0.53", "::1"])
 PASSWORDS = st.text(_XML_CHAR, min_size=1, max_size=8)
 FREE_TEXT = st.text(_XML_CHAR, max_size=200)
 
@@ -70,6 +71,7 @@ class Limits:
     cpu_custom: bool = True
     cpu_features: bool = True
     spice: bool = True
+    public_console: bool = True  # a console on a network address, with a password (issue 14: never without)
     bootloader: bool = True
     needs_kernel_or_bootloader: bool = False
     max_consoles: int = 4
@@ -157,7 +159,8 @@ def vm_specs(draw: st.DrawFn, limits: Limits = Limits()) -> dict[str, Any]:
         gfx: dict[str, Any] = {"id": next(ids), "type": draw(st.sampled_from(types)).value,
                                "password": draw(st.none() | PASSWORDS)}
         if draw(st.booleans()):
-            gfx["listen"] = draw(LISTEN)
+            public = lim.public_console and gfx["password"] is not None
+            gfx["listen"] = draw(LISTEN if public else LOOPBACK_LISTEN)
         spec["graphics"] = gfx
     spec["guest_agent"] = {"id": next(ids)} if has["agent"] else None
     spec["balloon"] = {"id": next(ids)} if has["balloon"] else None

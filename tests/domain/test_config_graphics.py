@@ -104,9 +104,9 @@ def test_libvirt_holds_the_graphics_as_formatted(fields: dict[str, Any]) -> None
 def test_rendered_vnc_for_xen_says_its_listen_once() -> None:
     """[L13]: an explicit listen for libxl, which reads the address of the first <listen>."""
     spec = VmSpec.model_validate({"name": "gfx", "memory_mib": 512, "guest_type": "hvm",
-                                  "graphics": {"type": "vnc", "listen": "0.0.0.0"}})
+                                  "graphics": {"type": "vnc", "listen": "::1"}})
     xml, _ = render_resolution(spec, get_flavor("xen"))
     graphics = parse(xml).find("devices/graphics")
     assert graphics.get("listen") is None
-    assert [e.attrib for e in graphics.findall("listen")] == [{"type": "address", "address": "0.0.0.0"}]
+    assert [e.attrib for e in graphics.findall("listen")] == [{"type": "address", "address": "::1"}]
     assert graphics.get("autoport") == "yes"

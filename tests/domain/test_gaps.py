@@ -360,21 +360,41 @@ def test_L12_vnc_password_not_rendered_on_xen_plan_says_proxy(gt: GuestType) -> 
 
 
 @XEN_TYPES
+@pytest.mark.parametrize("password", ["Zq7sEcr8", None])
 @pytest.mark.parametrize("listen", ["0.0.0.0", "192.0.2.7", "::", None])
-def test_L12_a_dropped_password_never_leaves_an_open_console(gt: GuestType, listen: str | None) -> None:
-    """Issue 15: the password was dropped while a public listen address was rendered as asked (an open VNC)."""
-    spec = make(graphics={"password": "Zq7sEcr8", **({"listen": listen} if listen else {})})
-    root = parse(render(spec, XEN, gt))
-    assert the(root, "devices/graphics/listen").get("address") == "127.0.0.1"
-    assert all(e.get("address") in (None, "127.0.0.1") for e in root.findall("devices/graphics/listen"))
+def test_L12_a_xen_console_never_listens_on_the_network(gt: GuestType, listen: str | None,
+                                                        password: str | None) -> None:
+    """Issues 15 and 14: the password was dropped while a public listen was rendered as asked (an open VNC).
+    On Xen a console listens on dom0's loopback, relayed by the agent; a network address is refused by name,
+    with or without a password (none can be rendered)."""
+    spec = make(graphics={**({"password": password} if password else {}), **({"listen": listen} if listen else {})})
+    if listen is None:  # the spec's default listen is loopback
+        root = parse(render(spec, XEN, gt))
+        assert [e.get("address") for e in root.findall("devices/graphics/listen")] == ["127.0.0.1"]
+        d = decision(plan(spec, XEN, gt), "graphics.listen")
+        assert d.outcome is Outcome.NATIVE and "relay" in d.detail
+        return
+    with pytest.raises(RefusedError) as refused:
+        render(spec, XEN, gt)
+    assert refused.value.field == "graphics.listen"
     d = decision(plan(spec, XEN, gt), "graphics.listen")
-    if listen is None:  # the spec's default listen is loopback already
-        assert d.outcome is Outcome.NATIVE
-    else:
-        assert d.outcome is Outcome.TRANSLATED and "127.0.0.1" in d.detail and "loopback" in d.detail
-    # without a password, the listen address asked is the one rendered (the operator asked for an open console)
-    open_spec = make(graphics={"listen": "192.0.2.7"})
-    assert the(parse(render(open_spec, XEN, gt)), "devices/graphics/listen").get("address") == "192.0.2.7"
+    assert d.outcome is Outcome.REFUSED and "[L12]" in d.detail and "loopback" in d.detail
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0", "192.0.2.7", "::"])
+def test_a_kvm_console_on_the_network_needs_a_password(listen: str) -> None:
+    """KVM renders a VNC password (kept as defence in depth behind the relay): a network address is rendered
+    only with one; without, refused by name. Loopback addresses need none."""
+    open_spec = make(graphics={"listen": listen})
+    with pytest.raises(RefusedError) as refused:
+        render(open_spec, KVM)
+    assert refused.value.field == "graphics.listen" and "without a password" in str(refused.value)
+    root = parse(render(make(graphics={"listen": listen, "password": "Zq7sEcr8"}), KVM))
+    assert the(root, "devices/graphics").get("passwd") == "Zq7sEcr8"
+    assert the(root, "devices/graphics/listen").get("address") == listen
+    for loopback in ("127.0.0.1", "::1"):
+        root = parse(render(make(graphics={"listen": loopback}), KVM))
+        assert the(root, "devices/graphics/listen").get("address") == loopback
 
 
 # --- L13 -------------------------------------------------------------------------------------------------------
@@ -382,7 +402,7 @@ def test_L12_a_dropped_password_never_leaves_an_open_console(gt: GuestType, list
 
 @needs_validator
 @XEN_TYPES
-@pytest.mark.parametrize("listen", [None, "192.0.2.7", "::"])
+@pytest.mark.parametrize("listen", [None, "127.0.0.1", "::1"])  # network addresses are refused [L12]
 def test_L13_explicit_vnc_listen(gt: GuestType, listen: str | None) -> None:
     spec = make(graphics={} if listen is None else {"listen": listen})
     xml = render(spec, XEN, gt)

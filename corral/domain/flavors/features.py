@@ -66,7 +66,8 @@ class Feature(StrEnum):
     GRAPHICS_VNC = "graphics.vnc"
     GRAPHICS_SPICE = "graphics.spice"
     GRAPHICS_PASSWORD = "graphics.password"
-    GRAPHICS_LISTEN = "graphics.listen"
+    GRAPHICS_LISTEN = "graphics.listen"  # on the host's loopback, relayed by the agent (issue 14)
+    GRAPHICS_LISTEN_PUBLIC = "graphics.listen.public"  # on a network address (a cluster must allow it)
     CONSOLE_SERIAL = "console.serial"
     CONSOLE_PV = "console.pv"
     CONSOLE_LOG = "console.log"
@@ -158,7 +159,7 @@ class LinkControl(StrEnum):
 
 class GraphicsPassword(StrEnum):
     XML = "libvirt-xml"  # <graphics passwd=...>
-    RELAY = "relay"  # not rendered: the console listens on loopback only and is reached through a relay
+    RELAY = "relay"  # not rendered, not needed: the console listens on loopback only and the agent relays it
 
 
 class ConsoleLog(StrEnum):

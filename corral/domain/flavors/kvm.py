@@ -62,7 +62,9 @@ TABLE: Table = {
     F.GRAPHICS_VNC: native(),
     F.GRAPHICS_SPICE: native(),
     F.GRAPHICS_PASSWORD: native(GraphicsPassword.XML),
-    F.GRAPHICS_LISTEN: native(),
+    F.GRAPHICS_LISTEN: native(None, "the host's loopback; reached through the agent's console relay"),
+    F.GRAPHICS_LISTEN_PUBLIC: native(None, "a network address: only with a password (defence in depth; VNC's "
+                                           "is 8 characters of DES) and where the cluster allows public consoles"),
     F.CONSOLE_SERIAL: native("serial", "16550 UART, ttyS0"),
     F.CONSOLE_PV: translated("virtio", "virtio console, hvc0"),
     F.CONSOLE_LOG: native(ConsoleLog.VIRTLOGD, "logged by virtlogd"),

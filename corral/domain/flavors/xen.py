@@ -103,11 +103,15 @@ TABLE: Table = {
     F.GRAPHICS_SPICE: _pv_hvm(refused("SPICE needs an emulated display: HVM guests only [D5]"),
                               native(None, "QXL video RAM comes out of guest memory [D5]")),
     F.GRAPHICS_PASSWORD: translated(
-        GraphicsPassword.RELAY, "Debian's Xen device model fails to start with any VNC password ('Cipher backend "
-                                "does not support DES') [L12]; the password is not rendered, so the console "
-                                "listens on the host's loopback only (whatever listen address was asked) and is "
-                                "reached through the engine's console proxy with per-session tokens"),
-    F.GRAPHICS_LISTEN: native(None, "explicit listen address; libxl would otherwise pick 127.0.0.1 [L13]"),
+        GraphicsPassword.RELAY, "not rendered: Debian's Xen device model fails to start with any VNC password "
+                                "('Cipher backend does not support DES') [L12]; not needed either: the console "
+                                "listens on dom0's loopback only and is reached through the agent's authenticated "
+                                "relay with a one-time ticket"),
+    F.GRAPHICS_LISTEN: native(None, "explicit loopback listen (libxl would pick 127.0.0.1 too) [L13]; reached "
+                                    "through the agent's console relay"),
+    F.GRAPHICS_LISTEN_PUBLIC: refused("no VNC password can be rendered on Xen [L12]: a console on a network "
+                                      "address would be open to anyone who reaches dom0; it listens on dom0's "
+                                      "loopback and the agent relays it"),
     F.CONSOLE_SERIAL: _pv_hvm(translated("xen", "PV guests have no UART; the Xen PV console hvc0 instead"),
                               native("serial", "emulated UART ttyS0")),
     F.CONSOLE_PV: native("xen", "Xen PV console hvc0"),
