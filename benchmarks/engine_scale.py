@@ -358,7 +358,7 @@ def start_engine(db_url: str, workdir: Path) -> tuple[Proc, int, str]:
                            check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     port = free_port()
     engine = Proc("engine", [*CORRAL, "engine", "serve", "--db", db_url, "--listen", f"127.0.0.1:{port}",
-                             "--data-dir", str(workdir / "engine")], workdir)
+                             "--data-dir", str(workdir / "engine"), "--no-tls"], workdir)
 
     def up() -> bool:
         try:

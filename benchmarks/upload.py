@@ -187,7 +187,7 @@ def main() -> None:
                             "--state-dir", str(scratch / "agent")], scratch / "agent.log",
                            f"http://127.0.0.1:{agent_port}/v1/health", env))
         procs.append(start([*CORRAL, "engine", "serve", "--db", db, "--listen", f"127.0.0.1:{port}",
-                            "--data-dir", str(scratch / "engine")], scratch / "engine.log",
+                            "--data-dir", str(scratch / "engine"), "--no-tls"], scratch / "engine.log",
                            f"http://127.0.0.1:{port}/api/health", env))
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {token}"},
                            timeout=60)
