@@ -19,10 +19,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import parse_spec
-from corral.engine import macs, vmvolumes
+from corral.engine import consolepolicy, macs, vmvolumes
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.context import EngineContext
-from corral.engine.db.models import Host, Severity, Task, Vm, VmState, utcnow
+from corral.engine.db.models import Cluster, Host, Severity, Task, Vm, VmState, utcnow
 from corral.engine.errors import ApiError, Conflict, NotFound
 from corral.engine.events import record
 from corral.engine.reconcile import ON_HOST, agent_state, reason_of
@@ -132,6 +132,8 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         if any(not n.get("mac") for n in spec_json.get("nics") or []):  # stored before the engine chose MACs
             spec_json = await macs.run(ctx.db, lambda s: macs.fill_before_start(s, vm_id))
         spec = parse_spec(spec_json)
+        # the cluster's console policy may have changed since the spec was stored (issue 14)
+        await ctx.db.run_read(lambda s: consolepolicy.check(spec, s.get_one(Cluster, cluster_id)))
         volumes: list[vmvolumes.DiskVolume] = []
         if any(d.volume is not None for d in spec.disks):
             volumes = await ctx.db.run_read(lambda s: vmvolumes.resolve(s, cluster_id, spec))

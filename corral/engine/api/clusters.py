@@ -56,7 +56,7 @@ def create_cluster(ctx: Ctx, body: ClusterIn) -> ClusterOut:
         if s.scalar(select(Cluster.id).where(Cluster.name == body.name)):
             raise Conflict(f"cluster {body.name!r} exists", field="name")
         c = Cluster(id=new_id(), name=body.name, description=body.description,
-                    flavor_policy=body.flavor_policy)
+                    flavor_policy=body.flavor_policy, allow_public_console=body.allow_public_console)
         s.add(c)
         s.flush()
         record(s, "cluster_created", f"cluster {c.name} created", object_type="cluster", object_id=c.id)
@@ -77,6 +77,8 @@ def update_cluster(ctx: Ctx, cluster: str, body: ClusterPatch) -> ClusterOut:
             c.description = body.description
         if body.flavor_policy is not None:
             c.flavor_policy = body.flavor_policy
+        if body.allow_public_console is not None:
+            c.allow_public_console = body.allow_public_console
         s.flush()
         return ClusterOut.model_validate(c)
     return ctx.db.call(q)

@@ -32,12 +32,15 @@ class ClusterIn(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     description: str = Field("", max_length=4096)
     flavor_policy: Literal["any", "kvm", "xen"] = "any"
+    allow_public_console: bool = Field(False, description="VMs may listen for consoles on a network address "
+                                                           "(with a password, on KVM); else the loopback only")
 
 
 class ClusterPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str | None = Field(None, max_length=4096)
     flavor_policy: Literal["any", "kvm", "xen"] | None = None
+    allow_public_console: bool | None = None
 
 
 class ClusterOut(Out):
@@ -45,6 +48,7 @@ class ClusterOut(Out):
     name: str
     description: str
     flavor_policy: str
+    allow_public_console: bool = False
     created_at: datetime
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import SpecError, VmSpec, parse_spec
-from corral.engine import hostpaths, macs, templates, vmops, vmvolumes
+from corral.engine import consolepolicy, hostpaths, macs, templates, vmops, vmvolumes
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.api import redact
 from corral.engine.api.clusters import default_cluster
@@ -36,7 +36,7 @@ from corral.engine.api.schemas import (
     VmDetail,
     VmOut,
 )
-from corral.engine.db.models import Host, Vm, VmState
+from corral.engine.db.models import Cluster, Host, Vm, VmState
 from corral.engine.errors import BadGateway, Conflict, Invalid, invalid_from_spec
 from corral.engine.events import record
 from corral.engine.tasks import TaskContext
@@ -111,6 +111,7 @@ def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] 
 
     def q(s: Session) -> VmDetail:
         c = find_cluster(s, cluster) if cluster else default_cluster(s)
+        consolepolicy.check(parsed, c)
         if s.get(Vm, parsed.id) is not None:
             raise Conflict(f"a VM with id {parsed.id} exists", field="id")
         if _name_taken(s, parsed.name):
@@ -145,6 +146,7 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
         if data.setdefault("id", row.id) != row.id:
             raise Invalid("the spec id cannot change", field="id")
         parsed = _parse(redact.keep_password(data, row.spec))
+        consolepolicy.check(parsed, s.get_one(Cluster, row.cluster_id))
         if row.external:
             raise Conflict(f"VM {row.name} is external; Corral has no spec for it")
         if row.state not in EDITABLE:
