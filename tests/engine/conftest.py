@@ -20,13 +20,6 @@ from tests.engine.pg import PgCluster, pg_bin
 from tests.require import unavailable
 
 
-@pytest.fixture(autouse=True)
-def host_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The test engines allow host paths anywhere (an admin's choice, ``CORRAL_HOST_PATHS=/``): the tests give
-    disks paths like ``/srv/a.img``; tests/engine/test_hostpaths.py checks the rule with narrower settings."""
-    monkeypatch.setenv("CORRAL_HOST_PATHS", "/")
-
-
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster | None]:
     bindir = pg_bin()
