@@ -124,7 +124,8 @@ def page(out_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1366, "height": 768})
+            args=CHROMIUM_ARGS, viewport={"width": 1366, "height": 768},
+            ignore_https_errors=True)  # the engine's own CA (TLS itself: tests/cli/test_engine_tls.py)
         ctx.set_default_timeout(TIMEOUT_MS)
         try:
             yield ctx.pages[0] if ctx.pages else ctx.new_page()

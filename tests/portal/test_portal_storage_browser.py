@@ -55,7 +55,7 @@ def page(engine: AllInOne, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     with sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
             str(tmp_path_factory.mktemp("chromium-storage")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport=DESKTOP)
+            args=CHROMIUM_ARGS, viewport=DESKTOP, ignore_https_errors=True)  # the engine's own CA
         ctx.set_default_timeout(30_000)
         try:
             p = ctx.pages[0] if ctx.pages else ctx.new_page()
