@@ -59,6 +59,10 @@
     }
 
     async function load() {
+      if (!root.dataset.host) {  // no host has its disks: nothing to ask
+        empty('No snapshots: the VM has not run on any host yet. Start it once to take one.');
+        return;
+      }
       const r = await C.api('GET', base);
       if (!r.ok) {
         note.textContent = '';

@@ -124,7 +124,7 @@
         if (opt.dataset[key]) form.querySelector('[data-path="' + path + '"]').value = opt.dataset[key];
       }
       form.querySelector('[data-template-nics]').textContent = 'With no interface added here the VM gets the ' +
-        'template\'s ' + opt.dataset.nics + ' (with new MAC addresses); interfaces added here replace them.';
+        'template\'s interfaces (' + opt.dataset.nics + ', with new MAC addresses); those added here replace them.';
     }
     const syncCluster = () => {
       if (!tplSel || !clusterSel) return;
@@ -203,7 +203,8 @@
       const opt = template();
       const own = opt ? templateDisks(opt) : [];
       spec.disks = own.concat(Array.from(rowsOf('disk').children).map(disk));
-      const bad = spec.disks.findIndex((d) => 'size_bytes' in d && !(typeof d.size_bytes === 'number' && d.size_bytes >= 1));
+      const bad = spec.disks.findIndex((d, i) => i >= own.length && 'size_bytes' in d &&
+        !(typeof d.size_bytes === 'number' && d.size_bytes >= 1));
       if (bad >= 0) {  // said here in words, before the API's own refusal
         C.showErrors(form, { field: 'disks.' + bad + '.size_bytes', message: 'Give a size greater than zero.' });
         return;
