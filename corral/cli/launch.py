@@ -108,7 +108,9 @@ def engine_serve(db: str = typer.Option(None, "--db", help="sqlite:///FILE or po
                  no_tls: bool = typer.Option(False, "--no-tls", help="serve plain HTTP (loopback only, unless "
                                              "--insecure)"),
                  insecure: bool = typer.Option(False, "--insecure", help="allow plain HTTP off the loopback: "
-                                               "--no-tls on any address, and http:// agent URLs")) -> None:
+                                               "--no-tls on any address, and http:// agent URLs"),
+                 forwarded_allow_ips: str = typer.Option(None, "--forwarded-allow-ips", help="reverse proxies "
+                                                         "whose X-Forwarded-For is believed (default: none)")) -> None:
     """Serve the engine until interrupted; migrations are applied on start.
 
     HTTPS by default, with a certificate issued by the engine's own CA (<data dir>/pki/ca.crt; give it to
@@ -132,7 +134,7 @@ def engine_serve(db: str = typer.Option(None, "--db", help="sqlite:///FILE or po
                    f"{fingerprint(pem_to_der(tls[0].read_text()))}"
                    + (f"; its CA: {data / 'pki' / 'ca.crt'} (corral login {print_url} --ca FILE)" if own else ""),
                    err=True)
-    run_engine(url, host, port, data, tls=tls, insecure=insecure)
+    run_engine(url, host, port, data, tls=tls, insecure=insecure, forwarded_allow_ips=forwarded_allow_ips)
 
 
 @engine_app.command("create-token")

@@ -113,9 +113,13 @@ def serve(db_url: str, listen: str, **kwargs: Any) -> None:
 
 
 def run_engine(db_url: str, host: str, port: int, data_dir: Path | None = None, *,
-               tls: tuple[Path, Path] | None = None, **kwargs: Any) -> None:
+               tls: tuple[Path, Path] | None = None, forwarded_allow_ips: str | None = None,
+               **kwargs: Any) -> None:
     """Run the engine in the foreground until interrupted. ``data_dir`` holds engine files (created).
-    ``tls`` (certificate, key): serve HTTPS with them; the portal's cookies are then ``Secure``."""
+    ``tls`` (certificate, key): serve HTTPS with them; the portal's cookies are then ``Secure``.
+    ``forwarded_allow_ips``: the proxies whose ``X-Forwarded-For``/``-Proto`` are believed (comma-separated
+    addresses or networks); by default none, whatever uvicorn's environment says: a client's address is the
+    connection's peer, which the login limiter counts (corral.engine.portal.limiter)."""
     import uvicorn
 
     if data_dir is not None:
@@ -124,6 +128,8 @@ def run_engine(db_url: str, host: str, port: int, data_dir: Path | None = None, 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", lifespan="on",
                                            timeout_graceful_shutdown=3,
                                            ssl_certfile=str(tls[0]) if tls else None,
-                                           ssl_keyfile=str(tls[1]) if tls else None))
+                                           ssl_keyfile=str(tls[1]) if tls else None,
+                                           proxy_headers=bool(forwarded_allow_ips),
+                                           forwarded_allow_ips=forwarded_allow_ips or ""))
     app.state.uvicorn = server  # the portal's live streams end when it is stopping (should_exit)
     server.run()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from corral.engine.db.session import Database
 from corral.engine.portal import data
 from corral.engine.portal.console import ConsoleTokens, novnc_dir
 from corral.engine.portal.feed import Feed
+from corral.engine.portal.limiter import LoginLimiter
 from corral.engine.portal.sessions import COOKIE, SessionStore, csrf_token
 from corral.engine.portal.users import Principal
 
@@ -69,31 +69,6 @@ class ApiResult:
     def items(self) -> list[Any]:
         """The ``items`` of a list answer ([] for an error)."""
         return list((self.data or {}).get("items", []))
-
-
-@dataclass
-class LoginLimiter:
-    """At most ``attempts`` failed logins per user name and client in ``window`` seconds."""
-
-    attempts: int = 5
-    window: float = 300.0
-    failures: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-
-    def blocked(self, key: tuple[str, str]) -> float:
-        now = time.monotonic()
-        recent = [t for t in self.failures.get(key, []) if t > now - self.window]
-        self.failures[key] = recent
-        if len(recent) >= self.attempts:
-            return recent[0] + self.window - now
-        return 0.0
-
-    def failed(self, key: tuple[str, str]) -> None:
-        if len(self.failures) > 10000:
-            self.failures.clear()
-        self.failures.setdefault(key, []).append(time.monotonic())
-
-    def succeeded(self, key: tuple[str, str]) -> None:
-        self.failures.pop(key, None)
 
 
 @dataclass
