@@ -32,9 +32,6 @@ V, OP, A = Role.VIEWER, Role.OPERATOR, Role.ADMIN
 RULES: dict[str, Role | None] = {
     # no login: health, the API's own description, the portal's login and static files
     "GET /api/health": PUBLIC,
-    "GET /api/v1/openapi.json": PUBLIC,
-    "GET /api/v1/docs": PUBLIC,
-    "GET /docs/oauth2-redirect": PUBLIC,
     "GET /": PUBLIC,
     "GET /portal": PUBLIC,
     "GET /portal/login": PUBLIC,
@@ -42,6 +39,10 @@ RULES: dict[str, Role | None] = {
     "POST /portal/logout": PUBLIC,
     "GET /portal/novnc/{path:path}": PUBLIC,
     "GET /portal/xterm/{path:path}": PUBLIC,
+    "GET /portal/swagger/{path:path}": PUBLIC,
+    # the API's description: for anyone logged in (corral.engine.apidocs), not for the whole network
+    "GET /api/v1/openapi.json": V,
+    "GET /portal/api-docs": V,
     "MOUNT /portal/static": PUBLIC,
     # clusters, hosts, storage domains, templates, users: admins manage them; everyone may read them
     "GET /api/v1/clusters": V,
@@ -130,6 +131,8 @@ RULES: dict[str, Role | None] = {
     "GET /portal/storage": V,
     "GET /portal/storage/{domain_id}": V,
     "GET /portal/images": V,
+    "GET /portal/templates": V,
+    "GET /portal/templates/{template_id}": V,
     "GET /portal/users": A,
     "GET /portal/stream": V,
     # the browser's way to the REST API: the API's own rule decides each call behind it

@@ -23,7 +23,7 @@ from tests.engine.conftest import FAST
 # The least role of every route: "-" public, "v" viewer, "o" operator, "a" admin. Written down here on its own,
 # so a change of a rule in corral.engine.access is a change of this table too.
 TABLE = """
-GET /api/health -            GET /api/v1/openapi.json -     GET /api/v1/docs -         GET /docs/oauth2-redirect -
+GET /api/health -            GET /api/v1/openapi.json v     GET /portal/api-docs v     GET /portal/swagger/{path:path} -
 GET / -                      GET /portal -                  GET /portal/login -        POST /portal/login -
 POST /portal/logout -        GET /portal/novnc/{path:path} -  GET /portal/xterm/{path:path} -  MOUNT /portal/static -
 GET /api/v1/clusters v       GET /api/v1/clusters/{cluster} v  POST /api/v1/clusters a
@@ -57,6 +57,7 @@ GET /portal/hosts/{host_id} v  GET /portal/vms v            GET /portal/vms/new 
 GET /portal/vms/{vm_id}/devices v  GET /portal/vms/{vm_id}/serial o  GET /portal/vms/{vm_id}/console o
 GET /portal/vms/{vm_id}/terminal o  WS /portal/vms/{vm_id}/ws/{kind} o
 GET /portal/events v         GET /portal/storage v          GET /portal/storage/{domain_id} v  GET /portal/images v
+GET /portal/templates v      GET /portal/templates/{template_id} v
 GET /portal/users a          GET /portal/stream v
 GET /portal/api/{path:path} v  POST /portal/api/{path:path} v  PUT /portal/api/{path:path} v
 PATCH /portal/api/{path:path} v  DELETE /portal/api/{path:path} v
