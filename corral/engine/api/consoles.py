@@ -13,8 +13,8 @@ bearer token: they are outside ``/api/v1``'s router on purpose.
 from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
-from starlette.concurrency import run_in_threadpool
 
+from corral.engine import access
 from corral.engine.consoles import KINDS, console_target, relay
 from corral.engine.context import EngineContext
 from corral.engine.errors import ApiError
@@ -31,12 +31,8 @@ def bearer(ws: WebSocket) -> str:
 async def console_websocket(ws: WebSocket, vm: str, kind: str) -> None:
     ctx = ws.app.state.corral
     assert isinstance(ctx, EngineContext)
-    if ctx.auth:
-        token = bearer(ws)
-        if not token or not await run_in_threadpool(ctx.tokens.check, token):
-            await ws.close(code=1008, reason="a valid bearer token is required")
-            return
-    # TODO(issue 14, roles): console access for operator and admin only once the role check lands
+    if not await access.allow_websocket(ws):  # the bearer token, and the route's role (corral.engine.access)
+        return
     if kind not in KINDS:
         await ws.close(code=1008, reason=f"no console {kind!r}; one of {', '.join(KINDS)}")
         return

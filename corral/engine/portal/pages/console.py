@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from corral.engine import access
 from corral.engine.api import consoles as api_consoles
 from corral.engine.consoles import KINDS, console_target, relay
 from corral.engine.context import EngineContext
@@ -67,7 +68,8 @@ async def vm_console_ws(ws: WebSocket, vm_id: str, kind: str, portal: PortalDep,
     if origin and host and origin.split("://", 1)[-1] != host:
         await ws.close(code=1008, reason="cross-origin console connection")
         return
-    # TODO(issue 14, roles): consoles for operators and admins once the role check lands
+    if not await access.allow_websocket(ws):  # the session's role (corral.engine.access)
+        return
     if auth is None or kind not in KINDS or not portal.consoles.take(ticket, vm_id, kind, auth.principal.username):
         await ws.close(code=1008, reason="console ticket invalid, spent or expired; reload the console page")
         return
