@@ -178,3 +178,13 @@ def test_viewers_see_no_action_controls(engine: tuple[TestClient, dict[str, Who]
     assert 'href="/portal/vms/new"' in page  # in the page, and hidden for this role:
     assert 'body[data-role="viewer"] a[href$="/vms/new"]' in css
     assert 'body:not([data-role="admin"]) a[href$="/hosts/new"]' in css
+
+
+def test_users_page_for_admins(engine: tuple[TestClient, dict[str, Who]]) -> None:
+    client, people = engine
+    status, text = _call(client, "GET /portal/users", people["admin"])
+    assert status == 200
+    for role in ROLES:
+        assert f'data-user="{role}-user"' in text
+    assert 'id="user-form"' in text and "users.js" in text
+    assert text.count("(you)") == 1  # the admin's own row: no disable button, role not changeable
