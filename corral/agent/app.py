@@ -239,7 +239,9 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
         app.add_middleware(_BearerAuth, token=token)
 
     install_error_handlers(app)
-    app.include_router(storage_router(StorageManager(lambda: agent.connection.conn, agent.settings.state_dir)))
+    app.include_router(storage_router(StorageManager(
+        lambda: agent.connection.conn, agent.settings.state_dir,
+        lambda: agent.detection.flavor if agent.detection is not None else None)))
     snapshots = Snapshots(lambda: calls.vms, agent.settings.state_dir)
     app.include_router(snapshots_router(lambda: snapshots, answer))  # before POST /v1/vms/{vm_id}/{action}
     app.include_router(console_router(lambda: calls.vms))  # WebSockets: VNC and serial relayed (relay.py)

@@ -27,7 +27,7 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from corral.agent.errors import AgentError, Conflict, Invalid, LibvirtFailed, NotFound, from_libvirt
+from corral.agent.errors import AgentError, Conflict, Invalid, LibvirtFailed, NotFound, Unsupported, from_libvirt
 from corral.agent.storage_bodies import (
     MAX_BYTES,
     LogicalPool,
@@ -39,6 +39,10 @@ from corral.agent.storage_bodies import (
     check_name,
 )
 from corral.agent.volstreams import Download, FileSink, Sink, StreamSink, Upload, delete_quietly, writable_file
+from corral.domain.flavors import Flavor
+from corral.domain.flavors.base import Outcome
+from corral.domain.flavors.features import Feature
+from corral.domain.spec import GuestType
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +234,10 @@ class StorageManager:
     here (and in the state dir, over agent restarts) so that the pool reads ``inaccessible`` with its error
     until it runs."""
 
-    def __init__(self, conn: Callable[[], libvirt.virConnect], state_dir: Path) -> None:
+    def __init__(self, conn: Callable[[], libvirt.virConnect], state_dir: Path,
+                 flavor: Callable[[], Flavor | None] = lambda: None) -> None:
         self._conn = conn
+        self._flavor = flavor  # the host's flavor (known once the agent detected its host): online resize
         self._errors_file = state_dir / "storage-pool-errors.json"
         self._lock = threading.Lock()
         self._uploading: set[tuple[str, str]] = set()
@@ -495,6 +501,13 @@ class StorageManager:
         if len(running) > 1:
             raise Conflict(f"cannot resize volume {pool_name}/{name} online: domains {', '.join(running)} use it",
                            field="volume", domains=running)
+        flavor = self._flavor()
+        if running and flavor is not None:
+            rule = flavor.rule(Feature.DISK_RESIZE_LIVE, GuestType.HVM)  # one rule for every guest type
+            if rule.outcome is Outcome.REFUSED:
+                raise Unsupported(f"volume {pool_name}/{name} is used by running domain {running[0]}; {rule.reason}",
+                                  field="capacity_bytes", feature=Feature.DISK_RESIZE_LIVE.value,
+                                  domains=running)
         try:
             if running:
                 self._conn().lookupByName(running[0]).blockResize(
@@ -504,7 +517,9 @@ class StorageManager:
         except libvirt.libvirtError as exc:
             doing = (f"resize volume {pool_name}/{name} online in domain {running[0]} (virDomainBlockResize)"
                      if running else f"resize volume {pool_name}/{name}")
-            raise _libvirt(exc, doing, field="capacity_bytes") from None
+            err = _libvirt(exc, doing, field="capacity_bytes")
+            err.field = err.field or "capacity_bytes"
+            raise err from None
         self.refresh(pool_name)
         return {**self.volume_info(vol, pool_name), "online": bool(running), "domain": running[0] if running else None}
 

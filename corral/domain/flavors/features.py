@@ -94,6 +94,7 @@ class Feature(StrEnum):
     LIFECYCLE_RENAME_RESTART = "lifecycle.rename-restart"
     SNAPSHOT = "snapshot"  # how a VM's snapshots are taken (SnapshotMechanism); not a spec field: an operation
     SNAPSHOT_LIVE = "snapshot.live"  # a snapshot of a running VM (with its memory)
+    DISK_RESIZE_LIVE = "disk.resize_live"  # a running VM's disk grown in place (an operation, not a spec field)
 
 
 class Check(StrEnum):

@@ -93,6 +93,7 @@ TABLE: Table = {
                                                   "qcow2 snapshots of every disk; every writable disk must be "
                                                   "qcow2"),
     F.SNAPSHOT_LIVE: native(None, "a running VM's snapshot holds its memory too; a revert resumes it running"),
+    F.DISK_RESIZE_LIVE: native(None, "virDomainBlockResize: QEMU grows the image and tells the guest the new size"),
 }
 
 _TCG_CPU = "TCG (no /dev/kvm) cannot pass the host CPU through; 'maximum' offers every feature QEMU emulates"

@@ -36,6 +36,7 @@ _FLOPPY = "libxl has no floppy drive: libvirt accepts the definition but the sta
 _VIRTIO_DISK = "libxl has no virtio-blk; the start would fail ('unsupported virtual disk identifier vdX') [D4]"
 # measured on the Xen lab (libvirt 9.0, Xen 4.17), for a running and for a stopped domain alike
 NO_SNAPSHOT_API = "this function is not supported by the connection driver: virDomainSnapshotCreateXML"
+NO_BLOCK_RESIZE = "this function is not supported by the connection driver: virDomainBlockResize"
 _VIRTIO_NIC = "libxl has no virtio-net; PV guests take netfront only, HVM qemu refuses 'virtio' [D4]"
 
 TABLE: Table = {
@@ -160,6 +161,9 @@ TABLE: Table = {
                            "writable disks with qemu-img (paths unchanged); every such disk must be qcow2"),
     F.SNAPSHOT_LIVE: refused(f"live snapshots: libxl has no snapshot API (measured: '{NO_SNAPSHOT_API}'), and "
                              "qemu-img cannot touch a disk Xen's device model has open; stop the VM first"),
+    F.DISK_RESIZE_LIVE: refused(f"online resize: libxl has no block resize (measured on Xen 4.17, libvirt 9.0: "
+                                f"'{NO_BLOCK_RESIZE}'), and growing the file under the running backend would not "
+                                "tell the guest; stop the VM to grow its disk"),
 }
 
 XEN = Flavor(
