@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from corral.engine.agent_client import AgentClient
 from corral.engine.api import api_router
+from corral.engine.apidocs import openapi_router
 from corral.engine.auth import TokenChecker
 from corral.engine.context import EngineContext
 from corral.engine.db.session import Database
@@ -86,12 +87,13 @@ def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: boo
             await agents.aclose()
             db.dispose()
 
-    app = FastAPI(title=API_TITLE, version="1", lifespan=lifespan, openapi_url="/api/v1/openapi.json",
-                  docs_url="/api/v1/docs", redoc_url=None)
+    # no public document or CDN-loaded docs page: corral.engine.apidocs serves the document to API callers
+    app = FastAPI(title=API_TITLE, version="1", lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     install_handlers(app)
     install_failure_handlers(app)  # JSON 500, and 503 + Retry-After when the database cannot answer
     app.add_middleware(BodyLimit)  # 413 above 1 MiB, image uploads excepted (corral.engine.limits)
     app.include_router(api_router())
+    app.include_router(openapi_router())
     from corral.engine.portal import mount_portal
 
     mount_portal(app)  # the admin portal: /portal (pages, live updates, consoles); / redirects there

@@ -81,7 +81,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     while True:
         assert proc.poll() is None, (tmp_path / "engine.log").read_text()[-3000:]
         try:
-            if httpx.get(url + "/api/v1/openapi.json", timeout=2).status_code == 200:
+            if httpx.get(url + "/api/health", timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             pass

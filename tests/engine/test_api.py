@@ -50,7 +50,7 @@ def test_auth_required_and_errors_are_json(api: Api) -> None:
 
 
 def test_openapi_published(api: Api) -> None:
-    doc = api.client.get("/api/v1/openapi.json").json()
+    doc = api.client.get("/api/v1/openapi.json", headers=api.headers).json()
     assert "/api/v1/vms/{vm}/start" in doc["paths"]
     assert "/api/v1/tasks/{task_id}" in doc["paths"]
 

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 
 from corral.engine.portal.pages import (
     api,
+    apidocs,
     console,
     dashboard,
     events,
@@ -23,6 +24,6 @@ from corral.engine.portal.pages import (
 
 ROUTERS: tuple[APIRouter, ...] = (session.router, dashboard.router, hosts.router, vms.router, vm.router,
                                   console.router, events.router, storage.router, images.router, templates.router,
-                                  users.router, stream.router, api.router)
+                                  users.router, stream.router, api.router, apidocs.router)
 
 __all__ = ["ROUTERS"]
