@@ -13,6 +13,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
+
+from corral.engine.db.models import Vm
+from corral.engine.db.session import Database
 from tests.engine.agents import AgentProc
 from tests.engine.conftest import Api
 from tests.engine.test_with_agents import add_hosts
@@ -62,7 +66,7 @@ def test_kvm_snapshot_of_a_running_vm_listed_reverted_deleted(agents: dict[str, 
     assert {"vm_snapshot_created", "vm_snapshot_reverted", "vm_snapshot_deleted"} <= set(kinds)
 
 
-def test_refusals_name_their_field(agents: dict[str, AgentProc], api: Api) -> None:
+def test_refusals_name_their_field(agents: dict[str, AgentProc], api: Api, db_url: str) -> None:
     add_hosts(api, agents)
     api.post("/vms", vm_body("snap-new", {"source": "/a.qcow2", "format": "qcow2"}), status=201)
     for body in ({"name": "-x"}, {"name": "a" * 65}, {"name": "ok", "memory": True}, {}):
@@ -78,6 +82,17 @@ def test_refusals_name_their_field(agents: dict[str, AgentProc], api: Api) -> No
     failed = done(api, "POST", "/vms/snap-raw/snapshots", {"name": "s"}, state="failed")
     assert failed["error"]["field"] == "disks.0.format" and "qcow2" in failed["error"]["message"]
     assert api.get("/vms/snap-raw/snapshots")["items"] == []
+
+    # a VM another task holds (here: claimed by a start) is not snapshotted, reverted or deleted from under it
+    db = Database(db_url)
+    try:
+        db.call(lambda s: s.execute(update(Vm).where(Vm.id == vm["id"]).values(state="starting")))
+        for method, path in (("POST", "/vms/snap-raw/snapshots"), ("POST", "/vms/snap-raw/snapshots/s/revert"),
+                             ("DELETE", "/vms/snap-raw/snapshots/s")):
+            busy = api.call(method, path, 409, json={"name": "s"} if path.endswith("snapshots") else None)
+            assert isinstance(busy, dict) and busy["code"] == "busy" and busy["field"] == "vm", busy
+    finally:
+        db.dispose()
 
 
 def _marked(path: Path, pattern: str) -> bool:
