@@ -74,7 +74,7 @@ def cluster_list(output: Output = OutputOpt) -> None:
 
 
 def _ssh_body(ssh: str | None, ssh_key: Path | None, password_prompt: bool,
-              host_key: str | None) -> dict[str, Any] | None:
+              host_key: str | None, tofu: bool = False) -> dict[str, Any] | None:
     """``--ssh [USER@]ADDRESS[:PORT]`` and the credential, as the API's ``ssh`` object."""
     if not ssh:
         if ssh_key or password_prompt:
@@ -102,6 +102,8 @@ def _ssh_body(ssh: str | None, ssh_key: Path | None, password_prompt: bool,
         body["password"] = typer.prompt(f"password of {body['user']}@{address}", hide_input=True)
     if host_key:
         body["host_key_fingerprint"] = host_key
+    if tofu:
+        body["trust_on_first_use"] = True
     return body
 
 
@@ -123,6 +125,9 @@ SshKeyOpt = typer.Option(None, "--ssh-key", help="private key file for SSH")
 PasswordOpt = typer.Option(False, "--password-prompt", help="ask for the SSH password")
 HostKeyOpt = typer.Option(None, "--host-key", help="expected SSH host key fingerprint SHA256:... (else pinned on "
                                                    "first use and shown)")
+TofuOpt = typer.Option(False, "--trust-on-first-use", help="with --password-prompt and no --host-key: accept the "
+                                                          "host key the host shows (a machine in the middle would "
+                                                          "get the password)")
 TcgOpt = typer.Option(False, "--allow-tcg", help="deploy: accept a host without KVM (QEMU under TCG, slow)")
 LibvirtOpt = typer.Option(None, "--libvirt", help="deploy: libvirt URI for the agent (default by hypervisor)")
 AgentPortOpt = typer.Option(None, "--agent-port", help="deploy: port the agent listens on (default 8470)")
@@ -135,15 +140,15 @@ def host_add(name: str, url: str = typer.Option(None, "--url", help="agent URL (
              token: str = typer.Option(None, "--token", help="the agent's token"),
              ssh: str = typer.Option(None, "--ssh", help="deploy over SSH: [USER@]ADDRESS[:PORT] (user root)"),
              ssh_key: Path = SshKeyOpt, password_prompt: bool = PasswordOpt, host_key: str = HostKeyOpt,
-             allow_tcg: bool = TcgOpt, libvirt_uri: str = LibvirtOpt, agent_port: int = AgentPortOpt,
-             agent_url: str = AgentUrlOpt,
+             trust_on_first_use: bool = TofuOpt, allow_tcg: bool = TcgOpt, libvirt_uri: str = LibvirtOpt,
+             agent_port: int = AgentPortOpt, agent_url: str = AgentUrlOpt,
              cluster: str = typer.Option(None, "--cluster"), wait: bool = typer.Option(True, "--wait/--no-wait"),
              output: Output = OutputOpt) -> None:
     """Add a host: deploy the agent over SSH (--ssh), or register an agent that runs already (--url).
 
     Over SSH the host key is shown and pinned on first use; rerunning the same command after a failure
     resumes the deploy."""
-    ssh_body = _ssh_body(ssh, ssh_key, password_prompt, host_key)
+    ssh_body = _ssh_body(ssh, ssh_key, password_prompt, host_key, trust_on_first_use)
     body: dict[str, Any] = {"name": name}
     if ssh_body is not None:
         if url or token or token_file:
@@ -185,7 +190,9 @@ def host_reinstall(host: str, ssh_key: Path = SshKeyOpt, password_prompt: bool =
         fail(f"host {h['name']} was not added over SSH; remove it and add it with --ssh")
     body: dict[str, Any] = {}
     if ssh_key is not None or password_prompt:
-        creds = _ssh_body(f"root@{h['ssh_address']}", ssh_key, password_prompt, None)
+        # the pinned key: the engine checks it anyway, and a password needs it named
+        creds = _ssh_body(f"root@{h['ssh_address']}", ssh_key, password_prompt,
+                          (h.get("deploy") or {}).get("host_key_fingerprint"))
         assert creds is not None
         creds.update(address=h["ssh_address"], port=h.get("ssh_port") or 22)
         body["ssh"] = creds

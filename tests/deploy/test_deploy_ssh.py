@@ -143,7 +143,7 @@ def test_failed_check_names_each_item_then_rerun_resumes(api: Api, sshhost: SshH
 
 def test_wrong_password(api: Api, sshhost: SshHost) -> None:
     b = body(sshhost, "badpw", sshhost.dir / "root-badpw", 8472, key=False)
-    b["ssh"]["password"] = "not-the-password"
+    b["ssh"].update(password="not-the-password", host_key_fingerprint=sshhost.host_key_fingerprint())
     task = api.wait(api.post("/hosts", b))
     assert task["state"] == "failed"
     assert task["error"]["code"] == "ssh_auth_failed", task["error"]

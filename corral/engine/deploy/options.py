@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.engine.db.models import HostState
 from corral.engine.errors import ApiError
@@ -23,8 +23,22 @@ class SshIn(BaseModel):
     password: str | None = Field(None, max_length=1024)
     private_key: str | None = Field(None, max_length=65536, description="private key text (OpenSSH or PEM)")
     passphrase: str | None = Field(None, max_length=1024)
-    host_key_fingerprint: str | None = Field(None, description="expected SHA256:... (else pinned on first use)")
+    host_key_fingerprint: str | None = Field(None, pattern=r"^(SHA256:)?[A-Za-z0-9+/]{43}=?$",
+                                             description="expected SHA256:... (else pinned on first use)")
+    trust_on_first_use: bool = Field(False, description="with a password and no host_key_fingerprint: accept the "
+                                     "key the host shows and pin it (a machine in the middle would get the password)")
     connect_timeout: float = Field(15.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _password_needs_the_host_key(self) -> Self:
+        """A password goes to whoever answers at the address: to a machine in the middle as well, on first use,
+        when the host key is not known. A private key does not (its signature is bound to the session, so it
+        cannot be replayed to the real host), hence pinning on first use stays the default for keys only."""
+        if self.password is not None and self.host_key_fingerprint is None and not self.trust_on_first_use:
+            raise ValueError("host_key_fingerprint: an SSH password is sent only to a host whose key is known: give "
+                             "host_key_fingerprint (SHA256:..., e.g. 'ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key"
+                             ".pub' on the host) or, knowingly, trust_on_first_use: true")
+        return self
 
 
 class DeployOptions(BaseModel):
