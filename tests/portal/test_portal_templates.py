@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from corral.engine.portal.sessions import COOKIE, csrf_token
 from tests.engine import conftest as engine_fixtures
 from tests.portal.test_portal_storage import GIB
 from tests.portal.test_portal_storage import portal as portal
@@ -77,6 +78,21 @@ def test_make_template_list_detail_and_delete_refusal(portal: tuple[TestClient, 
     page = c.get(f"/portal/vms/{vm['id']}").text
     assert re.search(r'id="template-make" aria-labelledby="h-template-make" hidden>', page)
 
+    # a viewer reads the templates; roles.css hides the controls of actions the role lacks (the API refuses them)
+    r = c.post("/portal/api/users", headers={"X-CSRF-Token": csrf},
+               json={"username": "ann", "role": "viewer", "password": "ann-password-1"})
+    assert r.status_code == 201, r.text
+    c.post("/portal/logout", data={"csrf": csrf}, follow_redirects=False)
+    r = c.post("/portal/login", data={"username": "ann", "password": "ann-password-1", "next": "/portal/"},
+               follow_redirects=False)
+    assert r.status_code == 303, r.text
+    listed = c.get("/portal/templates")
+    assert listed.status_code == 200 and '<body data-prefix="/portal" data-role="viewer"' in listed.text
+    viewed = c.get(f"/portal/templates/{t['id']}")
+    assert viewed.status_code == 200 and "data-delete-template" in viewed.text  # hidden by roles.css
+    assert c.delete(f"/portal/api/templates/{t['id']}",
+                    headers={"X-CSRF-Token": csrf_token(c.cookies.get(COOKIE) or "")}).status_code == 403
+
 
 def picker_option(form: str, template_id: str) -> dict[str, str]:
     opt = re.search(rf'<option value="{template_id}"([^>]*)>', form)
@@ -117,7 +133,7 @@ def test_vm_page_snapshot_section_names_the_host_hypervisor(portal: tuple[TestCl
     vm = stopped_vm(c, csrf, "snappy")
     page = c.get(f"/portal/vms/{vm['id']}").text
     section = re.search(r'<section class="card" id="snapshots"[^>]*>', page)
-    assert section and 'data-vm-name="snappy"' in section.group(0)
+    assert section and 'data-vm-name="snappy"' in section.group(0) and 'data-host="kvm-host"' in section.group(0)
     # the hypervisor of the host that has the VM's disks (its flavor's title), for the live-snapshot refusal
     assert re.search(r'data-hypervisor="[^"]*KVM[^"]*"', section.group(0)), section.group(0)
     # what the section reads and does, through the portal's API proxy: take, list, delete
@@ -131,6 +147,8 @@ def test_vm_page_snapshot_section_names_the_host_hypervisor(portal: tuple[TestCl
     r = c.post("/portal/api/vms", headers={"X-CSRF-Token": csrf},
                json={"name": "fresh", "memory_mib": 64, "vcpus": 1, "disks": []})
     assert r.status_code == 201
+    page = c.get(f"/portal/vms/{r.json()['id']}").text
+    assert re.search(r'<section class="card" id="snapshots"[^>]* data-host="">', page)  # the script asks nothing
     answer = c.get("/portal/api/vms/fresh/snapshots")
     assert answer.status_code == 409 and "has not run on any host yet" in answer.json()["message"]
 
