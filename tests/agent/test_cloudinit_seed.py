@@ -122,7 +122,7 @@ def _seed_disk(api: Api, vm_id: str) -> Any:
 @pytest.mark.parametrize(("emulate", "extra", "device", "target", "bus"), [
     ("kvm", {}, "cdrom", "hdd", "ide"),
     ("xen", {}, "cdrom", "hdd", "ide"),
-    ("xen", {"guest_type": "pv", "kernel": "/boot/vmlinuz"}, "disk", "xvdz", "xen"),
+    ("xen", {"guest_type": "pv", "kernel": "/boot/vmlinuz"}, "cdrom", "xvdz", "xen"),
 ], ids=["kvm", "xen-hvm", "xen-pv"])
 def test_the_agent_defines_the_seed_per_flavor_and_never_as_a_spec_disk(
         agent_factory: Callable[..., Agent], emulate: str, extra: dict[str, Any], device: str, target: str,

@@ -1,5 +1,5 @@
 """Cloud-init data in a VmSpec (refused by field), the NoCloud files made of it, and how each flavor attaches
-the seed: a CD-ROM on KVM and Xen HVM, a read-only PV disk on Xen PV, at a fixed target (issue 12)."""
+the seed: a CD-ROM everywhere (IDE hdd on KVM and Xen HVM, a PV CD-ROM xvdz on Xen PV), at a fixed target (issue 12)."""
 
 from __future__ import annotations
 
@@ -123,8 +123,8 @@ def test_default_hostname() -> None:
 @pytest.mark.parametrize(("flavor", "guest_type", "device", "target", "bus", "driver"), [
     ("kvm", "hvm", "cdrom", "hdd", "ide", "qemu"),
     ("xen", "hvm", "cdrom", "hdd", "ide", "qemu"),
-    ("xen", "pv", "disk", "xvdz", "xen", "qemu"),
-    ("xen", "pvh", "disk", "xvdz", "xen", "qemu"),
+    ("xen", "pv", "cdrom", "xvdz", "xen", "qemu"),
+    ("xen", "pvh", "cdrom", "xvdz", "xen", "qemu"),
 ])
 def test_each_flavor_attaches_the_seed_its_way(flavor: str, guest_type: str, device: str, target: str, bus: str,
                                                driver: str) -> None:

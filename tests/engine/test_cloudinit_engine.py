@@ -43,7 +43,7 @@ def test_cloud_init_through_the_engine(agents: dict[str, AgentProc], api: Api) -
 
     plan = api.get(f"/vms/{vm['id']}/plan", host="xen-host")
     seed = next(d for d in plan["decisions"] if d["path"] == "cloud_init")
-    assert seed["outcome"] == "translated" and "read-only disk xvdz" in seed["detail"]
+    assert seed["outcome"] == "native" and "CD-ROM xvdz" in seed["detail"]
 
     task = api.wait_task(api.post(f"/vms/{vm['id']}/start", status=202))
     assert task["state"] == "succeeded", task

@@ -187,7 +187,9 @@ class SeedDevice(StrEnum):
     """How the guest gets its cloud-init seed (an ISO 9660 volume labelled ``cidata``)."""
 
     CDROM = "cdrom"  # a CD-ROM drive with the seed as its media, on the flavor's CD-ROM bus
-    READONLY_DISK = "disk"  # a read-only disk on the flavor's disk bus (no CD-ROM: Xen PV)
+    # a read-only disk on the flavor's disk bus, for a guest with no CD-ROM drive (no flavor today: Xen PV
+    # takes a PV CD-ROM, as its qdisk backend refuses read-only disks)
+    READONLY_DISK = "disk"
 
 
 class AgentChannel(StrEnum):

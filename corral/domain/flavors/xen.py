@@ -81,8 +81,9 @@ TABLE: Table = {
                            "guests must be Qdisk', measured), empty or not, file or block device")),
     F.FLOPPY: refused(_FLOPPY),
     F.CLOUD_INIT_SEED: _pv_hvm(
-        translated(SeedDevice.READONLY_DISK, "PV guests have no CD-ROM: the NoCloud seed (ISO 9660 volume "
-                                             "'cidata') is a read-only PV disk xvdX, found by its label"),
+        native(SeedDevice.CDROM, "a PV CD-ROM xvdX whose media is the NoCloud seed (ISO 9660 volume 'cidata'), "
+                                 "read-only; never a read-only PV disk: qdisk refuses those ('Block node is "
+                                 "read-only', measured on Xen 4.17) and the guest would start without it"),
         native(SeedDevice.CDROM, "an emulated IDE CD-ROM whose media is the NoCloud seed (ISO 9660 volume "
                                  "'cidata')")),
     F.DISK_FORMAT_RAW_FILE: native("qemu", "<driver name='qemu' type='raw'/> (qdisk backend)"),
