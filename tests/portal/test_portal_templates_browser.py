@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import shutil
 import ssl
+import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.portal.support import CHROMIUM, CHROMIUM_ARGS, ENV, REPO, AllInOne, wait_task
+from tests.portal.support import CHROMIUM, CHROMIUM_ARGS, ENV, REPO, AllInOne, start_qemu_host, wait_task
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 if not Path(CHROMIUM).exists():
@@ -246,3 +248,85 @@ def test_live_snapshot_refused_on_xen_in_words(engine: AllInOne, page: Page, sho
     shots.take("live-snapshot-refused", expect_errors=True)
     with api_of(engine) as api:
         assert api.get("/vms/xen-live/snapshots").json()["items"] == []
+
+
+# ------------------------------------------------------------------------------------------- QEMU lab
+
+@pytest.fixture
+def lab_image(engine: AllInOne, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A cluster of its own with an agent on the QEMU lab's libvirtd, a dir domain there and a 48 MiB qcow2
+    image uploaded into it (all removed after). The test driver cannot take uploads: images need a real host."""
+    host = start_qemu_host(tmp_path / "lab-agent")
+    if isinstance(host, str):
+        from tests.require import unavailable
+        unavailable(host)
+    assert not isinstance(host, str)
+    suffix = uuid.uuid4().hex[:6]
+    cluster, pool = f"lab-{suffix}", f"pt-{suffix}"
+    qcow = tmp_path / "cloud.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow), "48M"], check=True, timeout=60)
+    api = api_of(engine)
+    try:
+        assert api.post("/clusters", json={"name": cluster}).status_code == 201
+        task = wait_task(api, api.post("/hosts", json={"name": f"lab-{suffix}", "url": host.agent.url,
+                                                       "token": host.agent.token, "cluster": cluster}).json(), 120)
+        assert task["state"] == "succeeded", task
+        r = api.post("/storage-domains", json={"name": pool, "type": "dir", "path": str(tmp_path / "images"),
+                                               "cluster": cluster})
+        assert r.status_code == 201, r.text
+        r = api.put(f"/images/cloud-{suffix}", params={"storage": pool}, content=qcow.read_bytes())
+        assert r.status_code == 201, r.text
+        yield {"cluster": cluster, "pool": pool, "image": r.json()}
+    finally:
+        for vm in api.get("/vms", params={"cluster": cluster}).json().get("items", []):
+            api.delete(f"/vms/{vm['id']}")
+        for img in api.get("/images", params={"storage": pool}).json().get("items", []):
+            wait_task(api, api.delete(f"/images/{img['id']}").json())
+        api.delete(f"/storage-domains/{pool}")
+        for h in api.get("/hosts", params={"cluster": cluster}).json().get("items", []):
+            api.delete(f"/hosts/{h['id']}")
+        api.close()
+        host.stop()
+        import libvirt
+        conn = libvirt.open(host.lab.uri)
+        try:
+            p = conn.storagePoolLookupByName(pool)
+            if p.isActive():
+                p.destroy()
+            p.undefine()
+        except libvirt.libvirtError:
+            pass
+        finally:
+            conn.close()
+
+
+@pytest.mark.qemulab
+def test_new_vm_disk_cloned_from_an_image(engine: AllInOne, page: Page, shots: Shots,
+                                          lab_image: dict[str, Any]) -> None:
+    image = lab_image["image"]
+    page.goto(engine.info["url"] + "/portal/vms/new")
+    page.select_option("#v-cluster", lab_image["cluster"])
+    page.fill("#v-name", "from-image")
+    page.click('[data-rows="nic"] [data-remove-row]')
+    page.select_option('[data-path="disks.0.kind"]', "image")
+    page.select_option('[data-path="disks.0.image"]', image["name"])
+    # the size is optional, at least the image's (shown); empty keeps it
+    expect(page.locator('[data-path="disks.0.size_bytes"]')).to_have_value("")
+    expect(page.locator('[data-rows="disk"] [data-image-size]')).to_have_text(
+        "Optional: at least the image's 48 MiB; left empty, the disk has that size.")
+    expect(page.locator('[data-path="disks.0.format"]')).to_be_hidden()
+    # smaller than the image: the API's refusal next to the size
+    page.fill('[data-path="disks.0.size_bytes"]', "16")
+    page.select_option('[data-path="disks.0.size_unit"]', label="MiB")
+    page.click("#vm-form button[type=submit]")
+    expect(page.locator('.field-error[data-error-for="disks.0.size_bytes"]')).to_contain_text("virtual size")
+    shots.take("image-disk-too-small", expect_errors=True)
+    page.fill('[data-path="disks.0.size_bytes"]', "")
+    page.click("#vm-form button[type=submit]")
+    expect(page.locator("h1")).to_contain_text("VM from-image")
+    shots.take("vm-from-image")
+    with api_of(engine) as api:
+        disk = api.get("/vms/from-image").json()["spec"]["disks"][0]
+        assert disk["volume"] == "from-image-disk0", disk
+        vol = api.get("/volumes/from-image-disk0").json()
+        assert vol["backing_id"] == image["id"] and vol["capacity_bytes"] == 48 << 20, vol
