@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
@@ -415,3 +416,37 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class NetworkRole(StrEnum):
+    """What a logical network is for (oVirt's network roles): the engine-agent link, VM NICs, live migration,
+    storage traffic. A network may have several."""
+
+    MANAGEMENT = "management"
+    VM = "vm"
+    MIGRATION = "migration"
+    STORAGE = "storage"
+
+
+class Network(Base):
+    """A logical network of a cluster (migration 0011, issue 18): carried on each host by the Linux bridge
+    ``corral.domain.netnames.bridge_for(name)``, tagged with ``vlan`` when set. ``required``: a host of the
+    cluster without it is unfit and shown so (``corral.engine.networks``). ``roles``: NetworkRole values."""
+
+    __tablename__ = "networks"
+    __table_args__ = (
+        UniqueConstraint("cluster_id", "name"),
+        Index(None, "cluster_id", "id"),
+        CheckConstraint("vlan IS NULL OR (vlan >= 1 AND vlan <= 4094)", name="ck_networks_vlan"),
+        CheckConstraint("mtu >= 68 AND mtu <= 65535", name="ck_networks_mtu"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    cluster_id: Mapped[str] = mapped_column(ForeignKey("clusters.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    vlan: Mapped[int | None] = mapped_column(Integer, default=None)
+    mtu: Mapped[int] = mapped_column(Integer, default=1500, server_default="1500")
+    roles: Mapped[list[Any]] = mapped_column(default=list)
+    required: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    description: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
