@@ -92,7 +92,8 @@ class Rendering:
         """The flavor's resolution of ``spec``, with its cloud-init seed device (a device of this host's
         making, not one of the spec's: ``corral.domain.cloudinit``)."""
         res = resolve(spec, self.flavor, guest_type, options)
-        add_seed(res, spec, str(self.seeds.path(spec.id)))
+        if spec.cloud_init is not None:
+            add_seed(res, spec, str(self.seeds.path(spec.id)))
         return res
 
     def prepare(self, spec: VmSpec) -> None:
