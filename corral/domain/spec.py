@@ -18,6 +18,8 @@ from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from corral.domain.netnames import bridge_for, valid_network_name
+
 SPEC_FORMAT_VERSION = 1
 # The most devices of one kind a VM may have (disks, NICs, consoles, CPU features): more than any real VM
 # needs, few enough that a spec stays small and rendering it cheap (issue 14: every list is capped).
@@ -276,10 +278,17 @@ class DiskSpec(_Device):
 
 
 class NicSpec(_Device):
+    """A NIC on a host bridge or libvirt network (``source``), or on a logical network of the engine
+    (``network``, issue 18). A ``network`` NIC's source is the network's bridge by the rule both engine and agent
+    follow (``corral.domain.netnames``): filled in here, so a flavor renders the bridge and a host checks it
+    like any bridge; a source naming another bridge, or a libvirt network, is refused (``network``)."""
+
     mac: str | None = Field(default=None, description="the engine assigns one from its pool when absent "
                                                       "(offline tools: derived from the NIC id, flavor's prefix)")
     source_type: NicSource = NicSource.BRIDGE
-    source: str
+    source: str = Field(default="", description="the bridge or libvirt network; with ``network``, its bridge "
+                                                "(filled in)")
+    network: str | None = Field(default=None, description="a logical network of the VM's cluster, by name")
     model: NicModel = NicModel.AUTO
     link: LinkState = LinkState.UP
     filter: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9._-]{0,63}$")
@@ -298,6 +307,17 @@ class NicSpec(_Device):
 
     @model_validator(mode="after")
     def _source_name(self) -> Self:
+        if self.network is not None:
+            if not valid_network_name(self.network):
+                raise FieldError("network", f"not a network name: {self.network!r} (1-50 letters, digits, '_' "
+                                            "or '-', starting with a letter or digit)")
+            bridge = bridge_for(self.network)
+            if self.source_type is not NicSource.BRIDGE or self.source not in ("", bridge):
+                raise FieldError("network", f"give a logical network or a {self.source_type.value} source, not "
+                                            f"both (network {self.network} is bridge {bridge} on its hosts)")
+            object.__setattr__(self, "source", bridge)
+        elif not self.source:
+            raise FieldError("source", "a NIC needs a source (a bridge or libvirt network) or a network")
         pattern = BRIDGE_RE if self.source_type is NicSource.BRIDGE else NET_NAME_RE
         if not pattern.match(self.source):
             raise FieldError("source", f"invalid {self.source_type.value} name: {self.source!r}")
