@@ -31,6 +31,7 @@ from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.connection import Unavailable
 from corral.agent.errors import AgentError, Invalid, Unsupported, from_libvirt
 from corral.agent.fastpath import FastPath
+from corral.agent.netsetup.routes import hostnet_router
 from corral.agent.relay import console_router
 from corral.agent.service import Agent
 from corral.agent.snapshot_routes import snapshots_router
@@ -245,6 +246,7 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
     snapshots = Snapshots(lambda: calls.vms, agent.settings.state_dir)
     app.include_router(snapshots_router(lambda: snapshots, answer))  # before POST /v1/vms/{vm_id}/{action}
     app.include_router(console_router(lambda: calls.vms))  # WebSockets: VNC and serial relayed (relay.py)
+    app.include_router(hostnet_router(lambda: agent.hostnet, answer))  # /v1/host/network (netsetup/routes.py)
 
     def vms() -> VmManager:
         return calls.vms

@@ -19,6 +19,7 @@ from corral.agent.host import Detection, HostProbe, capabilities, detect, libvir
 from corral.agent.hostfacts import HostView
 from corral.agent.identity import host_uuid
 from corral.agent.netlink import LinkControl
+from corral.agent.netsetup.safe import HostNetwork
 from corral.agent.vms import VmManager, state_name
 from corral.agent.watchdog import DeviceModelWatchdog
 from corral.domain.flavors import ACCELS, FLAVOR_NAMES, SOFTWARE_ACCEL
@@ -75,6 +76,9 @@ class Settings:
     bridges: list[str] = field(default_factory=list)
     hook_timeout: float = 30.0
     xen_console_dir: Path = Path("/var/log/xen/console")
+    # the network namespace (``ip netns`` name) whose links the host network routes manage; None: the host's own,
+    # except on libvirt's test driver, where host networks are then refused (corral.agent.netsetup.routes)
+    netns: str | None = None
 
     @classmethod
     def from_toml(cls, path: Path) -> dict[str, Any]:
@@ -121,6 +125,7 @@ class Agent:
         self.watchdog: DeviceModelWatchdog | None = None
         self._callbacks: list[int] = []
         self.host_uuid: str | None = None
+        self.hostnet: HostNetwork | None = None
 
     def start(self) -> None:
         # 0711: QEMU must reach the cloud-init seeds and console sockets inside by name; no one else lists it
@@ -133,6 +138,9 @@ class Agent:
             raise ValueError(f"accel: expected auto or one of {', '.join(ACCELS)}, got {self.settings.accel!r}")
         self.detection = detect(conn, self.probe, self.settings.emulate, self.settings.accel)
         self.host_uuid = host_uuid(conn, self.settings.state_dir, self.detection.emulated)
+        if self.settings.netns or not self.detection.emulated:  # the last good host network, before any VM
+            self.hostnet = HostNetwork(self.settings.state_dir, self.settings.netns)
+            self.hostnet.start()
         if self.settings.libvirt.startswith("test:"):
             self._load_test_state(conn)
         self.vms = VmManager(lambda: self.connection.conn, self.detection, self.bus,
@@ -162,6 +170,8 @@ class Agent:
     def stop(self) -> None:
         if self.watchdog:
             self.watchdog.stop()
+        if self.hostnet is not None:
+            self.hostnet.stop()
         if self.settings.libvirt.startswith("test:"):
             try:
                 self._save_test_state(self.connection.conn)
