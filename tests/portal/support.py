@@ -29,7 +29,10 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CORRAL = [sys.executable, "-c", "import sys; from corral.cli import main; sys.exit(main())"]
-ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+# the all-in-one engine allows host paths anywhere, as every test engine does (tests/conftest.py): set here too,
+# since a module-scoped engine starts before the autouse fixture that sets it for a test
+ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+       "CORRAL_HOST_PATHS": "/"}
 
 
 def free_port() -> int:
