@@ -38,6 +38,7 @@ import contextlib
 import logging
 import posixpath
 import shlex
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -386,10 +387,9 @@ class Deployer:
         r, lay = self.remote, self.layout
         if not self.probe:
             await self._probe()
-        hostname = self.probe.first("hostname")
-        sans = certs.names(self.creds.address, urlsplit(self.agent_url).hostname or "", hostname)
-        issued = await certs.install_certificate(r, lay, self.pki, hostname or self.creds.address, sans,
-                                                 self.opts.cert_days)
+        # names from the operator only, never the host's own hostname (corral.engine.deploy.certs)
+        sans = certs.names(self.creds.address, urlsplit(self.agent_url).hostname or "")
+        issued = await certs.install_certificate(r, lay, self.pki, sans[0], sans, self.opts.cert_days)
         await self._save_deploy(cert={"serial": format(issued.serial, "x"), "not_after": issued.not_after.isoformat(),
                                       "sha256": issued.fingerprint, "sans": sans})
         await self._event("host_cert_issued", f"agent certificate issued, valid until {issued.not_after:%Y-%m-%d}",
@@ -413,6 +413,7 @@ class Deployer:
             try:
                 health = await self.ctx.agents.health(target)
                 if health.get("status") == "ok":
+                    await self._check_pinned_certificate()
                     await self._set_url()
                     waited = time.monotonic() - started
                     return (f"agent {health.get('version')} answers at {self.agent_url} over TLS (certificate "
@@ -428,6 +429,20 @@ class Deployer:
         raise DeployFailed("start", f"the agent did not answer at {self.agent_url} within "
                            f"{self.opts.health_timeout:g} s ({last}); its log ends: "
                            + " | ".join(tail.strip().splitlines()[-8:]))
+
+    async def _check_pinned_certificate(self) -> None:
+        """The agent that answers must serve the certificate issued to this host (its SHA-256 was recorded), not
+        another one the CA issued: the deploy pins it per host."""
+        pinned = (await self.ctx.db.run(lambda s: ((self._host(s).deploy or {}).get("cert") or {}).get("sha256")))
+        if not pinned:
+            return
+        parts = urlsplit(self.agent_url)
+        ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert_path))
+        ctx.load_cert_chain(str(self.pki.client_cert_path), str(self.pki.client_key_path))
+        served = await asyncio.to_thread(certs.served_fingerprint, parts.hostname or "", parts.port or 443, ctx)
+        if served != pinned:
+            raise DeployFailed("start", f"the agent at {self.agent_url} serves certificate SHA-256 {served}, not "
+                               f"the one issued to this host ({pinned})", code="cert_mismatch")
 
     async def _set_url(self) -> None:
         url = self.agent_url

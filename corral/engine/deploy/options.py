@@ -46,7 +46,7 @@ class DeployOptions(BaseModel):
     allow_tcg: bool = Field(False, description="accept a host without KVM: QEMU under TCG (slow; labs, tests)")
     libvirt_uri: str | None = Field(None, description="default: xen:///system or qemu:///system")
     agent_port: int = Field(AGENT_PORT, ge=1, le=65535, description="port the agent listens on")
-    agent_url: str | None = Field(None, pattern=r"^https://[^\s/]+$",
+    agent_url: str | None = Field(None, pattern=r"^https://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$",
                                   description="how the engine reaches the agent (NAT, tunnels); "
                                               "default https://ADDRESS:AGENT_PORT")
     install_root: str = Field("/", pattern=r"^/[A-Za-z0-9._/-]*$",
