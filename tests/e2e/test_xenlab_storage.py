@@ -86,6 +86,11 @@ def _upload(engine: Engine, name: str, storage: str, data: bytes) -> dict[str, A
     return image
 
 
+def _drop_pool(b: Backend, name: str) -> None:
+    """After a failed run the engine is gone but its pool may stay defined (and mounted) in dom0."""
+    b.sh(f"{b.virsh} pool-destroy {name} >/dev/null 2>&1; {b.virsh} pool-undefine {name} >/dev/null 2>&1; true")
+
+
 def _pv(b: Backend, name: str, disk: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "memory_mib": 128, "vcpus": 1, "guest_type": "pv", "kernel": b.kernel,
             "initrd": b.initrd, "cmdline": b.cmdline, "consoles": [{"kind": "pv"}], "disks": [disk]}
@@ -111,6 +116,7 @@ def test_pv_guest_boots_from_a_qcow2_volume_in_a_dir_domain(engine: Engine, xen:
     domain, image_name, name = f"xs-dir-{tag}", f"xs-img-{tag}", f"xs-dir-{tag}"
     host = _add_host(engine, b)
     b.cleanup.append(lambda: b.sh(f"rm -rf {ROOT}/{domain}"))
+    b.cleanup.append(lambda: _drop_pool(b, domain))
     b.cleanup.append(lambda: _undefine(b, name))
 
     d = engine.call("POST", "/storage-domains", json={"name": domain, "type": "dir", "path": f"{ROOT}/{domain}"},
@@ -136,6 +142,7 @@ def test_pv_guest_boots_from_the_nfs_domain_and_the_raw_trap_is_refused(engine: 
     host = _add_host(engine, b)
     mnt = f"{ROOT}/{domain}"
     b.cleanup.append(lambda: b.sh(f"umount {mnt} 2>/dev/null; rmdir {mnt} 2>/dev/null; true"))
+    b.cleanup.append(lambda: _drop_pool(b, domain))
     b.cleanup.append(lambda: _undefine(b, trap))
     b.cleanup.append(lambda: _undefine(b, name))
 
@@ -200,6 +207,7 @@ def test_an_export_dom0_cannot_mount_keeps_vms_needing_it_off_the_host(engine: E
     host = _add_host(engine, b)
     mnt = f"{ROOT}/{domain}"
     b.cleanup.append(lambda: b.sh(f"rmdir {mnt} 2>/dev/null; true"))
+    b.cleanup.append(lambda: _drop_pool(b, domain))
     d = engine.call("POST", "/storage-domains", expect=201, json={
         "name": domain, "type": "nfs", "path": mnt,
         "source": {"host": nfs.guest_host, "dir": f"/no-such-export-{tag}", "nfs_version": 4,
