@@ -13,13 +13,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.engine.agent_client import AgentError
-from corral.engine.db.models import Severity, Task, TaskState, Vm, VmState, utcnow
+from corral.engine.db.models import Host, Severity, Task, TaskState, Vm, VmState, utcnow
 from corral.engine.db.session import Database
 from corral.engine.errors import ApiError
 from corral.engine.events import record
@@ -84,7 +85,12 @@ class TaskRunner:
                 record(s, "task_failed", f"{t.kind} failed: {message}", severity=Severity.ERROR,
                        object_type=t.object_type, object_id=t.object_id, detail={"task": t.id})
             for vm in s.scalars(select(Vm).where(Vm.state == VmState.STARTING.value)).all():
-                # with a host, let that host's poll say what it is; without one it never got anywhere
+                # with a host, let that host's poll say what it is; without one it never got anywhere. The host
+                # this start chose counts (its placement, written before the agent was asked): the start may
+                # have reached it, and a down VM could be started elsewhere on the same disks (issue 14)
+                target = _placed_by_this_start(s, vm)
+                if vm.host_id is None and target is not None:
+                    vm.host_id = vm.last_host_id = target
                 vm.state = VmState.UNKNOWN.value if vm.host_id else VmState.DOWN.value
                 vm.state_reason, vm.state_changed_at = "start interrupted: the engine stopped", now
                 record(s, "vm_state", f"VM {vm.name} is {vm.state} (start interrupted by an engine restart)",
@@ -161,3 +167,21 @@ class TaskRunner:
         for t in list(self._tasks):
             t.cancel()
         await self.wait_all()
+
+
+def _placed_by_this_start(s: Session, vm: Vm) -> str | None:
+    """The host of the VM's placement if the start that left it ``starting`` made it (the placement is newer
+    than the claim) and the host still exists; else None."""
+    placement = vm.placement or {}
+    host_id, placed_at = placement.get("host_id"), placement.get("time")
+    if not isinstance(host_id, str) or not isinstance(placed_at, str) or vm.state_changed_at is None:
+        return None
+    try:
+        when = datetime.fromisoformat(placed_at)
+    except ValueError:
+        return None
+    claimed = vm.state_changed_at if vm.state_changed_at.tzinfo else vm.state_changed_at.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when < claimed or s.get(Host, host_id) is None:
+        return None
+    return host_id
