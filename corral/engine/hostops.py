@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from corral.engine import storage
+from corral.engine import networks, storage
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.context import EngineContext
 from corral.engine.db.models import Host, HostState, Severity
@@ -72,8 +72,10 @@ async def activate(ctx: EngineContext, task: TaskContext, host_id: str, *, addin
         other = _same_host(s, host_id, identity)
         if other is not None:
             return {"duplicate": other}
+        before = None if adding or not h.info else list(h.bridges or [])
         for key, value in host_fields(info).items():
             setattr(h, key, value)
+        networks.note_missing(s, h, before)  # an event for each required network it lacks from now (issue 18)
         if identity is not None:
             h.host_uuid = identity
         if position is not None:

@@ -3,8 +3,9 @@
 Filters first, collecting every reason a host fails (an operator wants all of them): host up, cluster flavor
 policy, the hypervisor the VM requires (``VmSpec.hypervisor``), free memory (host memory minus reserve minus the
 memory of the VMs that occupy it), vCPUs, CPU compatibility (required features; skipped when the host reports no
-flags), bridges present, storage (every storage domain the VM's disks need active on the host; a local volume
-that exists only on its host: ``StorageNeed``). One function (``_reasons``) decides them for every host, in
+flags), bridges present, logical networks carried (their bridges present: ``NetworkNeed``), storage (every
+storage domain the VM's disks need active on the host; a local volume that exists only on its host:
+``StorageNeed``). One function (``_reasons``) decides them for every host, in
 production and in tests.
 
 The hosts that survive are asked whether their flavor can run the spec: the agent's plan, with no ``refused``
@@ -212,6 +213,15 @@ def _storage_reasons(needs: tuple[StorageNeed, ...], c: Candidate) -> list[str]:
 
 
 @dataclass(frozen=True)
+class NetworkNeed:
+    """A logical network a VM's NICs name (``corral.engine.networks.needs``): a host carries it when its bridge
+    (``corral.domain.netnames.bridge_for``) is among the host's bridges."""
+
+    network: str
+    bridge: str
+
+
+@dataclass(frozen=True)
 class _Needs:
     """What a spec asks of every host, worked out once per placement rather than once per host."""
 
@@ -221,15 +231,20 @@ class _Needs:
     bridges: frozenset[str]
     hypervisor: str
     storage: tuple[StorageNeed, ...] = ()
+    networks: tuple[NetworkNeed, ...] = ()
 
     @classmethod
-    def of(cls, spec: VmSpec, storage: tuple[StorageNeed, ...] = ()) -> _Needs:
+    def of(cls, spec: VmSpec, storage: tuple[StorageNeed, ...] = (),
+           networks: tuple[NetworkNeed, ...] = ()) -> _Needs:
         features: tuple[str, ...] = ()
         if spec.cpu is not None and spec.cpu.mode is CpuMode.CUSTOM:
             features = tuple(f.name for f in spec.cpu.features if f.policy is FeaturePolicy.REQUIRE)
+        # a network's bridge is checked as the network (its reason names both), not again as a bare bridge
+        of_networks = {n.bridge for n in networks}
         return cls(spec.memory_mib, spec.vcpus, features,
-                   frozenset(n.source for n in spec.nics if n.source_type is NicSource.BRIDGE),
-                   spec.hypervisor.value, storage)
+                   frozenset(n.source for n in spec.nics
+                             if n.source_type is NicSource.BRIDGE and n.source not in of_networks),
+                   spec.hypervisor.value, storage, networks)
 
 
 def _reasons(needs: _Needs, c: Candidate, flavor_policy: str) -> list[str]:
@@ -255,6 +270,9 @@ def _reasons(needs: _Needs, c: Candidate, flavor_policy: str) -> list[str]:
     if needs.bridges and not needs.bridges.issubset(c.bridges):
         wanted = sorted(needs.bridges.difference(c.bridges))
         reasons.append(f"missing bridge(s): {', '.join(wanted)}")
+    for net in needs.networks:
+        if net.bridge not in c.bridges:
+            reasons.append(f"network {net.network} (bridge {net.bridge}) not on this host")
     if needs.storage:
         reasons += _storage_reasons(needs.storage, c)
     return reasons
@@ -439,11 +457,13 @@ class Scheduler:
         return last
 
     async def place(self, spec: VmSpec, candidates: list[Candidate], *, flavor_policy: str = "any",
-                    only_host: str | None = None, storage: tuple[StorageNeed, ...] = ()) -> Placement:
-        """``storage``: the domains the VM's disks need (``corral.engine.vmvolumes.needs``)."""
+                    only_host: str | None = None, storage: tuple[StorageNeed, ...] = (),
+                    networks: tuple[NetworkNeed, ...] = ()) -> Placement:
+        """``storage``: the domains the VM's disks need (``corral.engine.vmvolumes.needs``); ``networks``: the
+        logical networks its NICs name (``corral.engine.networks.needs``)."""
         rejected: dict[str, dict[str, Any]] = {}
         survivors: list[Candidate] = []
-        needs = _Needs.of(spec, storage)
+        needs = _Needs.of(spec, storage, networks)
         for c in candidates:
             if only_host is not None and c.id != only_host:
                 continue

@@ -19,13 +19,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import parse_spec
-from corral.engine import consolepolicy, macs, vmvolumes
+from corral.engine import consolepolicy, macs, networks, vmvolumes
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.context import EngineContext
 from corral.engine.db.models import Cluster, Host, Severity, Task, Vm, VmState, utcnow
 from corral.engine.errors import ApiError, Conflict, NotFound
 from corral.engine.events import record
 from corral.engine.reconcile import ON_HOST, agent_state, reason_of
+from corral.engine.scheduler import NetworkNeed
 from corral.engine.tasks import TaskContext
 
 # action -> (states it may start from, state while the task runs, agent endpoint)
@@ -137,10 +138,14 @@ async def start(ctx: EngineContext, task: TaskContext, vm_id: str, old_state: st
         volumes: list[vmvolumes.DiskVolume] = []
         if any(d.volume is not None for d in spec.disks):
             volumes = await ctx.db.run_read(lambda s: vmvolumes.resolve(s, cluster_id, spec))
+        nets: tuple[NetworkNeed, ...] = ()
+        if networks.named(spec):  # logical networks: their bridges, which placement requires (issue 18)
+            nets = await ctx.db.run_read(lambda s: networks.needs(s, cluster_id, spec))
+            spec = networks.for_host(spec, nets)
         policy, candidates = await ctx.scheduler.candidates(ctx.db, cluster_id)
         placement = await ctx.scheduler.place(vmvolumes.for_host(spec, volumes, pending_too=False), candidates,
                                               flavor_policy=policy, only_host=only,
-                                              storage=vmvolumes.needs(volumes))
+                                              storage=vmvolumes.needs(volumes), networks=nets)
         if placement.host_id is not None:  # at once, before another start places against the same figures
             ctx.scheduler.claim(cluster_id, vm_id, placement.host_id, placement.memory_mib)
         decision = placement.as_dict()

@@ -33,6 +33,8 @@ POST /api/v1/hosts/{host}/reinstall a  POST /api/v1/hosts/{host}/renew-certifica
 POST /api/v1/hosts/{host}/maintenance a  POST /api/v1/hosts/{host}/activate a  DELETE /api/v1/hosts/{host} a
 GET /api/v1/storage-domains v  GET /api/v1/storage-domains/{domain} v  POST /api/v1/storage-domains a
 DELETE /api/v1/storage-domains/{domain} a
+GET /api/v1/networks v       GET /api/v1/networks/{network} v  POST /api/v1/networks a
+DELETE /api/v1/networks/{network} a
 GET /api/v1/templates v      GET /api/v1/templates/{template} v  POST /api/v1/templates a
 DELETE /api/v1/templates/{template} a
 GET /api/v1/users a          POST /api/v1/users a           GET /api/v1/users/me v     GET /api/v1/users/{user} a

@@ -12,6 +12,7 @@ from corral.engine.api import (
     hosts,
     images,
     metrics,
+    networks,
     snapshots,
     storage,
     tasks,
@@ -25,7 +26,8 @@ from corral.engine.api.deps import require_token
 
 def api_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
-    for module in (clusters, hosts, vms, devices, events, tasks, metrics, storage, images, templates, snapshots):
+    for module in (clusters, hosts, vms, devices, events, tasks, metrics, storage, images, templates, snapshots,
+                   networks):
         router.include_router(module.router)
     for module in (users, tokens):
         router.include_router(module.router)

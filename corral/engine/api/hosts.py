@@ -11,7 +11,7 @@ from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from corral.engine import deploy, hostops, storage
+from corral.engine import deploy, hostops, networks, storage
 from corral.engine.agent_client import AgentError, AgentTarget
 from corral.engine.api.clusters import default_cluster
 from corral.engine.api.deps import After, Ctx, Limit, cluster_id_of, find_cluster, find_host, page
@@ -39,7 +39,8 @@ def _running(s: Session, host_id: str) -> tuple[int, int]:
 def _detail(s: Session, h: Host) -> HostDetail:
     n, mem = _running(s, h.id)
     return HostDetail.model_validate(h).model_copy(update={"running_vms": n, "committed_memory_mib": mem,
-                                                           "storage": storage.host_storage(s, h)})
+                                                           "storage": storage.host_storage(s, h),
+                                                           "networks": networks.host_view(s, h).as_dict()})
 
 
 @router.get("", response_model=Page[HostOut])

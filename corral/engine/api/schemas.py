@@ -120,6 +120,8 @@ class HostDetail(HostOut):
     control_domain: dict[str, Any] | None = None
     # the storage domains of its cluster as this host has them: state and reason (corral.engine.storage)
     storage: list[dict[str, Any]] = []
+    # the logical networks of its cluster, carried here or not, and the required ones missing (corral.engine.networks)
+    networks: dict[str, Any] = {}
 
 
 class VmOut(Out):

@@ -10,7 +10,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import SpecError, VmSpec, parse_spec
-from corral.engine import consolepolicy, hostpaths, macs, templates, vmops, vmvolumes
+from corral.engine import consolepolicy, hostpaths, macs, networks, templates, vmops, vmvolumes
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.api import redact
 from corral.engine.api.clusters import default_cluster
@@ -112,6 +112,7 @@ def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] 
     def q(s: Session) -> VmDetail:
         c = find_cluster(s, cluster) if cluster else default_cluster(s)
         consolepolicy.check(parsed, c)
+        networks.check_spec(s, c.id, parsed)  # a NIC's logical network exists in the cluster (nics.N.network)
         if s.get(Vm, parsed.id) is not None:
             raise Conflict(f"a VM with id {parsed.id} exists", field="id")
         if _name_taken(s, parsed.name):
@@ -147,6 +148,7 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
             raise Invalid("the spec id cannot change", field="id")
         parsed = _parse(redact.keep_password(data, row.spec))
         consolepolicy.check(parsed, s.get_one(Cluster, row.cluster_id))
+        networks.check_spec(s, row.cluster_id, parsed)
         if row.external:
             raise Conflict(f"VM {row.name} is external; Corral has no spec for it")
         if row.state not in EDITABLE:
