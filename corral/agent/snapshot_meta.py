@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import libvirt
+
+from corral.private import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,13 @@ def keep(dom: libvirt.virDomain, state_dir: Path) -> bool:
         return False
     where = _dir(state_dir, dom.UUIDString())
     shutil.rmtree(where, ignore_errors=True)
-    where.mkdir(parents=True)
+    private_dir(where)  # the XML is the SECURE one: it may hold a VNC password
     order = []
     for n, snap in enumerate(snaps):
         name = f"{n:04d}.xml"
-        (where / name).write_text(snap.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE))
+        fd = os.open(where / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(snap.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE))
         order.append({"file": name, "current": bool(snap.isCurrent(0))})
     (where / "order.json").write_text(json.dumps(order))
     return True

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -93,6 +95,25 @@ def test_libvirt_snapshots_survive_the_undefine_and_define_of_an_engine_start(
     after = snaps(api, vm_id)["items"]
     assert after == before and [s["current"] for s in after] == [False, True]
     api.post(f"/v1/vms/{vm_id}/snapshots/one/revert", expect=200)
+
+
+def test_kept_snapshot_metadata_is_private(agent_factory: Callable[..., Agent], tmp_path: Path) -> None:
+    """The kept snapshot XML is libvirt's SECURE form (a VNC password may be in it): 0600 in a 0700 folder,
+    whatever the umask."""
+    from corral.agent import snapshot_meta
+
+    api = Api(agent_factory())
+    vm_id = api.create(spec(disks=[{"source": "/a.qcow2", "format": "qcow2"}]))["id"]
+    api.post(f"/v1/vms/{vm_id}/snapshots", json={"name": "one"}, expect=201)
+    old = os.umask(0o022)
+    try:
+        assert snapshot_meta.keep(api.conn().lookupByUUIDString(vm_id), tmp_path)
+    finally:
+        os.umask(old)
+    where = tmp_path / "snapshots" / vm_id / "libvirt"
+    assert stat.S_IMODE(where.stat().st_mode) == 0o700
+    files = list(where.iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files if f.suffix == ".xml")
 
 
 @pytest.mark.parametrize(("body", "field"), [
