@@ -77,13 +77,20 @@ def storage_add(
     server: str = typer.Option(None, "--server", help="nfs: the NFS server"),
     export: str = typer.Option(None, "--export", help="nfs: the exported directory"),
     vg: str = typer.Option(None, "--vg", help="logical: the LVM volume group"),
+    port: int = typer.Option(None, "--port", help="nfs: the server's NFS port (default 2049)"),
+    nfs_version: int = typer.Option(None, "--nfs-version", help="nfs: 3 or 4 (mount with nfsvers=N)"),
+    mount_option: list[str] = typer.Option(None, "--mount-option", help="nfs: a further mount option, "
+                                           "'name' or 'name=value' (repeatable)"),
     cluster: str = typer.Option(None, "--cluster", help="default: the 'default' cluster"),
     output: Output = OutputOpt,
 ) -> None:
     """Add a storage domain: it is defined and started on every up host of the cluster; `show` says how each
     host took it."""
     body: dict[str, Any] = {"name": name, "type": type_}
-    source = {k: v for k, v in (("host", server), ("dir", export), ("vg", vg)) if v}
+    source: dict[str, Any] = {k: v for k, v in (("host", server), ("dir", export), ("vg", vg), ("port", port),
+                                                ("nfs_version", nfs_version)) if v}
+    if mount_option:
+        source["mount_options"] = list(mount_option)
     if path:
         body["path"] = path
     if source:

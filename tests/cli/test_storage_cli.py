@@ -147,3 +147,17 @@ def test_all_in_one_has_a_dir_domain_on_each_host(tmp_path: Path) -> None:
         assert {h["host"]: h["state"] for h in shown["hosts"]} == {"xen-host": "active", "kvm-host": "active"}
         made = cli.json("volume", "create", "disk1", "--storage", "local", "--size", "1G")
         assert made["state"] == "ready" and made["host"] in ("xen-host", "kvm-host")
+
+
+def test_storage_add_nfs_with_its_mount_options(engine: tuple[str, str, dict[str, AgentProc]]) -> None:
+    url, token, _agents = engine
+    env = (url, token)
+    added = json.loads(corral(env, "storage", "add", "shared", "--type", "nfs", "--path", "/mnt/shared",
+                              "--server", "nfs1", "--export", "/export", "--port", "2050", "--nfs-version", "4",
+                              "--mount-option", "soft", "--mount-option", "timeo=50", "-o", "json").stdout)
+    assert added["source"] == {"host": "nfs1", "dir": "/export", "port": 2050, "nfs_version": 4,
+                               "mount_options": ["soft", "timeo=50"]}, added
+    bad = corral(env, "storage", "add", "bad", "--type", "nfs", "--path", "/mnt/bad", "--server", "nfs1",
+                 "--export", "/export", "--nfs-version", "5", code=2)
+    assert "[source.nfs_version]" in bad.stderr, bad.stderr
+    assert "storage domain shared removed" in corral(env, "storage", "remove", "shared").stdout
