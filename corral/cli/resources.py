@@ -297,17 +297,24 @@ def _disk(value: str, device: str = "disk") -> dict[str, Any]:
 
 
 def _nic(value: str) -> dict[str, Any]:
+    """``bridge=BR``, ``network=NET`` (a logical network of the VM's cluster, issue 18) or ``libvirt-network=NET``
+    (a libvirt network defined on the host), then ``model=``, ``mac=``, ``link=``, ``filter=``."""
     nic: dict[str, Any] = {}
     for opt in value.split(","):
         key, _, val = opt.partition("=")
-        if key in ("bridge", "network"):
+        if key == "bridge":
             nic["source_type"], nic["source"] = key, val
+        elif key == "network":
+            nic["network"] = val
+        elif key == "libvirt-network":
+            nic["source_type"], nic["source"] = "network", val
         elif key in ("model", "mac", "link", "filter"):
             nic[key] = val
         else:
-            fail(f"--nic {value}: unknown option {key!r} (bridge, network, model, mac, link, filter)")
-    if "source" not in nic:
-        fail(f"--nic {value}: give bridge=NAME or network=NAME")
+            fail(f"--nic {value}: unknown option {key!r} (bridge, network, libvirt-network, model, mac, link, "
+                 "filter)")
+    if "source" not in nic and "network" not in nic:
+        fail(f"--nic {value}: give bridge=NAME, network=NAME or libvirt-network=NAME")
     return nic
 
 
@@ -343,7 +350,8 @@ def vm_create(
     disk: list[str] = typer.Option(None, "--disk", help="size=10G[,format=qcow2][,storage=S][,bus=virtio] (a new "
                                    "volume), image=NAME[,size=20G][,clone=full] (a new volume from an uploaded "
                                    "image), volume=NAME (an existing one) or PATH[,format=qcow2] (a host path)"),
-    nic: list[str] = typer.Option(None, "--nic", help="bridge=BR[,model=virtio] or network=NET"),
+    nic: list[str] = typer.Option(None, "--nic", help="bridge=BR[,model=virtio], network=NET (a logical "
+                                   "network) or libvirt-network=NET"),
     cdrom: list[str] = typer.Option(None, "--cdrom", help="iso=NAME (an uploaded ISO), an ISO path, or 'empty' "
                                     "(repeatable)"),
     template: str = typer.Option(None, "--template", help="make the VM from this template: its disks are clones "
