@@ -167,6 +167,14 @@ class Host(Base):
     host_uuid: Mapped[str | None] = mapped_column(String(64), default=None, unique=True, index=True)
     event_epoch: Mapped[str | None] = mapped_column(String(64), default=None)
     control_domain: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    # Migration 0012 (issue 13, corral.engine.ha): power management (``{"agent", "options", "timeout"}``, a
+    # fence-agents agent and its stdin options; None: none) and the fencing of a host that stopped answering:
+    # ``fence_state`` "" (nothing to do) | fencing | fenced | fence_failed | confirmed (the operator said it
+    # was rebooted), with its reason and when it changed.
+    fence: Mapped[dict[str, Any] | None] = mapped_column(JsonType, default=None)
+    fence_state: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    fence_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    fence_changed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Vm(Base):
@@ -182,6 +190,7 @@ class Vm(Base):
         Index(None, "host_id", "id"),
         Index(None, "cluster_id", "id"),
         Index(None, "last_host_id"),
+        Index(None, "ha_pending_since"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -200,6 +209,12 @@ class Vm(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     state_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Migration 0012 (issue 13): high availability, an engine setting (hosts never see it): restarted elsewhere,
+    # highest ``ha_priority`` first, after its host was fenced; ``ha_pending_since``: a restart is owed to it
+    # (set when its fenced host's VMs were marked down, cleared when it runs again or is no longer HA).
+    ha: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    ha_priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    ha_pending_since: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class VmMac(Base):
