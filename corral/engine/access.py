@@ -134,6 +134,7 @@ RULES: dict[str, Role | None] = {
     "GET /portal/events": V,
     "GET /portal/storage": V,
     "GET /portal/storage/{domain_id}": V,
+    "GET /portal/networks": V,
     "GET /portal/images": V,
     "GET /portal/templates": V,
     "GET /portal/templates/{template_id}": V,

@@ -59,7 +59,7 @@ GET /portal/hosts/{host_id} v  GET /portal/vms v            GET /portal/vms/new 
 GET /portal/vms/{vm_id}/devices v  GET /portal/vms/{vm_id}/serial o  GET /portal/vms/{vm_id}/console o
 GET /portal/vms/{vm_id}/terminal o  WS /portal/vms/{vm_id}/ws/{kind} o
 GET /portal/events v         GET /portal/storage v          GET /portal/storage/{domain_id} v  GET /portal/images v
-GET /portal/templates v      GET /portal/templates/{template_id} v
+GET /portal/templates v      GET /portal/templates/{template_id} v  GET /portal/networks v
 GET /portal/users a          GET /portal/stream v
 GET /portal/api/{path:path} v  POST /portal/api/{path:path} v  PUT /portal/api/{path:path} v
 PATCH /portal/api/{path:path} v  DELETE /portal/api/{path:path} v

@@ -13,6 +13,7 @@ from corral.engine.portal.pages import (
     events,
     hosts,
     images,
+    networks,
     session,
     storage,
     stream,
@@ -24,6 +25,6 @@ from corral.engine.portal.pages import (
 
 ROUTERS: tuple[APIRouter, ...] = (session.router, dashboard.router, hosts.router, vms.router, vm.router,
                                   console.router, events.router, storage.router, images.router, templates.router,
-                                  users.router, stream.router, api.router, apidocs.router)
+                                  networks.router, users.router, stream.router, api.router, apidocs.router)
 
 __all__ = ["ROUTERS"]
