@@ -121,6 +121,10 @@ def _problem(exc: BaseException) -> tuple[int, str] | None:
         err = from_libvirt(exc, "console")
         if exc.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
             return 409, f"this host's driver has no console streams: {exc.get_error_message()}"
+        if "not using a PTY" in (exc.get_error_message() or ""):
+            # Xen HVM: the flavor logs the serial port to a file (ConsoleLog.FILE), and libxl opens only that one
+            return 409, ("the VM's console writes to a file on this host and is not interactive; read its log "
+                         f"(GET .../console): {exc.get_error_message()}")
         return err.status, err.message
     return None
 
