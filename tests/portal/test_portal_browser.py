@@ -366,7 +366,8 @@ def test_host_deploy_over_ssh_from_the_form(engine: AllInOne, page: Page, shots:
 
 def test_portal_console_on_a_real_vnc_server(engine: AllInOne, page: Page, shots: Shots,
                                              qemu_host: concurrent.futures.Future[QemuHost | str]) -> None:
-    """noVNC connected through the engine's WebSocket proxy to the VNC server of a VM on the QEMU lab."""
+    """noVNC connected through the engine's console WebSocket, relayed by the agent to the VNC server of a VM on
+    the QEMU lab (listening on the loopback only); then the serial terminal through the same relay."""
     t0 = time.monotonic()
     host = qemu_host.result(timeout=900)
     if isinstance(host, str):
@@ -417,6 +418,13 @@ def _real_console(page: Page, shots: Shots, api: Any, base: str, qemu: QemuHost)
         assert size[0] >= 320 and size[1] >= 200, size
         page.wait_for_timeout(1500)  # let the first frame paint for the screenshot
         shots.take("qemu-vm-console")
+        # the serial terminal (xterm.js) through the same relay: the guest's ticks come, keys go
+        page.click("text=Serial terminal")
+        expect(page.locator("#term-status")).to_have_attribute("data-state", "connected", timeout=30_000)
+        text = page.locator(".xterm-rows") if page.locator("#terminal").get_attribute("data-xterm") \
+            else page.locator("#terminal-text")
+        expect(text).to_contain_text("CORRAL-GUEST-TICK", timeout=30_000)
+        shots.take("qemu-vm-terminal")
         page.goto(base + f"/portal/vms/{vm['id']}/serial")
         expect(page.locator("#serial-log")).to_contain_text("CORRAL-GUEST-UP", timeout=60_000)
         shots.take("qemu-vm-serial")

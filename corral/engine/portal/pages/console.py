@@ -57,7 +57,13 @@ async def vm_console(page: PageDep, found: VmDep) -> Response:
 
 @router.get(PREFIX + "/vms/{vm_id}/terminal")
 async def vm_terminal(page: PageDep, found: VmDep) -> Response:
-    return await _console_page(page, found, "serial", "terminal.html", "Serial terminal")
+    resp = await _console_page(page, found, "serial", "terminal.html", "Serial terminal")
+    # xterm.js sizes its rows with <style> elements it writes at run time (their text changes with the font and
+    # the window, so no hash fits): inline *styles* are allowed on this page only; scripts stay 'self'
+    csp = resp.headers.get("Content-Security-Policy")
+    if csp:
+        resp.headers["Content-Security-Policy"] = csp.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+    return resp
 
 
 @router.websocket(PREFIX + "/vms/{vm_id}/ws/{kind}")
