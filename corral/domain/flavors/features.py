@@ -95,6 +95,9 @@ class Feature(StrEnum):
     SNAPSHOT = "snapshot"  # how a VM's snapshots are taken (SnapshotMechanism); not a spec field: an operation
     SNAPSHOT_LIVE = "snapshot.live"  # a snapshot of a running VM (with its memory)
     DISK_RESIZE_LIVE = "disk.resize_live"  # a running VM's disk grown in place (an operation, not a spec field)
+    MIGRATION = "migration"  # how a running VM moves to another host (MigrationMechanism); an operation
+    MIGRATION_ABORT = "migration.abort"  # a running migration cancelled, the VM left running on the source
+    MIGRATION_BANDWIDTH = "migration.bandwidth"  # a migration's bandwidth limited (MiB/s)
 
 
 class Check(StrEnum):
@@ -206,6 +209,16 @@ class SnapshotMechanism(StrEnum):
     OFFLINE_QCOW2 = "offline-qcow2"  # the driver has no snapshot API: the agent runs qemu-img on the stopped VM
 
 
+class MigrationMechanism(StrEnum):
+    """How the agent migrates a running VM (corral.agent.migration)."""
+
+    # managed peer-to-peer: the source libvirtd connects to the destination's and drives the whole migration,
+    # so the source agent alone runs it, reads its progress and can abort it; the destination is defined
+    # persistently and the source's definition removed. The data goes through the authenticated libvirt
+    # connection (tunnelled), or QEMU to QEMU over a migration network when the request names one
+    PEER2PEER = "peer2peer"
+
+
 POLICY_TYPES: Mapping[Feature, type[StrEnum]] = {
     F.NIC_LINK_DOWN: LinkControl,
     F.GRAPHICS_PASSWORD: GraphicsPassword,
@@ -216,4 +229,5 @@ POLICY_TYPES: Mapping[Feature, type[StrEnum]] = {
     F.CLOUD_INIT_SEED: SeedDevice,
     F.GUEST_AGENT: AgentChannel,
     F.SNAPSHOT: SnapshotMechanism,
+    F.MIGRATION: MigrationMechanism,
 }

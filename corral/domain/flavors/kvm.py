@@ -15,6 +15,7 @@ from corral.domain.flavors.features import (
     GraphicsPassword,
     LinkControl,
     MemoryAtStart,
+    MigrationMechanism,
     SeedDevice,
     SnapshotMechanism,
 )
@@ -94,6 +95,13 @@ TABLE: Table = {
                                                   "qcow2"),
     F.SNAPSHOT_LIVE: native(None, "a running VM's snapshot holds its memory too; a revert resumes it running"),
     F.DISK_RESIZE_LIVE: native(None, "virDomainBlockResize: QEMU grows the image and tells the guest the new size"),
+    F.MIGRATION: native(MigrationMechanism.PEER2PEER,
+                        "managed peer-to-peer (virDomainMigrateToURI3 with PEER2PEER|LIVE|PERSIST_DEST|"
+                        "UNDEFINE_SOURCE): the source libvirtd drives it, progress from the job stats; the data "
+                        "is tunnelled through the authenticated libvirt connection, or goes QEMU to QEMU over a "
+                        "migration network the request names"),
+    F.MIGRATION_ABORT: native(None, "virDomainAbortJob: the VM keeps running on the source"),
+    F.MIGRATION_BANDWIDTH: native(None, "VIR_MIGRATE_PARAM_BANDWIDTH (MiB/s)"),
 }
 
 _TCG_CPU = "TCG (no /dev/kvm) cannot pass the host CPU through; 'maximum' offers every feature QEMU emulates"

@@ -16,6 +16,7 @@ from corral.domain.flavors.features import (
     GraphicsPassword,
     LinkControl,
     MemoryAtStart,
+    MigrationMechanism,
     SeedDevice,
     SnapshotMechanism,
 )
@@ -36,6 +37,8 @@ _FLOPPY = "libxl has no floppy drive: libvirt accepts the definition but the sta
 _VIRTIO_DISK = "libxl has no virtio-blk; the start would fail ('unsupported virtual disk identifier vdX') [D4]"
 # measured on the Xen lab (libvirt 9.0, Xen 4.17), for a running and for a stopped domain alike
 NO_SNAPSHOT_API = "this function is not supported by the connection driver: virDomainSnapshotCreateXML"
+# measured on the Xen lab (libvirt 9.0, Xen 4.17) during a migration [L15]
+NO_ABORT_JOB = "this function is not supported by the connection driver: virDomainAbortJob"
 NO_BLOCK_RESIZE = "this function is not supported by the connection driver: virDomainBlockResize"
 _VIRTIO_NIC = "libxl has no virtio-net; PV guests take netfront only, HVM qemu refuses 'virtio' [D4]"
 
@@ -165,6 +168,14 @@ TABLE: Table = {
     F.DISK_RESIZE_LIVE: refused(f"online resize: libxl has no block resize (measured on Xen 4.17, libvirt 9.0: "
                                 f"'{NO_BLOCK_RESIZE}'), and growing the file under the running backend would not "
                                 "tell the guest; stop the VM to grow its disk"),
+    F.MIGRATION: native(MigrationMechanism.PEER2PEER,
+                        "libxl migrates peer-to-peer only (direct migration is refused) [L14]: "
+                        "virDomainMigrateToURI3 with PEER2PEER|LIVE|PERSIST_DEST|UNDEFINE_SOURCE, tunnelled; the "
+                        "same Xen version on both hosts; progress from the job stats where libxl fills them"),
+    F.MIGRATION_ABORT: refused(f"libxl has no job abort (measured: '{NO_ABORT_JOB}') [L15]: a started "
+                               "migration runs to its end or fails by itself"),
+    F.MIGRATION_BANDWIDTH: refused("libxl has no migration tuning (migrateSetMaxSpeed unsupported; the legacy "
+                                   "API fails on the bandwidth parameter) [L14, L15]"),
 }
 
 XEN = Flavor(
