@@ -58,6 +58,12 @@ RULES: dict[str, Role | None] = {
     "POST /api/v1/hosts/{host}/maintenance": A,
     "POST /api/v1/hosts/{host}/activate": A,
     "DELETE /api/v1/hosts/{host}": A,
+    # power management and HA (issue 13): admins set and test fence agents and confirm a host rebooted
+    "GET /api/v1/hosts/{host}/fencing": V,
+    "PUT /api/v1/hosts/{host}/fencing": A,
+    "POST /api/v1/hosts/{host}/fence-test": A,
+    "POST /api/v1/hosts/{host}/confirm-rebooted": A,
+    "PUT /api/v1/vms/{vm}/ha": OP,
     "GET /api/v1/storage-domains": V,
     "GET /api/v1/storage-domains/{domain}": V,
     "POST /api/v1/storage-domains": A,

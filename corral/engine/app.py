@@ -25,6 +25,7 @@ from corral.engine.db.session import Database
 from corral.engine.deploy import CertRenewer, interrupted_deploys
 from corral.engine.errors import install_handlers
 from corral.engine.failures import install_failure_handlers
+from corral.engine.ha import HaController, HaSettings
 from corral.engine.limits import BodyLimit
 from corral.engine.monitor import Monitor, MonitorSettings
 from corral.engine.pki import EnginePki
@@ -40,7 +41,8 @@ API_TITLE = "Corral engine API"
 def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: bool = True,
                start_monitor: bool = True,
                agent_verify: bool | str | ssl.SSLContext | None = None, data_dir: Path | None = None,
-               cert_renew_interval: float = 6 * 3600.0, insecure: bool = False) -> FastAPI:
+               cert_renew_interval: float = 6 * 3600.0, insecure: bool = False,
+               ha: HaSettings | None = None) -> FastAPI:
     """Build the engine app on the database at ``db_url`` (``sqlite:///PATH`` or ``postgresql+psycopg://``).
 
     With a ``data_dir`` the engine has its CA (``<data_dir>/pki``, created on first start): agents deployed over
@@ -74,6 +76,9 @@ def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: boo
         holder["ctx"] = ctx
         renewer = CertRenewer(ctx, interval=cert_renew_interval)
         app.state.cert_renewer = renewer
+        ha_controller = HaController(ctx, ha)  # fences lost hosts, restarts their HA VMs (issue 13)
+        mon.cycle_hooks.append(ha_controller.kick)
+        app.state.ha = ha_controller
         if start_monitor:
             await mon.start()
             if pki is not None:
@@ -83,6 +88,7 @@ def create_app(db_url: str, *, monitor: MonitorSettings | None = None, auth: boo
         finally:
             await renewer.stop()
             await mon.stop()
+            await ha_controller.stop()
             await tasks.cancel_all()
             await agents.aclose()
             db.dispose()

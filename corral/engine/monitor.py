@@ -25,6 +25,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -306,6 +307,8 @@ class Monitor:
         self._running = False
         self._cycle_number = 0
         self.cycles: deque[CycleStats] = deque(maxlen=1000)
+        # called after every cycle, e.g. the HA controller's kick (corral.engine.ha): quick, never awaited
+        self.cycle_hooks: list[Callable[[], None]] = []
 
     # lifecycle
     async def start(self) -> None:
@@ -487,6 +490,8 @@ class Monitor:
             started = loop.time()
             try:
                 await self.cycle()
+                for hook in self.cycle_hooks:
+                    hook()
             except asyncio.CancelledError:
                 raise
             except Exception:

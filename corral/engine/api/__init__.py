@@ -9,6 +9,7 @@ from corral.engine.api import (
     clusters,
     devices,
     events,
+    fencing,
     hosts,
     images,
     metrics,
@@ -27,7 +28,7 @@ from corral.engine.api.deps import require_token
 def api_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
     for module in (clusters, hosts, vms, devices, events, tasks, metrics, storage, images, templates, snapshots,
-                   networks):
+                   networks, fencing):
         router.include_router(module.router)
     for module in (users, tokens):
         router.include_router(module.router)

@@ -103,6 +103,8 @@ class HostOut(Out):
     reserved_memory_mib: int
     bridges: list[str]
     last_seen_at: datetime | None
+    fence_state: str = ""  # "" | fencing | fenced | fence_failed | confirmed (issue 13, docs/ha.md)
+    fence_reason: str = ""
     created_at: datetime
 
 
@@ -137,6 +139,8 @@ class VmOut(Out):
     memory_mib: int
     memory_current_mib: int | None = None  # what it runs with now (the balloon), when it runs
     vcpus: int
+    ha: bool = False  # restarted elsewhere after its host was fenced (issue 13, docs/ha.md)
+    ha_priority: int = 0
     created_at: datetime
     state_changed_at: datetime
 

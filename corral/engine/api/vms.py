@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from corral.domain.spec import SpecError, VmSpec, parse_spec
 from corral.engine import consolepolicy, hostpaths, macs, networks, templates, vmops, vmvolumes
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
-from corral.engine.api import redact
+from corral.engine.api import fencing, redact
 from corral.engine.api.clusters import default_cluster
 from corral.engine.api.deps import (
     After,
@@ -61,7 +61,7 @@ def _name_taken(s: Session, name: str, but: str | None = None) -> bool:
 
 # The columns of a VmOut, read without ORM objects (and without the JSON spec and placement a list does not show)
 _OUT_COLUMNS = (Vm.id, Vm.name, Vm.cluster_id, Vm.external, Vm.state, Vm.state_reason, Vm.host_id,
-                Vm.last_host_id, Vm.memory_mib, Vm.vcpus, Vm.created_at, Vm.state_changed_at)
+                Vm.last_host_id, Vm.memory_mib, Vm.vcpus, Vm.created_at, Vm.state_changed_at, Vm.ha, Vm.ha_priority)
 _OUT_KEYS = tuple(c.key for c in _OUT_COLUMNS)
 _RUNNING = ("up", "paused", "shutting_down")  # states in which a VM's memory is in use on its host
 
@@ -107,6 +107,8 @@ def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] 
     """Store a VM. Nothing happens on a host until it is started. ``template`` (and ``clone``) in the body: the
     VM is made from that template, the body's other fields overriding its spec."""
     hostpaths.check_spec(spec)  # the caller's own host paths (a template's were an admin's)
+    spec = dict(spec)
+    ha_on, ha_priority = fencing.check_ha(spec)  # engine settings in the body, not spec fields (issue 13)
     parsed = _parse(ctx.db.read(lambda s: templates.expand(s, spec, cluster)))
 
     def q(s: Session) -> VmDetail:
@@ -121,7 +123,7 @@ def create_vm(ctx: Ctx, spec: SpecBody, cluster: Annotated[str | None, Query()] 
         full, volumes = vmvolumes.attach(s, parsed.id, parsed.name, c.id, full)  # size_bytes disks: new volumes
         vm = Vm(id=parsed.id, name=parsed.name, cluster_id=c.id, external=False,
                 spec=full.model_dump(mode="json"), memory_mib=parsed.memory_mib, vcpus=parsed.vcpus,
-                state=VmState.DOWN.value, state_reason="")
+                state=VmState.DOWN.value, state_reason="", ha=ha_on, ha_priority=ha_priority)
         s.add(vm)
         s.add_all(volumes)
         s.flush()  # the row first: its MACs refer to it
@@ -144,6 +146,9 @@ def update_vm(ctx: Ctx, vm: str, spec: SpecBody) -> VmDetail:
         row = find_vm(s, vm)
         hostpaths.check_spec(spec, before=row.spec)
         data = dict(spec)
+        if "ha" in data or "ha_priority" in data:  # engine settings (issue 13); absent: unchanged
+            row.ha, row.ha_priority = fencing.check_ha({"ha": row.ha, "ha_priority": row.ha_priority, **data})
+            data.pop("ha", None), data.pop("ha_priority", None)
         if data.setdefault("id", row.id) != row.id:
             raise Invalid("the spec id cannot change", field="id")
         parsed = _parse(redact.keep_password(data, row.spec))
