@@ -31,6 +31,8 @@ from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.connection import Unavailable
 from corral.agent.errors import AgentError, Invalid, Unsupported, from_libvirt
 from corral.agent.fastpath import FastPath
+from corral.agent.migration import Migrations
+from corral.agent.migration_routes import migration_router
 from corral.agent.netsetup.routes import hostnet_router
 from corral.agent.relay import console_router
 from corral.agent.service import Agent
@@ -245,6 +247,8 @@ def create_app(agent: Agent, token: str | None = None, *, client_certs: bool = F
         lambda: agent.detection.flavor if agent.detection is not None else None)))
     snapshots = Snapshots(lambda: calls.vms, agent.settings.state_dir)
     app.include_router(snapshots_router(lambda: snapshots, answer))  # before POST /v1/vms/{vm_id}/{action}
+    migrations = Migrations(lambda: calls.vms, lambda: agent.settings.libvirt)
+    app.include_router(migration_router(lambda: migrations, answer))  # before POST /v1/vms/{vm_id}/{action}
     app.include_router(console_router(lambda: calls.vms))  # WebSockets: VNC and serial relayed (relay.py)
     app.include_router(hostnet_router(lambda: agent.hostnet, answer))  # /v1/host/network (netsetup/routes.py)
 

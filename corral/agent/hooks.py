@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 HOOK_POINTS = ("before_vm_define", "before_vm_start", "after_vm_start", "before_vm_shutdown",
                "after_vm_shutdown", "before_vm_destroy", "after_vm_destroy", "before_vm_undefine",
-               "before_device_hotplug", "after_device_hotplug", "before_device_unplug", "after_device_unplug")
+               "before_device_hotplug", "after_device_hotplug", "before_device_unplug", "after_device_unplug",
+               "before_vm_migrate_source", "after_vm_migrate_source", "after_vm_migrate_destination")
 
 
 @dataclass

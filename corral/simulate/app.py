@@ -26,6 +26,7 @@ from corral.agent.app import ACTIONS, agent_fastapi, install_error_handlers, sto
 from corral.agent.bodies import hotplug_args, shutdown_args
 from corral.agent.errors import Invalid
 from corral.agent.events import EventBus
+from corral.agent.migration_routes import migration_router
 from corral.agent.netsetup.routes import hostnet_router
 from corral.agent.snapshot_routes import snapshots_router
 from corral.domain.spec import VmSpec, parse_spec
@@ -127,6 +128,7 @@ def create_agent_app() -> FastAPI:
     app.include_router(storage_router(None))  # the agent's storage routes; simulated hosts have no storage yet
     app.include_router(snapshots_router(None, _json_answer))  # the same: no disks, 409 unsupported
     app.include_router(hostnet_router(None, _json_answer))  # the same: no links, 409 unsupported
+    app.include_router(migration_router(None, _json_answer))  # the same: no migration, 409 unsupported
 
     @app.get("/v1/health", response_model=dict[str, Any])
     async def health() -> Response:
