@@ -363,6 +363,9 @@ def vm_create(
     graphics: str = typer.Option(None, "--graphics", help="vnc or spice"),
     cloud_init: str = typer.Option(None, "--cloud-init", help=CLOUD_INIT_HELP),
     cluster: str = typer.Option(None, "--cluster"),
+    ha: bool = typer.Option(False, "--ha", help="highly available: restarted elsewhere after its host was fenced "
+                            "(docs/ha.md)"),
+    ha_priority: int = typer.Option(None, "--ha-priority", help="0-100, highest restarted first (default 0)"),
     output: Output = OutputOpt,
 ) -> None:
     """Define a VM in the engine (it is placed on a host when started)."""
@@ -400,6 +403,8 @@ def vm_create(
             body["graphics"] = {"type": graphics}
     if cloud_init:
         body["cloud_init"] = parse_cloud_init(cloud_init)
+    if ha or ha_priority is not None:  # engine settings beside the spec (issue 13)
+        body.update(ha=ha, **({"ha_priority": ha_priority} if ha_priority is not None else {}))
     api = ApiClient()
     path = "/vms" + (f"?cluster={cluster}" if cluster else "")
     show(api.request("POST", path, json=body), output)
