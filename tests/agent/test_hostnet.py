@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyroute2.config
 import pytest
 from pyroute2 import NetNS, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -32,6 +33,9 @@ if os.geteuid() != 0:
     pytest.skip("network namespaces need root", allow_module_level=True)
 
 NICS = ("eth1", "eth2", "eth3")
+# pyroute2 opens a namespace's socket in a forked child and waits 2 s for it: too short in the Xen lab's dom0
+# (TCG, load 8-9), where the tests failed in setup with "no response from the child"
+pyroute2.config.default_communicate_timeout = max(pyroute2.config.default_communicate_timeout, 60)
 
 
 @pytest.fixture
