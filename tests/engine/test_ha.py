@@ -19,9 +19,11 @@ from corral.engine.app import create_app
 from corral.engine.auth import create_token
 from corral.engine.ha import HaSettings
 from corral.engine.monitor import MonitorSettings
+from corral.engine.portal import users
 from tests.engine.agents import REPO, AgentProc
 from tests.engine.conftest import Api
 from tests.engine.test_with_agents import add_hosts, eventually
+from tests.portal.test_portal_app import PASSWORD, login
 
 LAB_FENCE = REPO / "labs" / "fence"
 # short cycles; a poll of a frozen agent times out after 1 s; 3 missed polls make a host unreachable
@@ -113,7 +115,7 @@ def test_fenced_host_ha_vm_restarts_elsewhere(ha_api: Api, pair: dict[str, Agent
     assert api.get(f"/vms/{vms['web']['id']}")["state"] == "up"  # its debt is paid: not started again
 
 
-def test_failed_fence_restarts_nothing_until_confirmed(ha_api: Api, pair: dict[str, AgentProc]) -> None:
+def test_failed_fence_restarts_nothing_until_confirmed(ha_api: Api, pair: dict[str, AgentProc], db_url: str) -> None:
     api = ha_api
     vms = setup_vms(api, pair)
     put(api, "/hosts/host-a/fencing", {"agent": "fence_corral_fail", "options": {"ip": "10.0.0.9"}})
@@ -129,6 +131,11 @@ def test_failed_fence_restarts_nothing_until_confirmed(ha_api: Api, pair: dict[s
     assert api.get("/events", object_id=host["id"], type="host_fence_failed")["items"][0]["severity"] == "error"
     web_starts = [t for t in api.get("/tasks", limit=500)["items"] if t["object_id"] == vms["web"]["id"]]
     assert len(web_starts) == 1  # the first start only
+    users.create_admin(db_url, "admin", PASSWORD)  # the portal's host page shows the fencing state
+    login(api.client)
+    page = api.client.get(f"/portal/hosts/{host['id']}").text
+    fence = page[page.index(f'data-host-fence="{host["id"]}"'):]
+    assert fence.index("fence_failed") < fence.index("</dd>") and "always fails" in fence[:fence.index("</dd>")]
 
     # the operator checked the machine: the host's VMs are released, the HA one starts on B
     pair["host-a"].kill()  # (it is really off now)
