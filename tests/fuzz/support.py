@@ -14,6 +14,7 @@ schema (``schemathesis.pytest.from_fixture``, needed for a schema served by a fi
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections import Counter
@@ -31,8 +32,10 @@ from schemathesis.checks import not_a_server_error
 from tests.agent.conftest import free_port
 
 # Examples per operation unless a suite says otherwise: enough to cross the refusal paths of a handler; the
-# whole directory stays under ~3 minutes on 2 CPUs (each suite prints its time).
+# whole directory stays under ~3 minutes on 2 CPUs (each suite prints its time). CORRAL_FUZZ_EXAMPLES=N runs N
+# per operation everywhere, for a longer hunt by hand.
 MAX_EXAMPLES = 15
+OVERRIDE = int(os.environ.get("CORRAL_FUZZ_EXAMPLES", "0"))
 
 FUZZ = settings(
     max_examples=MAX_EXAMPLES,
@@ -138,7 +141,7 @@ def fuzz(schema: Any, subtests: Any, send: Callable[[Case], Response], known: Ma
 def run_operation(operation: Any, known: Mapping[str, list[str]], send: Callable[[Case], Response],
                   statuses: Counter[int], max_examples: int) -> None:
     """One operation's examples under Hypothesis (shrunk to the smallest failing request on a failure)."""
-    @settings(FUZZ, max_examples=max_examples)
+    @settings(FUZZ, max_examples=OVERRIDE or max_examples)
     @given(case=strategy(operation, known))
     def one(case: Case) -> None:
         statuses[send(case).status_code] += 1
