@@ -64,6 +64,9 @@ RULES: dict[str, Role | None] = {
     "POST /api/v1/hosts/{host}/fence-test": A,
     "POST /api/v1/hosts/{host}/confirm-rebooted": A,
     "PUT /api/v1/vms/{vm}/ha": OP,
+    # live migration (issue 13): operators move VMs and cancel tasks that can be cancelled (a migration)
+    "POST /api/v1/vms/{vm}/migrate": OP,
+    "DELETE /api/v1/tasks/{task_id}": OP,
     "GET /api/v1/storage-domains": V,
     "GET /api/v1/storage-domains/{domain}": V,
     "POST /api/v1/storage-domains": A,

@@ -66,6 +66,9 @@ class TaskRunner:
     # the task's answer and are not applied to the VM (``HostReport.superseded``); pruned by the monitor
     released: dict[str, float] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # task id -> how to cancel it, for the tasks that can be (a migration: its agent's abort); a task sets and
+    # removes its own entry. ``DELETE /api/v1/tasks/{id}`` (corral.engine.api.migrate) calls it
+    cancellers: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
 
     def fail_orphans(self) -> int:
         """Fail the tasks a previous run left unfinished, and release the VMs they left ``starting``.

@@ -33,6 +33,7 @@ POST /api/v1/hosts/{host}/reinstall a  POST /api/v1/hosts/{host}/renew-certifica
 POST /api/v1/hosts/{host}/maintenance a  POST /api/v1/hosts/{host}/activate a  DELETE /api/v1/hosts/{host} a
 GET /api/v1/hosts/{host}/fencing v  PUT /api/v1/hosts/{host}/fencing a  POST /api/v1/hosts/{host}/fence-test a
 POST /api/v1/hosts/{host}/confirm-rebooted a  PUT /api/v1/vms/{vm}/ha o
+POST /api/v1/vms/{vm}/migrate o  DELETE /api/v1/tasks/{task_id} o
 GET /api/v1/storage-domains v  GET /api/v1/storage-domains/{domain} v  POST /api/v1/storage-domains a
 DELETE /api/v1/storage-domains/{domain} a
 GET /api/v1/networks v       GET /api/v1/networks/{network} v  POST /api/v1/networks a

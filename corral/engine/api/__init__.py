@@ -13,6 +13,7 @@ from corral.engine.api import (
     hosts,
     images,
     metrics,
+    migrate,
     networks,
     snapshots,
     storage,
@@ -27,8 +28,8 @@ from corral.engine.api.deps import require_token
 
 def api_router() -> APIRouter:
     router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
-    for module in (clusters, hosts, vms, devices, events, tasks, metrics, storage, images, templates, snapshots,
-                   networks, fencing):
+    for module in (clusters, hosts, migrate, vms, devices, events, tasks, metrics, storage, images, templates,
+                   snapshots, networks, fencing):
         router.include_router(module.router)
     for module in (users, tokens):
         router.include_router(module.router)
