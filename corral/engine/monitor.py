@@ -553,9 +553,11 @@ class Monitor:
         return stats
 
     def metrics(self) -> dict[str, Any]:
-        """The recent cycles (oldest first) and what is being watched, for ``GET /api/v1/_metrics``."""
+        """The recent cycles (oldest first) and what is being watched, for ``GET /api/v1/_metrics``. Called from a
+        worker thread while the loop appends cycles: ``tuple()`` copies the deque in one step (C code, under the
+        GIL), iterating it directly raced ("deque mutated during iteration", a 500)."""
         return {"hosts": len(self.watchers), "poll_interval": self.settings.poll_interval,
-                "cycles": [asdict(c) for c in self.cycles]}
+                "cycles": [asdict(c) for c in tuple(self.cycles)]}
 
     # writer
     async def _writer(self) -> None:
