@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from corral.domain.netnames import bridge_for
@@ -76,8 +76,11 @@ def for_host(spec: VmSpec, networks: tuple[NetworkNeed, ...]) -> VmSpec:
 def users(s: Session, n: Network) -> list[str]:
     """The names of the VMs of the network's cluster with a NIC that names it."""
     out = []
+    # the JSON's text names the network (in any of its fields) on both databases: only those specs are decoded
+    mentions = cast(Vm.spec, Text).contains(f'"{n.name}"', autoescape=True)
     for name, spec in s.execute(select(Vm.name, Vm.spec).where(Vm.cluster_id == n.cluster_id,
-                                                               Vm.external.is_(False), Vm.spec.is_not(None))):
+                                                               Vm.external.is_(False), Vm.spec.is_not(None),
+                                                               mentions)):
         if any(isinstance(nic, dict) and nic.get("network") == n.name for nic in (spec or {}).get("nics") or []):
             out.append(name)
     return sorted(out)

@@ -47,6 +47,9 @@ def test_create_list_show_delete_and_refusals(api: Api) -> None:
     assert plain["vlan"] is None and plain["mtu"] == 1500 and plain["bridge"] == bridge_for("mgmt-network-long")
     assert [n["name"] for n in api.get("/networks", cluster="default")["items"]] == ["data", "mgmt-network-long"]
     assert [n["name"] for n in api.get("/networks", role="migration")["items"]] == ["data"]
+    assert [n["name"] for n in api.get("/networks", role="vm")["items"]] == ["data"]
+    assert [n["name"] for n in api.get("/networks", role="management")["items"]] == ["mgmt-network-long"]
+    assert api.get("/networks", role="storage")["items"] == []
     assert api.get("/networks/data")["description"] == "tenant traffic"
     assert api.get(f"/networks/{net['id']}")["name"] == "data"
 
@@ -84,10 +87,10 @@ def test_vm_nic_names_a_network_of_its_cluster(api: Api) -> None:
     spec = vm["spec"]
     spec["nics"][0] = {"network": "gone"}
     assert api.call("PUT", f"/vms/{vm['id']}", 404, json=spec)["field"] == "nics.0.network"  # type: ignore[index]
-    # the network cannot go while the VM's NIC names it
+    # the network cannot go while the VM's NIC names it (a VM merely named like it does not count)
+    api.post("/vms", {"name": "data", "memory_mib": 64, "nics": [{"source": "br0"}]}, status=201)
     refused = api.call("DELETE", "/networks/data", 409)
     assert refused["field"] == "network" and refused["vms"] == ["v"], refused  # type: ignore[index]
-    assert [v["name"] for v in [api.get("/networks/data")]] == ["data"]
     assert api.get("/networks/data")["vms"] == ["v"]
     api.call("DELETE", f"/vms/{vm['id']}", 204)
     api.call("DELETE", "/networks/data", 204)
