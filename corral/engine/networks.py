@@ -39,14 +39,19 @@ def named(spec: VmSpec) -> list[tuple[int, str]]:
 
 def check_spec(s: Session, cluster_id: str, spec: VmSpec) -> None:
     """Every network a NIC names exists in the VM's cluster; the refusal names the NIC's field."""
-    wanted = named(spec)
+    check(s, cluster_id, [(f"nics.{i}.network", name) for i, name in named(spec)])
+
+
+def check(s: Session, cluster_id: str, wanted: list[tuple[str, str]]) -> None:
+    """(field, network name): each network exists in the cluster, else 404 naming the field (a hot-plugged NIC's
+    is ``nic.network``)."""
     if not wanted:
         return
     have = set(s.scalars(select(Network.name).where(Network.cluster_id == cluster_id,
                                                     Network.name.in_({n for _, n in wanted}))))
-    for i, name in wanted:
+    for field, name in wanted:
         if name not in have:
-            raise NotFound(f"the VM's cluster has no network {name!r}", field=f"nics.{i}.network")
+            raise NotFound(f"the VM's cluster has no network {name!r}", field=field)
 
 
 def needs(s: Session, cluster_id: str, spec: VmSpec) -> tuple[NetworkNeed, ...]:

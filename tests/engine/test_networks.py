@@ -114,6 +114,9 @@ def test_vm_is_placed_only_where_its_network_is(net_agents: dict[str, AgentProc]
     nic = on_host["spec"]["nics"][0]
     assert (nic["source_type"], nic["source"], nic.get("network")) == ("bridge", "cn-data", None), on_host
     assert api.get(f"/vms/{vm['id']}")["spec"]["nics"][0]["network"] == "data"
+    # hot-plug: a network of another cluster or none is refused by field before the host is asked
+    err = api.post(f"/vms/{vm['id']}/devices", {"nic": {"network": "nope"}}, status=404)
+    assert err["field"] == "nic.network", err
     api.wait_task(api.post(f"/vms/{vm['id']}/stop", status=202))
 
     # a VM asked onto the host without the network is refused with the reason

@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from corral.domain.spec import NicSpec, SpecError
-from corral.engine import hostpaths, macs
+from corral.engine import hostpaths, macs, networks
 from corral.engine.agent_client import AgentError, AgentTarget, AgentUnreachable
 from corral.engine.api import redact
 from corral.engine.api.deps import Ctx, find_vm
@@ -94,6 +94,8 @@ def _hold_nic(s: Session, vm: str, data: dict[str, Any]) -> tuple[str, dict[str,
         nic = NicSpec.model_validate(data)
     except ValidationError as exc:
         raise invalid_from_spec(SpecError.from_validation(exc, "nic")) from None
+    if nic.network is not None:  # a logical network of the VM's cluster (issue 18)
+        networks.check(s, row.cluster_id, [("nic.network", nic.network)])
     return row.id, macs.hold_one(s, row.id, nic).model_dump(mode="json")
 
 
