@@ -36,6 +36,11 @@ running; ``labs/xen/stop`` ends it. Set ``CORRAL_XENLAB=0`` to make it return No
 ``CORRAL_REQUIRE_LABS=1`` the tests then fail). The lab counts as there only when its agent answers
 ``/v1/health`` through the forwarded port (``labs/xen/boot`` waits for that, issue 20 item 10).
 ``CORRAL_XENLAB_DIR`` selects the cache dir (default ``/var/tmp/corral-xenlab``), as for the scripts.
+
+``xen_lab(instance=2)`` is a second lab from the same image (``labs/xen/boot --instance 2``: its own run dir,
+ports, dom0 hostname ``xenlab2``), linked to instance 1 by a second NIC: ``lab.link_addr`` (``10.78.0.<N>``) is
+where the *other* dom0 reaches this one's libvirtd (``xen+tcp://10.78.0.2/system``) and libxl's migration
+ports. Each instance is booted at most once per process (docs/labs.md, "Xen pair").
 """
 
 from __future__ import annotations
@@ -75,6 +80,9 @@ class XenLab:
     mbr_disk: PurePosixPath  # dom0 path
     run_dir: Path  # host: qemu.pid, monitor.sock, serial.log (Xen + dom0 console), lab.json
     serial_log: Path
+    instance: int = 1  # labs/xen/boot --instance N
+    hostname: str = "xenlab1"  # dom0's hostname (resolves to link_addr in every instance's dom0)
+    link_addr: str = "10.78.0.1"  # dom0's address on the link to its peer instance (1<->2)
 
     def ssh_argv(self, cmd: str) -> list[str]:
         """The ssh command line that runs ``cmd`` (a shell string) in dom0 as root."""
@@ -94,26 +102,33 @@ class XenLab:
 _checked = False
 _lab: XenLab | None = None
 _reason: str | None = None
+_others: dict[int, tuple[XenLab | None, str | None]] = {}  # instances other than 1
 
 
-def lab_unavailable_reason() -> str | None:
-    """Why the last ``xen_lab()`` returned None (None if it did not, or was not called)."""
+def lab_unavailable_reason(instance: int = 1) -> str | None:
+    """Why the last ``xen_lab(instance)`` returned None (None if it did not, or was not called)."""
+    if instance != 1:
+        return _others.get(instance, (None, None))[1]
     return _reason
 
 
 AGENT_RECHECK_S = 60
 
 
-def xen_lab() -> XenLab | None:
-    """Build/boot the lab (once per process) and describe it, or return None if it cannot run here."""
+def xen_lab(instance: int = 1) -> XenLab | None:
+    """Build/boot the lab (once per process and instance) and describe it, or return None if it cannot run here."""
     global _checked, _lab, _reason
+    if instance != 1:
+        if instance not in _others:
+            _others[instance] = _boot(instance)
+        return _others[instance][0]
     if not _checked:
         _checked = True
         _lab, _reason = _boot()
     return _lab
 
 
-def _boot() -> tuple[XenLab | None, str | None]:
+def _boot(instance: int = 1) -> tuple[XenLab | None, str | None]:
     if os.environ.get("CORRAL_XENLAB", "") == "0":
         return None, "disabled by CORRAL_XENLAB=0"
     if os.geteuid() != 0:
@@ -124,18 +139,20 @@ def _boot() -> tuple[XenLab | None, str | None]:
     if shutil.which("apt-get", path=path) is None and shutil.which("qemu-system-x86_64", path=path) is None:
         return None, "needs a Debian host (apt-get) to build the lab"
     try:
-        proc = subprocess.run(["bash", str(BOOT)], capture_output=True, text=True, timeout=BOOT_TIMEOUT_S, check=False)
+        argv = ["bash", str(BOOT)] + ([] if instance == 1 else ["--instance", str(instance)])
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=BOOT_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"labs/xen/boot failed: {exc}"
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return None, f"labs/xen/boot exited {proc.returncode}: " + " | ".join(tail)
     cache = Path(os.environ.get("CORRAL_XENLAB_DIR", "/var/tmp/corral-xenlab"))
+    run = cache / ("run" if instance == 1 else f"run{instance}")  # labs/xen/instance.sh
     try:
-        info = json.loads((cache / "run" / "lab.json").read_text())
+        info = json.loads((run / "lab.json").read_text())
         lab = XenLab(
             # CORRAL_XENLAB_AGENT_URL: another agent in dom0 (e.g. a development one reached through ssh -L)
-            agent_url=os.environ.get("CORRAL_XENLAB_AGENT_URL") or info["agent_url"],
+            agent_url=(instance == 1 and os.environ.get("CORRAL_XENLAB_AGENT_URL")) or info["agent_url"],
             agent_token=Path(info["agent_token_file"]).read_text().strip(),
             libvirt_uri=info["libvirt_uri"],
             ssh_port=int(info["ssh_port"]),
@@ -145,9 +162,12 @@ def _boot() -> tuple[XenLab | None, str | None]:
             mbr_disk=PurePosixPath(info["dom0_mbr_disk"]),
             run_dir=Path(info["run_dir"]),
             serial_log=Path(info["serial_log"]),
+            instance=instance,
+            hostname=info.get("hostname", "dom0"),  # a lab booted before instances existed
+            link_addr=info.get("link_addr", ""),
         )
     except (OSError, ValueError, KeyError) as exc:
-        return None, f"labs/xen/boot succeeded but {cache}/run/lab.json is unusable: {exc!r}"
+        return None, f"labs/xen/boot succeeded but {run}/lab.json is unusable: {exc!r}"
     # labs/xen/boot exits 0 only once the agent answers /v1/health through the forwarded port (it waits
     # for that itself: labs/xen/wait-ready); a short re-check covers an agent that another test restarts.
     deadline = time.monotonic() + AGENT_RECHECK_S
