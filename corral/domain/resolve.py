@@ -266,6 +266,10 @@ class _Walker:
                 driver = self.decide(f"{path}.format", Feature.DISK_FORMAT_QCOW2, "qcow2")
             else:
                 driver = self.flavor.rule(feat.RAW_SOURCE[disk.source_type], self.gt)
+            if disk.readonly and disk.device is DiskDevice.DISK:
+                readonly = self.decide(f"{path}.readonly", feat.READONLY_SOURCE[disk.source_type], "readonly")
+                if readonly.outcome is Outcome.REFUSED:
+                    continue
             if disk.device is DiskDevice.CDROM:
                 cdrom_driver = self.flavor.rule(Feature.CDROM_DRIVER, self.gt)
                 if cdrom_driver.value is not None and cdrom_driver.value != driver.value:

@@ -66,6 +66,7 @@ class Limits:
 
     guest_types: tuple[GuestType, ...] = tuple(GuestType)
     floppy: bool = True
+    readonly_file_disk: bool = True  # a read-only disk (not a CD-ROM) on a file
     nic_filter: bool = True
     crash_preserve: bool = True
     cpu_custom: bool = True
@@ -140,7 +141,9 @@ def vm_specs(draw: st.DrawFn, limits: Limits = Limits()) -> dict[str, Any]:
         source = None if empty else draw(BLOCK_PATHS if source_type is DiskSource.BLOCK else DISK_PATHS)
         spec["disks"].append({"id": next(ids), "device": device.value, "source_type": source_type.value,
                               "source": source, "format": draw(st.sampled_from(DiskFormat)).value,
-                              "bus": draw(st.sampled_from(DiskBus)).value, "readonly": draw(st.booleans())})
+                              "bus": draw(st.sampled_from(DiskBus)).value,
+                              "readonly": draw(st.booleans()) if lim.readonly_file_disk or device is not
+                              DiskDevice.DISK or source_type is not DiskSource.FILE else False})
 
     mac_list = draw(st.lists(macs(), min_size=n_nics, max_size=n_nics, unique_by=str.lower))
     spec["nics"] = []

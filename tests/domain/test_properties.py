@@ -49,6 +49,7 @@ CASES = {
 # Documented limits (issue 2, xen-gaps.md): what each flavor runs without refusing anything.
 _ROOMY = {"min_memory_mib": 128, "max_memory_mib": 64 * 1024}
 _XEN = {"floppy": False, "nic_filter": False, "crash_preserve": False, "cpu_custom": False, "public_console": False,
+        "readonly_file_disk": False,  # qdisk drops it [X6]
         **_ROOMY}
 RUNNABLE = {
     "kvm": Limits(bootloader=False, max_disks=4, max_vcpus=KVM.max_vcpus[GuestType.HVM], **_ROOMY),

@@ -23,7 +23,7 @@ from corral.agent.vms.registry import Registry, Vm
 from corral.agent.vms.rendering import RenderedVm, Rendering
 from corral.domain import config as cfg
 from corral.domain.flavors.base import Outcome
-from corral.domain.flavors.features import CdromDevice, Feature
+from corral.domain.flavors.features import Feature
 from corral.domain.spec import DiskSpec, GuestType, NicSpec, VmSpec
 
 
@@ -85,9 +85,11 @@ class DeviceChanges:
             return
         if media is not None:
             self._refuse_live_insert(vm, dom, rendered, disk)
-        if self.flavor.rule(Feature.CDROM_DEVICE, rendered.guest_type).value == CdromDevice.READONLY_DISK:
-            self._replug_media(vm, dom, rendered, disk.id, media)
-            return
+        rule = self.flavor.rule(Feature.CDROM_CHANGE_LIVE, rendered.guest_type)
+        if rule.outcome is Outcome.REFUSED:  # Xen PV [X6]: before anything changes, the definition included
+            what = "eject the media of" if media is None else "change the media of"
+            raise Unsupported(f"cannot {what} CD-ROM {disk.id} of running VM {vm.name}: {rule.reason}",
+                              field="media")
         elem = rendered.rendered(disk.id)
         try:
             dom.updateDeviceFlags(etree.tostring(elem.to_element(), encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
@@ -96,8 +98,9 @@ class DeviceChanges:
 
     def _refuse_live_insert(self, vm: Vm, dom: libvirt.virDomain, rendered: RenderedVm, disk: DiskSpec) -> None:
         """Where the flavor cannot put media into a running drive that started empty (Xen HVM [X4]: qemu
-        segfaults), refuse before anything changes. Whether it started empty is known for the domain the agent
-        saw start; for one it did not (the agent restarted meanwhile) a drive empty now counts as started empty."""
+        segfaults; Xen PV [X6]: no PV drive exists while it is empty), refuse before anything changes. Whether it
+        started empty is known for the domain the agent saw start; for one it did not (the agent restarted
+        meanwhile) a drive empty now counts as started empty."""
         rule = self.flavor.rule(Feature.CDROM_INSERT_LIVE, rendered.guest_type)
         if rule.outcome is not Outcome.REFUSED:
             return
@@ -110,24 +113,6 @@ class DeviceChanges:
         if empty_at_start:
             raise Unsupported(f"cannot insert media into CD-ROM {disk.id} of running VM {vm.name}: it was empty "
                               f"when the VM started. {rule.reason}", field="media")
-
-    def _replug_media(self, vm: Vm, dom: libvirt.virDomain, rendered: RenderedVm, disk_id: str,
-                      media: str | None) -> None:
-        """Where the CD-ROM is a read-only disk (Xen PV), a media change is an unplug and a plug."""
-        old = self.live.find(vm, dom, disk_id)
-        if old is not None:
-            try:
-                dom.detachDeviceFlags(etree.tostring(old.config.to_element(), encoding="unicode"),
-                                      libvirt.VIR_DOMAIN_AFFECT_LIVE)
-            except libvirt.libvirtError as exc:
-                raise from_libvirt(exc, "eject the media (unplug its read-only disk)") from None
-        if media is None:
-            return
-        new = etree.tostring(rendered.rendered(disk_id).to_element(), encoding="unicode")
-        try:
-            dom.attachDeviceFlags(new, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        except libvirt.libvirtError as exc:
-            raise from_libvirt(exc, "insert the media (plug its read-only disk)") from None
 
     def hotplug(self, uuid: str, kind: str, data: dict[str, Any]) -> dict[str, Any]:
         with self.registry.vm_lock(uuid):

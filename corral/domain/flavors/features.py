@@ -48,12 +48,15 @@ class Feature(StrEnum):
     CDROM_DEVICE = "cdrom.device"
     CDROM_EMPTY = "cdrom.empty"
     CDROM_INSERT_LIVE = "cdrom.insert_live"  # media into a drive that was empty when the domain started
+    CDROM_CHANGE_LIVE = "cdrom.change_live"  # media changed or ejected in a running drive that has media
     CDROM_DRIVER = "cdrom.driver"
     CLOUD_INIT_SEED = "cloud_init.seed"  # the NoCloud seed the agent builds for VmSpec.cloud_init
     FLOPPY = "floppy"
     DISK_FORMAT_RAW_FILE = "disk.format.raw.file"
     DISK_FORMAT_RAW_BLOCK = "disk.format.raw.block"
     DISK_FORMAT_QCOW2 = "disk.format.qcow2"
+    DISK_READONLY_FILE = "disk.readonly.file"  # a read-only disk (not a CD-ROM) backed by a file
+    DISK_READONLY_BLOCK = "disk.readonly.block"  # a read-only disk (not a CD-ROM) backed by a block device
     NIC_MODEL_AUTO = "nic.model.auto"
     NIC_MODEL_VIRTIO = "nic.model.virtio"
     NIC_MODEL_E1000 = "nic.model.e1000"
@@ -130,6 +133,8 @@ CDROM_BUS: Mapping[DiskBus, Feature] = {
     DiskBus.IDE: F.CDROM_BUS_IDE, DiskBus.SATA: F.CDROM_BUS_SATA, DiskBus.SCSI: F.CDROM_BUS_SCSI}
 RAW_SOURCE: Mapping[DiskSource, Feature] = {
     DiskSource.FILE: F.DISK_FORMAT_RAW_FILE, DiskSource.BLOCK: F.DISK_FORMAT_RAW_BLOCK}
+READONLY_SOURCE: Mapping[DiskSource, Feature] = {
+    DiskSource.FILE: F.DISK_READONLY_FILE, DiskSource.BLOCK: F.DISK_READONLY_BLOCK}
 NIC_MODEL: Mapping[NicModel, Feature] = {
     NicModel.AUTO: F.NIC_MODEL_AUTO, NicModel.VIRTIO: F.NIC_MODEL_VIRTIO, NicModel.E1000: F.NIC_MODEL_E1000,
     NicModel.RTL8139: F.NIC_MODEL_RTL8139, NicModel.NETFRONT: F.NIC_MODEL_NETFRONT}
@@ -182,8 +187,11 @@ class BootOrder(StrEnum):
 
 
 class CdromDevice(StrEnum):
-    REMOVABLE = "cdrom"  # a removable drive: media changes live
-    READONLY_DISK = "disk"  # a read-only disk: a media change is an unplug and a plug
+    """What a CD-ROM is rendered as. Only a removable drive today: a read-only disk in its place (tried for Xen
+    PV) is dropped by Xen 4.17's qdisk backend at start ('Block node is read-only'), so the guest ran without
+    it; whether its media may change while the VM runs is ``Feature.CDROM_CHANGE_LIVE``."""
+
+    REMOVABLE = "cdrom"  # device='cdrom'
 
 
 class SeedDevice(StrEnum):

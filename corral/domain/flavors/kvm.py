@@ -44,6 +44,7 @@ TABLE: Table = {
     F.CDROM_DEVICE: native(CdromDevice.REMOVABLE, "media changes live"),
     F.CDROM_EMPTY: native(None, "an empty drive, no <source>"),
     F.CDROM_INSERT_LIVE: native(None, "media goes into the running drive"),
+    F.CDROM_CHANGE_LIVE: native(None, "media changes or is ejected in the running drive"),
     F.CDROM_DRIVER: native(None, "the disk's own driver"),
     F.CLOUD_INIT_SEED: native(SeedDevice.CDROM, "a CD-ROM whose media is the NoCloud seed (ISO 9660 "
                                                 "volume 'cidata')"),
@@ -51,6 +52,8 @@ TABLE: Table = {
     F.DISK_FORMAT_RAW_FILE: native("qemu"),
     F.DISK_FORMAT_RAW_BLOCK: native("qemu"),
     F.DISK_FORMAT_QCOW2: native("qemu"),
+    F.DISK_READONLY_FILE: native(None, "<readonly/>: QEMU opens the image read-only"),
+    F.DISK_READONLY_BLOCK: native(None, "<readonly/>: QEMU opens the device read-only"),
     F.NIC_MODEL_AUTO: native("virtio"),
     F.NIC_MODEL_VIRTIO: native("virtio"),
     F.NIC_MODEL_E1000: native("e1000"),

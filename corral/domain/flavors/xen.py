@@ -40,6 +40,15 @@ NO_SNAPSHOT_API = "this function is not supported by the connection driver: virD
 # measured on the Xen lab (libvirt 9.0, Xen 4.17) during a migration [L15]
 NO_ABORT_JOB = "this function is not supported by the connection driver: virDomainAbortJob"
 NO_BLOCK_RESIZE = "this function is not supported by the connection driver: virDomainBlockResize"
+# measured on the Xen lab (Xen 4.17.7, libvirt 9.0, qemu 7.2 as qdisk): docs/xen-readonly.md [X6]
+_RO_QDISK = ("a read-only disk on a file takes Xen's qdisk backend, which refuses it: qemu-dm logs 'failed to "
+             "create 'qdisk' device '51712': realization of device xen-disk failed: Block node is read-only' and "
+             "libxl starts the guest without the disk, saying nothing (measured on Xen 4.17) [X6]. Make the disk "
+             "writable, give the image as a CD-ROM (device: cdrom; a PV guest sees a read-only xvdX with its "
+             "bytes), or use a block device")
+_PV_MEDIA_LIVE = ("libxl cannot change, insert or eject the media of a running PV guest's CD-ROM (measured on "
+                  "Xen 4.17: 'libxenlight failed to change media'; unplugging it is refused too); change the "
+                  "media while the VM is down: the next start has it [X6]")
 _VIRTIO_NIC = "libxl has no virtio-net; PV guests take netfront only, HVM qemu refuses 'virtio' [D4]"
 
 TABLE: Table = {
@@ -62,37 +71,41 @@ TABLE: Table = {
     F.CDROM_BUS_SATA: _pv_hvm(translated("xen", "PV CD-ROM xvdX"), translated("ide", "emulated IDE CD-ROM")),
     F.CDROM_BUS_SCSI: _pv_hvm(translated("xen", "PV CD-ROM xvdX"), translated("ide", "emulated IDE CD-ROM")),
     F.CDROM_DEVICE: _pv_hvm(
-        translated(CdromDevice.READONLY_DISK,
-                   "libxl gives PV guests no removable media: media change and CD-ROM unplug are refused "
-                   "(measured); the CD-ROM is a read-only PV disk, unplugged and plugged again when the "
-                   "media changes"),
+        native(CdromDevice.REMOVABLE, "a PV CD-ROM xvdX (device='cdrom'): the guest sees the media it has at start "
+                                      "(measured on Xen 4.17); never a read-only PV disk, which qdisk drops "
+                                      "[X6]"),
         native(CdromDevice.REMOVABLE, "emulated IDE CD-ROM; media changes live")),
     F.CDROM_EMPTY: _pv_hvm(
-        translated(None, "no drive while there is no media (a PV disk needs a source); it is plugged in when "
-                         "media is inserted, under the same name"),
+        translated(None, "no drive while there is no media: media cannot go into a running PV CD-ROM [X6], so "
+                         "it is rendered with its media at the next start, under the same name"),
         native(None, "an empty drive, rendered without <source> (never file='') [L4, L5]; media for it goes in "
                      "while the VM is down (a live insert into a drive that started empty crashes Xen's device "
                      "model [X4])")),
     F.CDROM_INSERT_LIVE: _pv_hvm(
-        native(None, "the read-only PV disk is plugged in"),
+        refused(_PV_MEDIA_LIVE),
         refused("Debian's Xen device model (qemu 7.2) segfaults when media goes into an HVM CD-ROM that was empty "
                 "when the domain started (measured on Xen 4.17); changing or ejecting media of a drive started with "
                 "media works [X4]. Insert the media while the VM is down, or start it with media")),
+    F.CDROM_CHANGE_LIVE: _pv_hvm(
+        refused(_PV_MEDIA_LIVE),
+        native(None, "the emulated drive's media changes or is ejected live (measured on Xen 4.17) [X4]")),
     F.CDROM_DRIVER: _pv_hvm(
-        native(None, "the disk's own driver (a PV CD-ROM is a PV disk)"),
+        native(None, "the disk's own driver (qdisk for an image file)"),
         translated("qemu", "libxl takes HVM CD-ROMs on the qdisk backend only ('Backend for CD devices on HVM "
                            "guests must be Qdisk', measured), empty or not, file or block device")),
     F.FLOPPY: refused(_FLOPPY),
     F.CLOUD_INIT_SEED: _pv_hvm(
         native(SeedDevice.CDROM, "a PV CD-ROM xvdX whose media is the NoCloud seed (ISO 9660 volume 'cidata'), "
-                                 "read-only; never a read-only PV disk: qdisk refuses those ('Block node is "
-                                 "read-only', measured on Xen 4.17) and the guest would start without it"),
+                                 "read-only; never a read-only PV disk, which qdisk drops [X6]"),
         native(SeedDevice.CDROM, "an emulated IDE CD-ROM whose media is the NoCloud seed (ISO 9660 volume "
                                  "'cidata')")),
     F.DISK_FORMAT_RAW_FILE: native("qemu", "<driver name='qemu' type='raw'/> (qdisk backend)"),
     F.DISK_FORMAT_RAW_BLOCK: native("phy", "<driver name='phy' type='raw'/> (blkback)"),
     F.DISK_FORMAT_QCOW2: native("qemu", "<driver name='qemu' type='qcow2'/> (qdisk); without the driver "
                                         "name libxl would read the file as raw [L1]"),
+    F.DISK_READONLY_FILE: _pv_hvm(refused(_RO_QDISK), refused(_RO_QDISK)),
+    F.DISK_READONLY_BLOCK: native(None, "<readonly/> on blkback (phy): the guest sees a read-only disk "
+                                        "(measured on Xen 4.17)"),
     F.NIC_MODEL_AUTO: _pv_hvm(native("netfront"), native("e1000")),
     F.NIC_MODEL_VIRTIO: _pv_hvm(translated("netfront", f"{_VIRTIO_NIC}; Xen PV NIC instead"),
                                 translated("e1000", f"{_VIRTIO_NIC}; emulated e1000 instead")),
