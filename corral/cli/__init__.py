@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 from corral.cli import console as console_cli
-from corral.cli import ha, images, launch, networks, resources, storage, templates, users
+from corral.cli import ha, images, launch, migrate, networks, resources, storage, templates, users
 from corral.cli import xml as xml_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Corral: Xen and KVM hosts through libvirt.")
@@ -17,6 +17,7 @@ app.add_typer(launch.agent_app, name="agent")
 resources.register(app)
 console_cli.register(resources.vm_app)
 ha.register(resources.host_app, resources.vm_app)
+migrate.register(resources.vm_app, resources.task_app)
 storage.register(app)
 networks.register(app)
 images.register(app)
