@@ -79,6 +79,14 @@ def _loc_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(p) for p in parts)
 
 
+def _located(error: Any) -> tuple[Any, ...]:
+    """The error's location, and within it the field a cross-field check names (``FieldError``)."""
+    loc = tuple(error.get("loc") or ())
+    cause = (error.get("ctx") or {}).get("error")
+    field = getattr(cause, "field", None)
+    return (*loc, *field.split(".")) if isinstance(field, str) and field else loc
+
+
 def install_handlers(app: FastAPI) -> None:
     async def api_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -87,7 +95,7 @@ def install_handlers(app: FastAPI) -> None:
 
     async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        errors = [{"field": _loc_path(e["loc"]), "message": str(e["msg"]).removeprefix("Value error, ")}
+        errors = [{"field": _loc_path(_located(e)), "message": str(e["msg"]).removeprefix("Value error, ")}
                   for e in exc.errors()]
         first = errors[0] if errors else {"field": None, "message": "invalid request"}
         message = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors)

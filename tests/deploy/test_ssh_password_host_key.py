@@ -13,7 +13,7 @@ def test_password_without_host_key_is_refused_by_name(api: Api, sshhost: SshHost
     b = body(sshhost, "pw", sshhost.dir / "root-pw", 8475, key=False)
     b["ssh"]["password"] = "whatever"
     err = api.post("/hosts", b, status=422)
-    assert err["field"] == "ssh" and "host_key_fingerprint" in err["message"], err
+    assert err["field"] == "ssh.host_key_fingerprint" and "trust_on_first_use" in err["message"], err
     assert "trust_on_first_use" in err["message"]
     assert [h["name"] for h in api.get("/hosts")["items"]] == []  # nothing made, nothing sent
 

@@ -10,7 +10,8 @@ seeded objects stay for the routes after it).
 Two runs: as an admin (every route is exercised past its access rule) and as a viewer (every route above the
 viewer's role must answer 403, the others no 5xx). Each answer must be below 500, and a refusal must be the
 API's JSON error. Excluded by name: ``PUT /api/v1/images/{name}``, whose body is a file streamed to an agent
-(tests/engine/test_images.py covers it). The console WebSockets are not in the document.
+(tests/engine/test_images.py covers it), and ``POST /api/v1/hosts`` and ``.../reinstall``, whose bodies name
+hosts the engine would connect to (tests send traffic only to the loopback and the labs). The console WebSockets are not in the document.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from tests.fuzz.support import call, fuzz, serve, summary, timed
 # before any handler runs (fewer suffice, and CI time stays bounded: both runs together ~1.5 min on 2 CPUs).
 ADMIN_EXAMPLES = 15
 VIEWER_EXAMPLES = 5
-EXCLUDED = {"PUT /api/v1/images/{name}": "its body is a file streamed to an agent (tests/engine/test_images.py)"}
+EXCLUDED = {
+    "PUT /api/v1/images/{name}": "its body is a file streamed to an agent (tests/engine/test_images.py)",
+    # tests send traffic only to the loopback and the labs: a generated agent URL or SSH address would be
+    # connected to (any host name, any port); their refusals are tested in tests/engine/test_api.py and
+    # test_agent_url_transport.py, the deploy against the deploy tests' own sshd
+    "POST /api/v1/hosts": "its bodies name agent URLs and SSH hosts the engine would connect to",
+    "POST /api/v1/hosts/{host}/reinstall": "its bodies name SSH credentials and agent URLs the engine would use",
+}
 
 
 class Engine:

@@ -6,6 +6,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from corral.domain.spec import FieldError
 from corral.engine.db.models import HostState
 from corral.engine.errors import ApiError
 
@@ -35,9 +36,9 @@ class SshIn(BaseModel):
         when the host key is not known. A private key does not (its signature is bound to the session, so it
         cannot be replayed to the real host), hence pinning on first use stays the default for keys only."""
         if self.password is not None and self.host_key_fingerprint is None and not self.trust_on_first_use:
-            raise ValueError("host_key_fingerprint: an SSH password is sent only to a host whose key is known: give "
-                             "host_key_fingerprint (SHA256:..., e.g. 'ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key"
-                             ".pub' on the host) or, knowingly, trust_on_first_use: true")
+            raise FieldError("host_key_fingerprint", "an SSH password is sent only to a host whose key is known: "
+                             "give host_key_fingerprint (SHA256:..., e.g. 'ssh-keygen -lf "
+                             "/etc/ssh/ssh_host_ed25519_key.pub' on the host) or, knowingly, trust_on_first_use: true")
         return self
 
 
