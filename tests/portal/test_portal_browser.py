@@ -353,6 +353,11 @@ def test_host_deploy_over_ssh_from_the_form(engine: AllInOne, page: Page, shots:
     page.fill("#h-ssh-password", "secret")
     page.check('input[name="allow_tcg"]')
     page.click("#host-form button[type=submit]")
+    # a password goes only to a host whose key is known: refused next to the fingerprint, nothing added
+    fp_error = page.locator('.field-error[data-error-for="ssh.host_key_fingerprint"]')
+    expect(fp_error).to_contain_text("trust_on_first_use")
+    page.check('input[name="ssh_trust_on_first_use"]')
+    page.click("#host-form button[type=submit]")
     error = page.locator('.field-error[data-error-for="ssh.address"]')
     expect(error).to_contain_text("cannot reach 127.0.0.1")
     assert page.locator("#h-ssh-address").get_attribute("aria-invalid") == "true"

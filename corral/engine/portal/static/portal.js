@@ -445,7 +445,8 @@
         body.ssh = { address: v('ssh_address'), port: port === '' ? 22 : Number(port), user: v('ssh_user') || 'root',
           password: form.querySelector('[name="ssh_password"]').value || null,
           private_key: form.querySelector('[name="ssh_private_key"]').value || null,
-          host_key_fingerprint: v('ssh_host_key_fingerprint') || null };
+          host_key_fingerprint: v('ssh_host_key_fingerprint') || null,
+          trust_on_first_use: form.querySelector('[name="ssh_trust_on_first_use"]').checked };
         body.options = { allow_tcg: form.querySelector('[name="allow_tcg"]').checked };
       } else {
         body.url = v('url');
