@@ -66,7 +66,7 @@ def agents(pair: QemuPair, tmp_path: Path) -> Iterator[tuple[Api, Api]]:
                         if dom.isActive():
                             dom.destroy()
                         dom.undefine()
-                    except Exception:  # noqa: BLE001 - cleanup: already gone
+                    except Exception:  # cleanup: already gone
                         pass
             agent.stop()
 
