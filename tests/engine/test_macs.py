@@ -304,10 +304,10 @@ def test_migration_copies_the_macs_of_stored_vms(db_url: str) -> None:
     two VMs already shared one, the older keeps it (and the other is refused at its next spec change)."""
     from datetime import timedelta
 
-    from sqlalchemy import insert
+    from sqlalchemy import column, insert, table
 
     from corral.engine.db.migrate import upgrade
-    from corral.engine.db.models import Cluster, utcnow
+    from corral.engine.db.models import utcnow
 
     db = Database(db_url)
     upgrade(db.engine, "0003")
@@ -320,12 +320,16 @@ def test_migration_copies_the_macs_of_stored_vms(db_url: str) -> None:
         return {"id": vm_id, "name": name, "cluster_id": "c", "external": False, "spec": spec, "memory_mib": 128,
                 "vcpus": 1, "state": "down", "state_reason": "", "created_at": now - timedelta(days=age),
                 "updated_at": now, "state_changed_at": now}
+    # the tables as revision 0003 has them: the models' later columns (with their defaults) are not there yet
+    clusters = table("clusters", *(column(c) for c in ("id", "name", "description", "flavor_policy", "created_at")))
+    vms = table("vms", *(column(c) for c in vm(bare, "bare", 3, None)))
+    vms.c.spec.type = Vm.__table__.c.spec.type  # JSON, as the model stores it
     with db.engine.begin() as conn:
-        conn.execute(insert(Cluster), [{"id": "c", "name": "c", "description": "", "flavor_policy": "any",
-                                        "created_at": now}])
-        conn.execute(insert(Vm), [vm(young, "young", 1, "52:54:00:00:00:0B"),
-                                  vm(old, "old", 2, "52:54:00:00:00:0b", "52:54:00:00:00:0c"),
-                                  vm(bare, "bare", 3, None)])
+        conn.execute(insert(clusters), [{"id": "c", "name": "c", "description": "", "flavor_policy": "any",
+                                         "created_at": now}])
+        conn.execute(insert(vms), [vm(young, "young", 1, "52:54:00:00:00:0B"),
+                                   vm(old, "old", 2, "52:54:00:00:00:0b", "52:54:00:00:00:0c"),
+                                   vm(bare, "bare", 3, None)])
     db.migrate()
     rows = db.call(lambda s: {r[0]: r[1] for r in s.execute(select(VmMac.mac, VmMac.vm_id))})
     assert rows == {"52:54:00:00:00:0b": old, "52:54:00:00:00:0c": old}
