@@ -347,6 +347,7 @@ def test_console_websockets_need_a_ticket_and_a_running_vm(client: TestClient) -
         assert exc.value.code == 1008
     page = client.get(f"/portal/vms/{vm['id']}/terminal")
     assert page.status_code == 200 and 'id="term-unavailable"' in page.text and "while it runs" in page.text
+    assert f'href="/portal/vms/{vm["id"]}/terminal"' in client.get(f"/portal/vms/{vm['id']}").text  # linked
 
 
 def test_api_console_websocket_needs_the_bearer_token(client: TestClient) -> None:
