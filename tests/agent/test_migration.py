@@ -5,8 +5,11 @@ migration runs on the QEMU pair (tests/e2e/test_migration_qemupair.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from corral.agent.service import Agent
 from corral.domain.flavors import get_flavor
 from corral.domain.flavors.base import Outcome
 from corral.domain.flavors.features import Feature
@@ -92,3 +95,24 @@ def test_the_endpoint_is_this_hosts_libvirt_through_a_transport(api: Api) -> Non
     assert answer["uri"].split(":", 1)[0].endswith("+unix") and answer["mechanism"] == "peer2peer"
     flavor = api.agent.detection.flavor if api.agent.detection else get_flavor("kvm")
     assert answer["abort"] is (flavor.rule(Feature.MIGRATION_ABORT, GuestType.HVM).outcome is not Outcome.REFUSED)
+
+
+def test_a_failing_before_migrate_hook_stops_the_migration(agent_factory: Callable[..., Agent],
+                                                          tmp_path: Path) -> None:
+    """``before_vm_migrate_source`` runs before libvirt is asked (it sees the XML the destination would get): a
+    hook exiting 2 refuses the migration with its output, no job is left, and the VM runs on."""
+    hooks = tmp_path / "hooks"
+    (hooks / "before_vm_migrate_source").mkdir(parents=True)
+    script = hooks / "before_vm_migrate_source" / "10-deny"
+    script.write_text('#!/bin/sh\ngrep -q "<domain" "$CORRAL_DOMXML" && echo "not during office hours" >&2; exit 2\n')
+    script.chmod(0o755)
+    hooks.chmod(0o755)
+    api = Api(agent_factory(None, hooks_dir=hooks, hook_timeout=5.0))
+    vm_id = running(api)
+    body = api.post(f"/v1/vms/{vm_id}/migrate", json={"destination": DEST}, expect=409).json()
+    assert body["code"] == "hook_failed" and "not during office hours" in body["message"], body
+    assert "before_vm_migrate_source/10-deny" in body["message"]
+    api.get(f"/v1/vms/{vm_id}/migration", expect=404)
+    assert api.get(f"/v1/vms/{vm_id}", expect=200).json()["state"] == "up"
+    # the VM's lock was given back: the next action is not blocked by the refused migration
+    assert api.post(f"/v1/vms/{vm_id}/pause", expect=200).json()["state"] == "paused"
