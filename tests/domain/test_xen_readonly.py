@@ -91,3 +91,17 @@ def test_pv_cdrom_media_does_not_change_while_the_vm_runs(gt: GuestType) -> None
         assert rule.outcome is Outcome.REFUSED and "X6" in rule.reason
     assert XEN.rule(Feature.CDROM_CHANGE_LIVE, HVM).outcome is Outcome.NATIVE
     assert KVM.rule(Feature.CDROM_CHANGE_LIVE, HVM).outcome is Outcome.NATIVE
+
+
+@pytest.mark.parametrize("source_type", ["file", "block"])
+def test_a_readonly_disk_on_hvm_is_refused_with_libxls_reason(source_type: str) -> None:
+    """Measured: libxl fails the start ('qemu-xen doesn't support read-only IDE disk drivers'), for any backend."""
+    source = "/srv/vm/golden.raw" if source_type == "file" else "/dev/vg/golden"
+    spec = make(HVM, {"source": source, "source_type": source_type, "readonly": True})
+    with pytest.raises(RefusedError) as info:
+        render(spec, XEN, HVM)
+    assert [d.path for d in info.value.decisions] == ["disks.1.readonly"]
+    assert "read-only IDE disk drivers" in str(info.value)
+    # the image as a CD-ROM works: an emulated IDE CD-ROM on qdisk
+    cd = parse(render(make(HVM, {"source": source, "source_type": source_type, "device": "cdrom"}), XEN, HVM))
+    assert cd.findall("devices/disk")[1].get("device") == "cdrom"

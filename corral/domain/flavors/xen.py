@@ -46,9 +46,12 @@ _RO_QDISK = ("a read-only disk on a file takes Xen's qdisk backend, which refuse
              "libxl starts the guest without the disk, saying nothing (measured on Xen 4.17) [X6]. Make the disk "
              "writable, give the image as a CD-ROM (device: cdrom; a PV guest sees a read-only xvdX with its "
              "bytes), or use a block device")
-_PV_MEDIA_LIVE = ("libxl cannot change, insert or eject the media of a running PV guest's CD-ROM (measured on "
-                  "Xen 4.17: 'libxenlight failed to change media'; unplugging it is refused too); change the "
-                  "media while the VM is down: the next start has it [X6]")
+_RO_IDE = ("an HVM guest's disk is also an emulated IDE disk, and libxl fails the start of a read-only one "
+           "('qemu-xen doesn't support read-only IDE disk drivers', measured on Xen 4.17) [X6]. Make the disk "
+           "writable, or give the image as a CD-ROM (device: cdrom)")
+_PV_MEDIA_LIVE = ("libxl cannot change or eject the media of a running PV guest's CD-ROM (measured on Xen 4.17: "
+                  "'libxenlight failed to change media for disk xvdX'; unplugging it: 'device type cdrom cannot "
+                  "hot unplugged'); change the media while the VM is down: the next start has it [X6]")
 _VIRTIO_NIC = "libxl has no virtio-net; PV guests take netfront only, HVM qemu refuses 'virtio' [D4]"
 
 TABLE: Table = {
@@ -103,9 +106,11 @@ TABLE: Table = {
     F.DISK_FORMAT_RAW_BLOCK: native("phy", "<driver name='phy' type='raw'/> (blkback)"),
     F.DISK_FORMAT_QCOW2: native("qemu", "<driver name='qemu' type='qcow2'/> (qdisk); without the driver "
                                         "name libxl would read the file as raw [L1]"),
-    F.DISK_READONLY_FILE: _pv_hvm(refused(_RO_QDISK), refused(_RO_QDISK)),
-    F.DISK_READONLY_BLOCK: native(None, "<readonly/> on blkback (phy): the guest sees a read-only disk "
-                                        "(measured on Xen 4.17)"),
+    F.DISK_READONLY_FILE: _pv_hvm(refused(_RO_QDISK), refused(_RO_IDE)),
+    F.DISK_READONLY_BLOCK: _pv_hvm(
+        native(None, "<readonly/> on blkback (phy, mode 'r'). Not proven on the lab: there every phy disk on a "
+                     "loop device fails to start, writable too (hotplug script timeout under TCG), loudly [X6]"),
+        refused(_RO_IDE)),
     F.NIC_MODEL_AUTO: _pv_hvm(native("netfront"), native("e1000")),
     F.NIC_MODEL_VIRTIO: _pv_hvm(translated("netfront", f"{_VIRTIO_NIC}; Xen PV NIC instead"),
                                 translated("e1000", f"{_VIRTIO_NIC}; emulated e1000 instead")),
