@@ -151,6 +151,15 @@ class Migration:
         policy, candidates = await ctx.scheduler.candidates(ctx.db, cluster_id)
         excluded: dict[str, dict[str, Any]] = {
             self.source_id: {"host": self.source[1], "reasons": ["the VM runs here (the migration's source)"]}}
+        # a running guest moves only to the hypervisor it runs on: same flavor and the same acceleration (a
+        # KVM guest's state cannot resume under TCG, nor a QEMU guest under Xen)
+        src = next((c for c in candidates if c.id == self.source_id), None)
+        for c in candidates:
+            if src is not None and c.id != src.id and (c.flavor, c.accel) != (src.flavor, src.accel):
+                excluded[c.id] = {"host": c.name, "reasons": [
+                    f"a running VM moves only between hosts of one hypervisor: this host is {c.flavor}"
+                    f"{f' ({c.accel})' if c.accel else ''}, the VM runs on {src.flavor}"
+                    f"{f' ({src.accel})' if src.accel else ''}"]}
         for _ in range(MAX_CPU_TRIES):
             pool = [c for c in candidates if c.id not in excluded]
             placement = await ctx.scheduler.place(placed_spec, pool, flavor_policy=policy, only_host=only,
