@@ -255,12 +255,13 @@ class _Run:
         for name, (uplink, vlan, _mtu) in want.vlans.items():
             if name not in self.links:
                 self._create(name, "vlan", f"{MARK} vlan", link=self._idx(uplink), vlan_id=vlan)
-        self._mtus(want)
-        for bridge, (_mtu, port, addresses) in want.bridges.items():
+        for bridge, (_mtu, port, _addresses) in want.bridges.items():
             if port is not None and self.links[port].master != self._idx(bridge):
                 self._remember(port)
                 self._call(f"{port} enslaved to {bridge}", None, "set", index=self._idx(port),
                            master=self._idx(bridge))
+        self._mtus(want)  # after the ports: a bridge takes its port's MTU when the port joins
+        for bridge, (_mtu, _port, addresses) in want.bridges.items():
             self._addresses(bridge, addresses)
         self._refresh()
         for name in [*want.bonds, *want.nics(), *want.vlans, *want.bridges]:
@@ -340,20 +341,28 @@ class _Run:
         self._refresh()
 
     def _mtus(self, want: _Want) -> None:
-        """NICs and bonds raised first, then the VLANs and bridges over them, then NICs and bonds lowered."""
+        """NICs and bonds raised first, then the VLANs and bridges over them, then NICs and bonds lowered.
+
+        A bridge whose MTU was never set follows its port's (the kernel's auto-adjust): only a bridge whose MTU is
+        set explicitly keeps it. So the links are read again after the uplinks change, and a bridge whose MTU
+        moved with its port is set, which pins it -- else the next apply would find it changed."""
+        self._refresh()
         upl = {n: m for n, m in want.uplink_mtu.items() if self.links[n].mtu != m}
         for name, mtu in upl.items():
             if mtu > self.links[name].mtu:
                 self._set_mtu(name, mtu)
-        for name, (_u, _v, mtu) in want.vlans.items():
-            if self.links[name].mtu != mtu:
-                self._set_mtu(name, mtu)
-        for name, (mtu, _p, _a) in want.bridges.items():
-            if self.links[name].mtu != mtu:
-                self._set_mtu(name, mtu)
-        for name, mtu in upl.items():
-            if mtu < self.links[name].mtu:
-                self._set_mtu(name, mtu)
+        for lowering in (False, True):
+            self._refresh()
+            for name, (_u, _v, mtu) in want.vlans.items():
+                if self.links[name].mtu != mtu:
+                    self._set_mtu(name, mtu)
+            for name, (mtu, _p, _a) in want.bridges.items():
+                if self.links[name].mtu != mtu:
+                    self._set_mtu(name, mtu)
+            if not lowering:
+                for name, mtu in upl.items():
+                    if mtu < self.links[name].mtu:
+                        self._set_mtu(name, mtu)
 
     def _set_mtu(self, name: str, mtu: int) -> None:
         if not self.links[name].ours:
