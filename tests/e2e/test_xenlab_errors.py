@@ -68,7 +68,8 @@ def test_a_failing_bootloader_answers_libxls_cause(lab: XenLab, agent: httpx.Cli
     script = "#!/bin/sh\necho no bootable kernel >&2\nexit 255\n"
     assert lab.ssh(f"printf '{script}' > {bootloader} && chmod +x {bootloader}", timeout=120).returncode == 0
     spec = {"id": str(uuid.uuid4()), "name": name, "memory_mib": 128, "guest_type": "pv", "bootloader": bootloader,
-            "consoles": [{"kind": "pv"}], "disks": [{"source": str(lab.mbr_disk), "format": "raw", "readonly": True}]}
+            "consoles": [{"kind": "pv"}],  # not read-only: Xen refuses a read-only file disk [X6]; never started
+            "disks": [{"source": str(lab.mbr_disk), "format": "raw"}]}
     try:
         resp = agent.post("/v1/vms", json=spec)
         assert resp.status_code in (200, 201), resp.text
