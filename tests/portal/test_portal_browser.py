@@ -290,6 +290,12 @@ def test_portal_walk(engine: AllInOne, page: Page, shots: Shots, tmp_path: Path,
         page.click('[data-vm-action="resume"]')
         expect(page.locator(f'h1 [data-vm-state="{vm_id}"]')).to_have_text("up")
         assert page.evaluate("window.__sameDocument") is True
+        # ---- Migrate (issue 13): libvirt's test driver has no migration: its reason is shown, the VM stays here
+        page.click('[data-vm-action="migrate"]')
+        banner = page.locator("#vm > [data-action-error]")
+        expect(banner).to_contain_text("virDomainMigrateToURI3")
+        expect(page.locator(f'h1 [data-vm-state="{vm_id}"]')).to_have_text("up")
+        expect(page.locator(f'dd[data-vm-host="{vm_id}"]')).to_have_text("kvm-host")
 
         # ---- the VM list with filters
         page.goto(base + "/portal/vms")

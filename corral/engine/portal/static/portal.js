@@ -300,7 +300,7 @@
   // ---------------------------------------------------------------- VM page
   const ALLOWED = {
     start: ['down', 'crashed'], shutdown: ['up', 'paused'], stop: ['up', 'paused', 'shutting_down', 'crashed'],
-    reboot: ['up'], pause: ['up'], resume: ['paused'], delete: ['down', 'crashed'],
+    reboot: ['up'], pause: ['up'], resume: ['paused'], delete: ['down', 'crashed'], migrate: ['up'],
   };
 
   function vmPage() {
@@ -379,10 +379,14 @@
       }
       let path = '/vms/' + encodeURIComponent(id) + '/' + action;
       if (action === 'start' && hostSel && hostSel.value) path += '?host=' + encodeURIComponent(hostSel.value);
+      // a migration goes to the host chosen in the plan's list unless it is the current one (issue 13)
+      const current = root.querySelector('[data-vm-host] a');
+      const body = action !== 'migrate' ? undefined
+        : (hostSel && hostSel.value && (!current || current.textContent !== hostSel.value) ? { host: hostSel.value } : {});
       busy += 1;
       refresh();
       try {
-        const r = await api('POST', path);
+        const r = await api('POST', path, body);
         if (!r.ok) {
           showErrors(root, r.data);
           return;
