@@ -21,6 +21,8 @@ OutputOpt = output_option()
 def vm_migrate(vm: str,
                host: str = typer.Option(None, "--host", help="destination host (default: the scheduler's choice)"),
                bandwidth: int = typer.Option(None, "--bandwidth", help="limit in MiB/s (where the flavor can)"),
+               live: bool = typer.Option(True, "--live/--paused", help="--paused: the guest is paused while its "
+                                         "memory is copied (hosts that cannot track dirty pages)"),
                wait: bool = typer.Option(True, "--wait/--no-wait", help="wait for the migration to end"),
                output: Output = OutputOpt) -> None:
     """Live-migrate a running VM to another host of its cluster."""
@@ -31,6 +33,8 @@ def vm_migrate(vm: str,
         body["host"] = api.resolve("hosts", host)["id"]
     if bandwidth is not None:
         body["bandwidth_mib"] = bandwidth
+    if not live:
+        body["live"] = False
     task = api.request("POST", f"/vms/{v['id']}/migrate", json=body)
     if not wait:
         show(task, output, Text(f"{v['name']}: migration task {task['id']} {task['state']}"))

@@ -96,9 +96,9 @@ class Migration:
     """One VM's migration, run by its task."""
 
     def __init__(self, ctx: EngineContext, task: TaskContext, vm_id: str, host_ref: str | None,
-                 bandwidth_mib: int | None) -> None:
+                 bandwidth_mib: int | None, live: bool = True) -> None:
         self.ctx, self.task, self.vm_id = ctx, task, vm_id
-        self.host_ref, self.bandwidth_mib = host_ref, bandwidth_mib
+        self.host_ref, self.bandwidth_mib, self.live = host_ref, bandwidth_mib, live
         self.name = ""
         self.source_id = ""
         self.source: tuple[AgentTarget, str] | None = None
@@ -197,7 +197,7 @@ class Migration:
         assert self.source is not None
         source, source_name = self.source
         dest_name = placement.host_name or dest_id
-        body: dict[str, Any] = {"destination": uri, "live": True}
+        body: dict[str, Any] = {"destination": uri, "live": self.live}
         if self.bandwidth_mib is not None:
             body["bandwidth_mib"] = self.bandwidth_mib
         await task.progress(f"migrating to {dest_name}")

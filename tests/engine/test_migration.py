@@ -86,6 +86,7 @@ def test_refusals_name_the_field_before_any_task(trio: dict[str, AgentProc], api
     assert api.post(f"/vms/{vm['id']}/migrate", {"host": "nowhere"}, status=404)["field"] == "host"
     assert api.post(f"/vms/{vm['id']}/migrate", {"bandwidth_mib": 0}, status=422)["field"].endswith("bandwidth_mib")
     assert api.post(f"/vms/{vm['id']}/migrate", {"speed": 3}, status=422)["field"].endswith("speed")
+    assert api.post(f"/vms/{vm['id']}/migrate", {"live": "sometimes"}, status=422)["field"].endswith("live")
     down = api.post("/vms", {"name": "sleeper", "memory_mib": 128}, status=201)
     refused = api.post(f"/vms/{down['id']}/migrate", status=409)
     assert refused["state"] == "down" and "only a running VM" in refused["message"]

@@ -25,6 +25,8 @@ class MigrateIn(BaseModel):
 
     host: str | None = Field(None, description="destination host (id or name); the scheduler picks one without")
     bandwidth_mib: int | None = Field(None, ge=1, le=1_000_000, description="limit in MiB/s, where the flavor can")
+    live: bool = Field(True, description="false: the guest is paused while its memory is copied (a host whose "
+                                         "hypervisor cannot track dirty pages, e.g. Xen without shadow paging)")
 
 
 @router.post("/vms/{vm}/migrate", status_code=202, response_model=TaskOut, responses=ACCEPTED)
@@ -38,7 +40,7 @@ async def migrate_vm(ctx: Ctx, vm: str, response: Response,
     vm_id = row.id
 
     async def work(task: TaskContext) -> dict[str, Any]:
-        return await migration.Migration(ctx, task, vm_id, body.host, body.bandwidth_mib).run()
+        return await migration.Migration(ctx, task, vm_id, body.host, body.bandwidth_mib, body.live).run()
 
     task = await ctx.tasks.submit("vm_migrate", work, object_type="vm", object_id=vm_id, busy_vm=vm_id,
                                   message=f"migrate {row.name}")
