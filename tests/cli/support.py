@@ -39,6 +39,9 @@ def free_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CORRAL_URL", "CORRAL_TOKEN")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    # test engines allow host paths anywhere (tests/conftest.py); a module-scoped engine starts before the autouse
+    # fixture that sets it for each test
+    env["CORRAL_HOST_PATHS"] = "/"
     env.update(extra)
     return env
 

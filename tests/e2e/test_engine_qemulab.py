@@ -87,7 +87,7 @@ def test_engine_runs_a_vm_on_real_qemu(tmp_path: Path) -> None:
         token = cli.run("engine", "create-token", "--db", db).stdout.strip()
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        procs.append(start([*CORRAL, "engine", "serve", "--db", db, "--listen", f"127.0.0.1:{port}",
+        procs.append(start([*CORRAL, "engine", "serve", "--db", db, "--listen", f"127.0.0.1:{port}", "--no-tls",
                             "--data-dir", str(tmp_path / "engine")], tmp_path / "engine.log",
                            f"{url}/api/health", "the engine"))
         cli.run("login", url, "--token", token)

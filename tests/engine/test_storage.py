@@ -205,7 +205,7 @@ def test_host_added_later_and_pool_lost_on_a_host(agents: dict[str, AgentProc], 
     assert task["result"]["path"] == "/mnt/shared/base"
 
     assert kvm.call("DELETE", "/v1/storage/pools/shared").status_code == 204
-    assert "shared" not in _pools(kvm)
+    # (not asserted absent in between: a monitoring cycle may put it back before the next read)
     eventually(lambda: _pools(kvm).get("shared", {}).get("state") == "running")
     assert _states(api, "shared")["kvm-host"] == ("active", "")
 
