@@ -8,6 +8,7 @@ wider than the screen. Screenshots go to ``test-output/portal-storage/``."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -181,12 +182,26 @@ def test_storage_domains_add_delete_and_new_vm_disk(engine: AllInOne, page: Page
     page.fill("#v-name", "st-web")
     page.fill('[data-path="nics.0.source"]', "virbr0")
     page.fill('[data-path="disks.0.size_bytes"]', "1")
+    # first-boot data for a cloud image: a user, a key, a host name, a static address
+    key = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(32)).decode()
+    page.click("#cloud-init summary")
+    page.fill("#ci-user", "alice")
+    page.fill("#ci-keys", key + " alice@laptop\n")
+    page.fill("#ci-hostname", "st-web")
+    page.select_option("#ci-net", "static")
+    page.fill("#ci-addr", "192.0.2.10/24")
+    page.fill("#ci-gw", "192.0.2.1")
+    page.fill("#ci-dns", "192.0.2.53, 192.0.2.54")
     page.click("#vm-form button[type=submit]")
     expect(page.locator("h1")).to_contain_text("VM st-web")
     shots.take("vm-with-volume")
     with engine.api() as api:
         vm = api.get("/vms/st-web").json()
         assert vm["spec"]["disks"][0]["volume"] == "st-web-disk0", vm["spec"]["disks"]
+        ci = vm["spec"]["cloud_init"]
+        assert (ci["user"], ci["hostname"], ci["ssh_authorized_keys"]) == ("alice", "st-web", [key + " alice@laptop"])
+        assert ci["network"] == {"mode": "static", "address": "192.0.2.10/24", "gateway": "192.0.2.1",
+                                 "dns": ["192.0.2.53", "192.0.2.54"]}, ci
         vol = api.get("/volumes/st-web-disk0").json()
         assert (vol["capacity_bytes"], vol["format"], vol["vm"], vol["domain"]) == (1 << 30, "qcow2", "st-web", "local")
     # the domain page lists it with its VM

@@ -232,6 +232,19 @@
       spec.guest_agent = checked('guest_agent') ? {} : null;
       spec.balloon = checked('balloon') ? {} : null;
       for (const k of ['kernel', 'initrd', 'cmdline']) if (val(k)) spec[k] = val(k);
+      const ciUser = val('cloud_init.user');
+      if (ciUser) {  // first-boot data: the API checks each field and names it (cloud_init.…)
+        const keys = form.querySelector('[data-path="cloud_init.ssh_authorized_keys"]').value.split('\n')
+          .map((k) => k.trim()).filter(Boolean);
+        const net = { mode: val('cloud_init.network.mode') };
+        if (net.mode === 'static') {
+          net.address = val('cloud_init.network.address') || null;
+          net.gateway = val('cloud_init.network.gateway') || null;
+          net.dns = val('cloud_init.network.dns').split(',').map((d) => d.trim()).filter(Boolean);
+        }
+        spec.cloud_init = { user: ciUser, ssh_authorized_keys: keys, hostname: val('cloud_init.hostname') || null,
+          network: net };
+      }
       if (opt) {  // the template's values stay where the form has no override
         Object.assign(spec, { template: opt.value, clone: val('clone') });
         if (spec.disks.length === own.length) delete spec.disks;
