@@ -24,6 +24,7 @@ from corral.cli.client import ApiClient
 from corral.cli.common import fail
 from corral.cli.output import Output, Rows, Text, output_option, show
 from corral.cli.storage import human
+from corral.cli.tasks import finish_task
 
 OutputOpt = output_option()
 CHUNK = 1 << 20  # read and sent 1 MiB at a time
@@ -115,13 +116,7 @@ def image_delete(image: str, storage: str = typer.Option(None, "--storage", help
             fail(f"storage domain {storage} has no image {image!r}")
         ref = found[0]["id"]
     task = api.request("DELETE", f"/images/{quote(ref, safe='')}")
-    machine = output.machine or not sys.stderr.isatty()
-    task = api.wait_task(task, None if machine else (lambda m: typer.echo(f"... {m}", err=True)))
-    if task["state"] == "failed":
-        err = task.get("error") or {}
-        where = f" [{err['field']}]" if err.get("field") else ""
-        fail(f"deleting image {image} failed{where}: {err.get('message', err)}")
-    result = task.get("result") or {}
+    result = finish_task(api, task, True, output, f"deleting image {image}", progress=sys.stderr.isatty()) or {}
     show(result, output, Text(f"image {result.get('name', image)} deleted"))
 
 

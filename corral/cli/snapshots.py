@@ -13,8 +13,8 @@ from urllib.parse import quote
 import typer
 
 from corral.cli.client import ApiClient
-from corral.cli.common import fail
 from corral.cli.output import Output, Record, Rows, Text, output_option, show
+from corral.cli.tasks import finish_task
 
 OutputOpt = output_option()
 WaitOpt = typer.Option(True, "--wait/--no-wait", help="wait for the task to finish")
@@ -33,16 +33,6 @@ def _path(vm_id: str, *rest: str) -> str:
     return f"/vms/{vm_id}/snapshots" + "".join("/" + quote(r, safe="") for r in rest)
 
 
-def _task(api: ApiClient, task: dict[str, Any], wait: bool, output: Output, doing: str) -> dict[str, Any] | None:
-    if not wait:
-        show(task, output, Text(f"{doing}: task {task['id']}"))
-        return None
-    task = api.wait_task(task, None if output.machine else (lambda m: typer.echo(f"... {m}", err=True)))
-    if task["state"] == "failed":
-        err = task.get("error") or {}
-        where = f" [{err['field']}]" if err.get("field") else ""
-        fail(f"{doing} failed{where}: {err.get('message', err)}")
-    return dict(task.get("result") or {})
 
 
 @snapshot_app.command("list")
@@ -60,7 +50,7 @@ def snapshot_create(vm: str, name: str, description: str = typer.Option("", "--d
     api = ApiClient()
     v = _vm(api, vm)
     task = api.request("POST", _path(v["id"]), json={"name": name, "description": description})
-    result = _task(api, task, wait, output, f"taking snapshot {name} of {v['name']}")
+    result = finish_task(api, task, wait, output, f"taking snapshot {name} of {v['name']}")
     if result is not None:
         show(result, output, Record(result.get("snapshot") or {}, f"snapshot {name} of {v['name']}"))
 
@@ -70,7 +60,7 @@ def snapshot_revert(vm: str, name: str, wait: bool = WaitOpt, output: Output = O
     """Bring the VM back to the snapshot (a snapshot taken running comes back running)."""
     api = ApiClient()
     v = _vm(api, vm)
-    result = _task(api, api.request("POST", _path(v["id"], name, "revert")), wait, output,
+    result = finish_task(api, api.request("POST", _path(v["id"], name, "revert")), wait, output,
                    f"reverting {v['name']} to snapshot {name}")
     if result is not None:
         show(result, output, Text(f"{v['name']} reverted to snapshot {name}: {result.get('state', '?')}"))
@@ -80,7 +70,7 @@ def snapshot_revert(vm: str, name: str, wait: bool = WaitOpt, output: Output = O
 def snapshot_delete(vm: str, name: str, wait: bool = WaitOpt, output: Output = OutputOpt) -> None:
     api = ApiClient()
     v = _vm(api, vm)
-    result = _task(api, api.request("DELETE", _path(v["id"], name)), wait, output,
+    result = finish_task(api, api.request("DELETE", _path(v["id"], name)), wait, output,
                    f"deleting snapshot {name} of {v['name']}")
     if result is not None:
         show(result, output, Text(f"snapshot {name} of {v['name']} deleted"))

@@ -15,6 +15,7 @@ import typer
 from corral.cli.client import ApiClient
 from corral.cli.common import fail
 from corral.cli.output import Output, Record, Rows, Text, output_option, show
+from corral.cli.tasks import finish_task
 
 OutputOpt = output_option()
 WaitOpt = typer.Option(True, "--wait/--no-wait", help="wait for the task to finish")
@@ -197,15 +198,9 @@ def volume_delete(volume: str, storage: str = typer.Option(None, "--storage", he
 
 
 def _task_result(api: ApiClient, task: dict[str, Any], wait: bool, output: Output, doing: str) -> None:
-    if not wait:
-        show(task, output, Text(f"{doing}: task {task['id']}"))
+    result = finish_task(api, task, wait, output, doing)
+    if result is None:
         return
-    task = api.wait_task(task, None if output.machine else (lambda m: typer.echo(f"... {m}", err=True)))
-    if task["state"] == "failed":
-        err = task.get("error") or {}
-        where = f" [{err['field']}]" if err.get("field") else ""
-        fail(f"{doing} failed{where}: {err.get('message', err)}")
-    result = task.get("result") or {}
     if result.get("deleted"):
         show(result, output, Text(f"volume {result.get('name')} deleted"))
     else:

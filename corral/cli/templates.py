@@ -13,9 +13,9 @@ from urllib.parse import quote
 import typer
 
 from corral.cli.client import ApiClient
-from corral.cli.common import fail
 from corral.cli.output import Output, Record, Rows, Text, output_option, show
 from corral.cli.storage import human
+from corral.cli.tasks import finish_task
 
 OutputOpt = output_option()
 WaitOpt = typer.Option(True, "--wait/--no-wait", help="wait for the task to finish")
@@ -29,16 +29,6 @@ def _rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**t, "disks": len(t.get("volumes") or []), "clones": len(t.get("clones") or [])} for t in items]
 
 
-def _finish(api: ApiClient, task: dict[str, Any], wait: bool, output: Output, doing: str) -> dict[str, Any] | None:
-    if not wait:
-        show(task, output, Text(f"{doing}: task {task['id']}"))
-        return None
-    task = api.wait_task(task, None if output.machine else (lambda m: typer.echo(f"... {m}", err=True)))
-    if task["state"] == "failed":
-        err = task.get("error") or {}
-        where = f" [{err['field']}]" if err.get("field") else ""
-        fail(f"{doing} failed{where}: {err.get('message', err)}")
-    return dict(task.get("result") or {})
 
 
 def _show(t: dict[str, Any], output: Output) -> None:
@@ -56,7 +46,7 @@ def template_create(name: str, from_vm: str = typer.Option(..., "--from-vm", hel
     VM's disks thin clones of them."""
     api = ApiClient()
     task = api.request("POST", "/templates", json={"name": name, "vm": from_vm, "description": description})
-    result = _finish(api, task, wait, output, f"template {name} from VM {from_vm}")
+    result = finish_task(api, task, wait, output, f"template {name} from VM {from_vm}")
     if result is not None:
         _show(result, output)
 
@@ -79,7 +69,7 @@ def template_delete(template: str, wait: bool = WaitOpt, output: Output = Output
     """Delete a template and its base volumes; refused while a VM's disk is a clone of one."""
     api = ApiClient()
     task = api.request("DELETE", f"/templates/{quote(template, safe='')}")
-    result = _finish(api, task, wait, output, f"deleting template {template}")
+    result = finish_task(api, task, wait, output, f"deleting template {template}")
     if result is not None:
         show(result, output, Text(f"template {result.get('name', template)} deleted"))
 
