@@ -11,7 +11,8 @@ Two runs: as an admin (every route is exercised past its access rule) and as a v
 viewer's role must answer 403, the others no 5xx). Each answer must be below 500, and a refusal must be the
 API's JSON error. Excluded by name: ``PUT /api/v1/images/{name}``, whose body is a file streamed to an agent
 (tests/engine/test_images.py covers it), and ``POST /api/v1/hosts`` and ``.../reinstall``, whose bodies name
-hosts the engine would connect to (tests send traffic only to the loopback and the labs). The console WebSockets are not in the document.
+hosts the engine would connect to (tests send traffic only to the loopback and the labs). The console
+WebSockets are not in the document.
 """
 
 from __future__ import annotations
