@@ -52,6 +52,7 @@ class Pair:
     a: XenLab
     b: XenLab
     cleanup: list[Any] = field(default_factory=list)
+    mounted: bool = False  # the NFS export is mounted in both dom0s (by this module)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,12 @@ def test_libvirt_in_a_reaches_libvirt_in_b_over_the_link(pair: Pair) -> None:
 
 
 def _mount_shared(pair: Pair, nfs: NfsLab) -> None:
+    """Mount the export in both dom0s (once; unmounted at the module's end: a hard NFS mount would hang dom0's
+    tools if ganesha stopped while it stays)."""
+    if not pair.mounted:
+        pair.mounted = True
+        pair.cleanup.insert(0, lambda: [lab.ssh(f"umount -l {SHARED} 2>/dev/null; true", timeout=120)
+                                        for lab in (pair.a, pair.b)])  # first in, so it runs last
     for lab in (pair.a, pair.b):
         _ok(lab, f"mkdir -p {SHARED}; grep -q ' {SHARED} ' /proc/mounts || mount -t nfs4 -o "
                  f"vers=4.1,port={nfs.port},addr={nfs.guest_host} {nfs.guest_host}:{nfs.export} {SHARED}")
