@@ -45,6 +45,19 @@ _CPU_RESULTS = {libvirt.VIR_CPU_COMPARE_INCOMPATIBLE: "incompatible", libvirt.VI
 ENDPOINT_ENV = "CORRAL_AGENT_MIGRATION_URI"
 
 
+def migration_flags(mechanism: MigrationMechanism, live: bool, data_uri: str | None) -> int:
+    """virDomainMigrateToURI3's flags for the flavor's mechanism: always managed peer-to-peer, the destination
+    defined and the source undefined; tunnelled through libvirtd only where the mechanism allows it and the
+    request names no migration network."""
+    flags: int = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    if live:
+        flags |= libvirt.VIR_MIGRATE_LIVE
+    if data_uri is None and mechanism is MigrationMechanism.PEER2PEER:
+        flags |= libvirt.VIR_MIGRATE_TUNNELLED
+    return flags
+
+
 class MigrateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -162,7 +175,7 @@ class Migrations:
             if rule.outcome is Outcome.REFUSED:
                 raise Unsupported(f"bandwidth_mib: {rule.reason}", field="bandwidth_mib",
                                   feature=Feature.MIGRATION_BANDWIDTH.value)
-        assert mechanism.value is MigrationMechanism.PEER2PEER  # the one mechanism there is (a new one: code here)
+        assert mechanism.value in (MigrationMechanism.PEER2PEER, MigrationMechanism.PEER2PEER_DIRECT)
         with self._lock:
             running = self.jobs.get(uuid)
             if running is not None and running.state == "running":
@@ -175,15 +188,10 @@ class Migrations:
                 raise Conflict(f"VM {vm.name} is not running; only a running VM migrates live", field="id")
             xml_flags = libvirt.VIR_DOMAIN_XML_SECURE | libvirt.VIR_DOMAIN_XML_MIGRATABLE
             hooked = manager.hooks.run("before_vm_migrate_source", lambda: dom.XMLDesc(xml_flags), vm.uuid, vm.name)
-            flags = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-                     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
-            if body.live:
-                flags |= libvirt.VIR_MIGRATE_LIVE
+            flags = migration_flags(mechanism.value, body.live, body.data_uri)
             params: dict[str, Any] = {}
             if body.data_uri:
                 params[libvirt.VIR_MIGRATE_PARAM_URI] = body.data_uri
-            else:
-                flags |= libvirt.VIR_MIGRATE_TUNNELLED
             if body.bandwidth_mib is not None:
                 params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = body.bandwidth_mib
             if hooked.changed:

@@ -186,10 +186,14 @@ TABLE: Table = {
     F.DISK_RESIZE_LIVE: refused(f"online resize: libxl has no block resize (measured on Xen 4.17, libvirt 9.0: "
                                 f"'{NO_BLOCK_RESIZE}'), and growing the file under the running backend would not "
                                 "tell the guest; stop the VM to grow its disk"),
-    F.MIGRATION: native(MigrationMechanism.PEER2PEER,
-                        "libxl migrates peer-to-peer only (direct migration is refused) [L14]: "
-                        "virDomainMigrateToURI3 with PEER2PEER|LIVE|PERSIST_DEST|UNDEFINE_SOURCE, tunnelled; the "
-                        "same Xen version on both hosts; progress from the job stats where libxl fills them"),
+    F.MIGRATION: native(MigrationMechanism.PEER2PEER_DIRECT,
+                        "managed peer-to-peer (virDomainMigrateToURI3 with PEER2PEER|PERSIST_DEST|UNDEFINE_SOURCE, "
+                        "LIVE unless the request turns it off), the data over libxl's own migration stream, never "
+                        "tunnelled: measured on the Xen pair, a tunnelled live migration that libxl failed ('Failed "
+                        "to enable logdirty' on a Xen built without shadow paging) hung for 14 min holding the "
+                        "domain's job lock, while the same failure untunnelled ends at once with 'Failed to send "
+                        "migration data to destination host'; non-live p2p works there. Progress: elapsed time only "
+                        "(jobInfo has no bytes); the same Xen version on both hosts [L14]"),
     F.MIGRATION_ABORT: refused(f"libxl has no job abort (measured: '{NO_ABORT_JOB}') [L15]: a started "
                                "migration runs to its end or fails by itself"),
     F.MIGRATION_BANDWIDTH: refused("libxl has no migration tuning (migrateSetMaxSpeed unsupported; the legacy "
