@@ -67,6 +67,7 @@ class Limits:
     guest_types: tuple[GuestType, ...] = tuple(GuestType)
     floppy: bool = True
     readonly_file_disk: bool = True  # a read-only disk (not a CD-ROM) on a file
+    readonly_block_disk: bool = True  # a read-only disk (not a CD-ROM) on a block device
     nic_filter: bool = True
     crash_preserve: bool = True
     cpu_custom: bool = True
@@ -142,8 +143,9 @@ def vm_specs(draw: st.DrawFn, limits: Limits = Limits()) -> dict[str, Any]:
         spec["disks"].append({"id": next(ids), "device": device.value, "source_type": source_type.value,
                               "source": source, "format": draw(st.sampled_from(DiskFormat)).value,
                               "bus": draw(st.sampled_from(DiskBus)).value,
-                              "readonly": draw(st.booleans()) if lim.readonly_file_disk or device is not
-                              DiskDevice.DISK or source_type is not DiskSource.FILE else False})
+                              "readonly": draw(st.booleans()) if device is not DiskDevice.DISK or (
+                                  lim.readonly_file_disk if source_type is DiskSource.FILE
+                                  else lim.readonly_block_disk) else False})
 
     mac_list = draw(st.lists(macs(), min_size=n_nics, max_size=n_nics, unique_by=str.lower))
     spec["nics"] = []

@@ -59,6 +59,7 @@ RUNNABLE = {
     "xen-pvh": Limits(cpu_features=False, spice=False, needs_kernel_or_bootloader=True, max_consoles=1,
                       max_vcpus=XEN.max_vcpus[GuestType.PVH], **_XEN),
     "xen-hvm": Limits(bootloader=False, pv_consoles=1, max_disks=4, max_vcpus=XEN.max_vcpus[GuestType.HVM],
+                      readonly_block_disk=False,  # 'qemu-xen doesn't support read-only IDE disk drivers' [X6]
                       **_XEN),
 }
 

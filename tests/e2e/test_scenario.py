@@ -4,7 +4,7 @@ One file proves both: the real Xen 4.17 lab (libvirt's libxl driver in a dom0 bo
 inside dom0) and the real libvirtd + QEMU (TCG) lab. Each step checks what libvirt and the hypervisor
 really report (virsh/xl in dom0, libvirt-python on the QEMU host), not only what Corral says.
 
-Xen-only steps: NIC link emulated on vifD.N, the console protected by the proxy instead of a VNC password,
+Xen-only steps: NIC link emulated on vifD.N, the console protected by the agent's relay instead of a VNC password,
 floppy and network filter refused before anything is defined, the HVM device-model watchdog, on_crash.
 """
 
@@ -270,7 +270,7 @@ def test_scenario(engine: Engine, backend: Backend) -> None:
     if xen:
         for path in ("disks.0.bus", "nics.0.model", "graphics.password", "guest_agent", "balloon"):
             assert decisions[path]["outcome"] == "translated", decisions[path]
-        assert "proxy" in decisions["graphics.password"]["detail"]
+        assert "relay" in decisions["graphics.password"]["detail"]
     else:
         for path in ("disks.0.bus", "nics.0.model", "guest_agent", "balloon"):
             assert decisions[path]["outcome"] == "native", decisions[path]
@@ -341,7 +341,7 @@ def test_scenario(engine: Engine, backend: Backend) -> None:
     resp = engine.http.patch(f"/vms/{vm_id}/devices/{gfx_id}", json={"password": "other"})
     if xen:
         assert resp.status_code == 409, resp.text
-        assert resp.json()["code"] == "unsupported" and "proxy" in resp.json()["message"]
+        assert resp.json()["code"] == "unsupported" and "relay" in resp.json()["message"]
         assert "passwd" not in b.sh(f"{b.virsh} dumpxml --security-info {name} | grep graphics")
     else:
         assert resp.status_code == 200, resp.text
