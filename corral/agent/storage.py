@@ -552,6 +552,7 @@ class StorageManager:
             self._uploading.add(key)
         try:
             created = False
+            pool_type = pool_type_of(pool)  # one read of the pool's XML: sparse or not, file or not
             try:
                 vol = pool.storageVolLookupByName(name)
                 self._refuse_in_use(vol, pool_name, "upload into")
@@ -559,13 +560,13 @@ class StorageManager:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                     raise _libvirt(exc, f"look up volume {name}") from None
                 try:
-                    vol = pool.createXML(volume_xml(name, "raw", length, pool_type_of(pool) != "logical"), 0)
+                    vol = pool.createXML(volume_xml(name, "raw", length, pool_type != "logical"), 0)
                 except libvirt.libvirtError as exc2:
                     raise _libvirt(exc2, f"create volume {pool_name}/{name} for the upload") from None
                 created = True
             path = vol.path()
             try:
-                sink: Sink = (FileSink(path) if writable_file(pool_type_of(pool), path)
+                sink: Sink = (FileSink(path) if writable_file(pool_type, path)
                               else StreamSink(self._conn(), vol, length))
             except (libvirt.libvirtError, OSError) as exc:
                 if created:

@@ -36,10 +36,6 @@ RECV_SIZE = 256 * 1024
 FILE_POOLS = frozenset({"dir", "netfs", "fs"})  # pool types whose volumes are plain files on this host
 
 
-def _libvirt(exc: libvirt.libvirtError, doing: str) -> AgentError:
-    return from_libvirt(exc, doing)
-
-
 def delete_quietly(vol: libvirt.virStorageVol) -> None:
     try:
         vol.delete(0)
@@ -150,7 +146,7 @@ class Upload:
     @staticmethod
     def _failed(exc: libvirt.libvirtError | OSError, doing: str) -> AgentError:
         if isinstance(exc, libvirt.libvirtError):
-            return _libvirt(exc, doing)
+            return from_libvirt(exc, doing)
         return LibvirtFailed(f"{doing}: {exc.strerror or exc}")
 
     def finish(self) -> dict[str, Any]:
