@@ -75,7 +75,7 @@ def test_the_scheduler_picks_the_other_host_and_the_failure_leaves_the_vm_on_its
     assert evs["vm_migration_failed"]["severity"] == "error"
     # a finished task cannot be cancelled; an unknown one is 404
     assert api.call("DELETE", f"/tasks/{task['id']}", 409)["message"].endswith("failed already")  # type: ignore[index]
-    api.call("DELETE", "/tasks/no-such-task", 404)
+    assert api.call("DELETE", "/tasks/no-such-task", 404)["field"] == "task_id"  # type: ignore[index]
 
 
 def test_refusals_name_the_field_before_any_task(trio: dict[str, AgentProc], api: Api) -> None:

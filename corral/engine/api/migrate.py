@@ -1,5 +1,5 @@
-"""``POST /api/v1/vms/{vm}/migrate`` (a task; corral.engine.migration) and ``DELETE /api/v1/tasks/{task_id}``
-(cancel a task that can be cancelled: today a migration, by its agent's abort) -- issue 13."""
+"""``POST /api/v1/vms/{vm}/migrate`` (a task; corral.engine.migration; cancelled by ``DELETE /api/v1/tasks/{id}``,
+corral.engine.api.tasks) -- issue 13."""
 
 from __future__ import annotations
 
@@ -7,14 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.orm import Session
 
 from corral.engine import migration
-from corral.engine.agent_client import AgentError, AgentUnreachable
 from corral.engine.api.deps import Ctx
 from corral.engine.api.schemas import ACCEPTED, ERRORS, TaskOut
-from corral.engine.db.models import Task, TaskState
-from corral.engine.errors import BadGateway, Conflict, NotFound
 from corral.engine.tasks import TaskContext
 
 router = APIRouter(tags=["vms"], responses=ERRORS)
@@ -46,30 +42,3 @@ async def migrate_vm(ctx: Ctx, vm: str, response: Response,
                                   message=f"migrate {row.name}")
     response.headers["Location"] = f"/api/v1/tasks/{task['id']}"
     return task
-
-
-@router.delete("/tasks/{task_id}", status_code=202, response_model=TaskOut, responses=ACCEPTED)
-async def cancel_task(ctx: Ctx, task_id: str) -> Any:
-    """Ask a running task to stop. A migration is aborted by its source's agent (the VM stays there); where the
-    flavor has no abort (Xen [L15]) the answer is 409 with the reason, and the task runs on."""
-    row = await ctx.db.run_read(lambda s: _task(s, task_id))
-    if row is None:
-        raise NotFound(f"no task {task_id!r}")
-    if row.state not in (TaskState.PENDING.value, TaskState.RUNNING.value):
-        raise Conflict(f"task {task_id} is {row.state} already", state=row.state)
-    cancel = ctx.tasks.cancellers.get(task_id)
-    if cancel is None:
-        raise Conflict(f"a {row.kind} task cannot be cancelled (only a running migration can), or it runs on "
-                       "another engine node", code="not_cancellable")
-    try:
-        await cancel()
-    except AgentUnreachable as exc:
-        raise BadGateway(f"the VM's host does not answer: {exc.message}", code="unreachable") from None
-    except AgentError as exc:
-        raise Conflict(f"cannot cancel: {exc.message}", code=exc.code, field=exc.field) from None
-    return await ctx.db.run_read(lambda s: _task(s, task_id))
-
-
-def _task(s: Session, task_id: str) -> TaskOut | None:
-    row = s.get(Task, task_id)
-    return None if row is None else TaskOut.model_validate(row)
